@@ -23,6 +23,14 @@ def data_main(argv: list[str]) -> None:
         print(f"{name}: 4 files verified by md5 in {folder}")
 
 
+def bench_main(argv: list[str]) -> None:
+    """consistency-vae bench: seconds per epoch, Lightning fit vs plain PyTorch (make bench)."""
+    from consistency_vae import bench
+
+    bench.main(argv)
+
+
 COMMANDS = {
     "data": data_main,
+    "bench": bench_main,
 }

@@ -99,11 +99,17 @@ class ConsistencyVAE(LightningModule):
         x_prime = torch.sigmoid(logits)
         if not self.hparams.consistency_grad_through_decoder:
             x_prime = x_prime.detach()
-        mu_prime, logvar_prime = self.encoder(x_prime)
-        kl_consistency = losses.consistency_kl(mu_prime, logvar_prime, mu, logvar)
+        # The plain VAE still measures KL(z'||z), but needs no gradient of it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._is_plain_vae):
+            mu_prime, logvar_prime = self.encoder(x_prime)
+            kl_consistency = losses.consistency_kl(mu_prime, logvar_prime, mu, logvar)
         return {"recon": recon, "kl": kl, "kl_consistency": kl_consistency,
                 "elbo": -(recon + kl), "loss": recon + kl + self.alpha * kl_consistency,
                 "mu": mu, "logvar": logvar, "mu_prime": mu_prime, "logvar_prime": logvar_prime}
+
+    @property
+    def _is_plain_vae(self) -> bool:
+        return self.hparams.alpha_mode == "fixed" and self.hparams.alpha == 0
 
     # --- training ---------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -1,0 +1,101 @@
+"""`consistency-vae bench`: seconds per training epoch, Lightning ``fit`` against plain PyTorch.
+
+Both sides run the same maths (MLP 784-400-2, batch 128, Adam 1e-3, the full 50k training split)
+on the same in-memory tensors, in the same process, alternating so that machine noise hits both.
+Printed: the median epoch time of each, their ratio (target <= 1.15), and the consistency
+overhead, fit's epoch time at alpha = 1 over alpha = 0 (target <= 1.5).
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from lightning import Callback, Trainer
+
+from consistency_vae import losses
+from consistency_vae.datamodule import MNISTDataModule
+from consistency_vae.model import ConsistencyVAE
+from consistency_vae.networks import MLPDecoder, MLPEncoder
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch (the loop only: no validation, no checkpointing)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def lightning_epochs(dm: MNISTDataModule, alpha: float, epochs: int, accelerator: str) -> list[float]:
+    timer = EpochTimer()
+    trainer = Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, callbacks=[timer])
+    trainer.fit(ConsistencyVAE(alpha=alpha), datamodule=dm)
+    return timer.times
+
+
+def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: int = 128) -> list[float]:
+    """The reference: a hand-written loop over the same tensors with the same losses."""
+    device = images.device
+    encoder, decoder = MLPEncoder(2).to(device), MLPDecoder(2).to(device)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(len(images), device=device)
+        for i in range(len(images) // batch_size):
+            x = images[perm[i * batch_size:(i + 1) * batch_size]]
+            mu, logvar = encoder(x)
+            logits = decoder(losses.reparameterize(mu, logvar))
+            mu_p, logvar_p = encoder(torch.sigmoid(logits))
+            loss = (losses.bernoulli_nll(logits, x) + losses.kl_to_standard_normal(mu, logvar)
+                    + alpha * losses.consistency_kl(mu_p, logvar_p, mu, logvar)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(prog="consistency-vae bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side (after 1 warm-up)")
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    dm = MNISTDataModule(data_dir=args.data_dir, on_device=False)
+    dm.prepare_data()
+    dm.setup()
+    device = "cuda" if args.accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
+    images = dm.train_set.images.to(device)
+    n = args.epochs + 1  # the first epoch of each side is a warm-up and is dropped
+    print(f"bench: {len(images)} images/epoch, batch 128, MLP 784-400-2, device={device}, "
+          f"threads={torch.get_num_threads()}, {args.epochs} timed epochs per side")
+
+    fit_1, plain_1, fit_0 = [], [], []
+    for _ in range(n):  # alternate, one epoch at a time, so load changes hit every side alike
+        fit_1 += lightning_epochs(dm, 1.0, 1, args.accelerator)
+        plain_1 += plain_epochs(images, 1.0, 1)
+        fit_0 += lightning_epochs(dm, 0.0, 1, args.accelerator)
+    med = {name: statistics.median(t[1:]) for name, t in
+           (("fit_alpha1", fit_1), ("plain_alpha1", plain_1), ("fit_alpha0", fit_0))}
+    med["fit_over_plain"] = med["fit_alpha1"] / med["plain_alpha1"]
+    med["consistency_overhead"] = med["fit_alpha1"] / med["fit_alpha0"]
+    print(f"  Lightning fit, alpha=1 : {med['fit_alpha1']:.2f} s/epoch")
+    print(f"  plain PyTorch, alpha=1 : {med['plain_alpha1']:.2f} s/epoch")
+    print(f"  ratio fit / plain      : {med['fit_over_plain']:.3f}   (target <= 1.15)")
+    print(f"  Lightning fit, alpha=0 : {med['fit_alpha0']:.2f} s/epoch")
+    print(f"  consistency overhead   : {med['consistency_overhead']:.3f}   (alpha=1 over alpha=0, "
+          "target <= 1.5)")
+    return med
