@@ -75,6 +75,9 @@ class ConsistencyVAE(LightningModule):
         # alpha and the constraint estimate are state: saved in checkpoints, reduced by nobody.
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.register_buffer("constraint_avg", torch.tensor(float("nan")))
+        # running sums of the training terms over the epoch (not saved: rebuilt every epoch)
+        self.register_buffer("train_sums", torch.zeros(len(TERMS)), persistent=False)
+        self.register_buffer("train_batches", torch.zeros(()), persistent=False)
         self.eval_metrics = nn.ModuleDict({
             stage: MetricCollection({t: MeanMetric() for t in TERMS}, prefix=f"{stage}/")
             for stage in STAGES
@@ -119,11 +122,26 @@ class ConsistencyVAE(LightningModule):
         self._check_finite(terms)
         if self.hparams.alpha_mode == "constrained":
             self._update_alpha(terms["kl_consistency"].detach())
-            self.log_dict({"train/alpha": self.alpha, "train/constraint": self.constraint_avg},
-                          on_step=True, on_epoch=False)
-        self.log_dict({f"train/{t}": v.detach() for t, v in terms.items()},
-                      on_step=True, on_epoch=True, prog_bar=False, batch_size=len(x))
+        # self.log costs ~0.5 ms a call on CPU, a tenth of a step of the 2-D MLP: sum the terms
+        # in one tensor every step, and call self.log only every log_every_n_steps.
+        self.train_sums += torch.stack([terms[t].detach() for t in TERMS])
+        self.train_batches += 1
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            step_values = {f"train/{t}": v.detach() for t, v in terms.items()}
+            if self.hparams.alpha_mode == "constrained":
+                step_values |= {"train/alpha": self.alpha, "train/constraint": self.constraint_avg}
+            self.log_dict(step_values, on_step=True, on_epoch=False)
         return terms["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        self.train_sums.zero_()
+        self.train_batches.zero_()
+
+    def on_train_epoch_end(self) -> None:
+        means = self.train_sums / self.train_batches.clamp(min=1)  # (len(TERMS),)
+        self.log_dict({f"train/{t}_epoch": v for t, v in zip(TERMS, means, strict=True)},
+                      on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/alpha_epoch", self.alpha, on_step=False, on_epoch=True)
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
         ema = self.hparams.constraint_ema
