@@ -11,25 +11,13 @@ import statistics
 import time
 
 import torch
-from lightning import Callback, Trainer
+from lightning import Trainer
 
 from consistency_vae import losses
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder
-
-
-class EpochTimer(Callback):
-    """Wall time of each training epoch (the loop only: no validation, no checkpointing)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.times.append(time.perf_counter() - self._start)
+from consistency_vae.timing import EpochTimer
 
 
 def lightning_epochs(dm: MNISTDataModule, alpha: float, epochs: int, accelerator: str) -> list[float]:
