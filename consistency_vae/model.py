@@ -12,9 +12,11 @@ Design choices the paper leaves open, made explicit here:
   (see ``constraint.py``); alpha then lives in a buffer, so checkpoints keep and resume it.
 """
 
+import os
 from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 from lightning import LightningModule
 from torch import Tensor, nn
@@ -27,6 +29,7 @@ from consistency_vae.networks import MLPDecoder, MLPEncoder
 
 TERMS = ("loss", "recon", "kl", "kl_consistency", "elbo")
 STAGES = ("val", "test")
+TRAIN_NOISE, EVAL_NOISE = 0, 1  # first key of seeded_generator: training and evaluation streams
 
 EncoderFactory = Callable[[int], nn.Module]  # latent_dim -> module returning (mu, logvar)
 DecoderFactory = Callable[[int], nn.Module]  # latent_dim -> module returning logits
@@ -117,7 +120,10 @@ class ConsistencyVAE(LightningModule):
     # --- training ---------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _ = batch
-        out = self(x)
+        # eps depends on (seed, step, rank) only, not on what drew from the global RNG before,
+        # which Lightning does not restore on resume: a resumed run draws what an unbroken one would.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+        out = self(x, seeded_generator(x.device, TRAIN_NOISE, seed, self.global_step, self.global_rank))
         terms = {t: out[t].mean() for t in TERMS}
         self._check_finite(terms)
         if self.hparams.alpha_mode == "constrained":
@@ -147,9 +153,9 @@ class ConsistencyVAE(LightningModule):
         ema = self.hparams.constraint_ema
         avg = torch.where(self.constraint_avg.isnan(), kl_consistency,
                           ema * self.constraint_avg + (1 - ema) * kl_consistency)
-        self.constraint_avg.copy_(avg)
-        self.alpha.copy_(dual_ascent_step(self.alpha, avg, self.hparams.kl_target,
-                                          self.hparams.alpha_lr))
+        # New tensors, not in-place updates: this step's loss still needs the old alpha for backward.
+        self.constraint_avg = avg
+        self.alpha = dual_ascent_step(self.alpha, avg, self.hparams.kl_target, self.hparams.alpha_lr)
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
         if not torch.isfinite(terms["loss"]):
@@ -161,14 +167,18 @@ class ConsistencyVAE(LightningModule):
 
     # --- validation and test ----------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch, batch_idx, "val")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self._eval_step(batch, batch_idx, "test")
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+    def _eval_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> None:
         x, _ = batch
-        out = self(x)
+        # Fixed noise per global batch: the evaluation sampler deals whole batches round-robin
+        # (datamodule.UnpaddedDistributedSampler), so batch b holds the same images, and gets the
+        # same eps, on 1 or N processes, in every run and after a resume.
+        global_batch = batch_idx * self.trainer.world_size + self.global_rank
+        out = self(x, seeded_generator(x.device, EVAL_NOISE, global_batch))
         metrics = self.eval_metrics[stage]
         for t in TERMS:
             metrics[t].update(out[t])  # per-example values: the mean is over the whole split
@@ -182,6 +192,13 @@ class ConsistencyVAE(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def seeded_generator(device: torch.device, *keys: int) -> torch.Generator:
+    """A generator seeded from non-negative integer keys alone, hashed by numpy's SeedSequence
+    (nearby keys give unrelated streams)."""
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr) -> None:

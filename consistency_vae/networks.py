@@ -95,3 +95,8 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
+
+
+# Models built in Python (not through the CLI) keep the network classes in their hyperparameters;
+# let torch's weights-only unpickler accept them, so load_from_checkpoint works without opt-outs.
+torch.serialization.add_safe_globals([MLPEncoder, MLPDecoder, ConvEncoder, ConvDecoder])

@@ -1,0 +1,63 @@
+"""Constrained mode: alpha as a Lagrange multiplier for KL(z'||z) <= kl_target."""
+
+import pytest
+import torch
+from lightning import Trainer
+
+from consistency_vae.constraint import dual_ascent_step
+from consistency_vae.datamodule import MNISTDataModule
+from consistency_vae.model import ConsistencyVAE
+
+
+def test_step_rises_when_violated_falls_when_held_never_below_zero():
+    alpha = torch.tensor(1.0)
+    assert dual_ascent_step(alpha, torch.tensor(3.0), 1.0, 0.1) == pytest.approx(1.2)
+    assert dual_ascent_step(alpha, torch.tensor(0.5), 1.0, 0.1) == pytest.approx(0.95)
+    assert dual_ascent_step(torch.tensor(0.01), torch.tensor(0.0), 1.0, 0.1) == 0.0
+
+
+@pytest.mark.parametrize("target, theta_star, alpha_star", [
+    (1.0, 1.0, 2.0),  # active: min (t-3)^2 s.t. t^2 <= 1 -> t*=1, KKT: 2(t-3) + 2 a t = 0 -> a*=2
+    (16.0, 3.0, 0.0),  # inactive: the unconstrained optimum t=3 is feasible, so a* = 0
+])
+def test_dual_ascent_solves_a_toy_problem_with_known_answer(target, theta_star, alpha_star):
+    theta, alpha = torch.tensor(3.0, requires_grad=True), torch.tensor(0.0)
+    optimizer = torch.optim.SGD([theta], lr=0.01)
+    alphas = []
+    for _ in range(20_000):
+        constraint = theta**2
+        loss = (theta - 3) ** 2 + alpha * constraint
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        alpha = dual_ascent_step(alpha, constraint.detach(), target, step_size=0.01)
+        alphas.append(alpha.item())
+    assert theta.item() == pytest.approx(theta_star, abs=1e-2)
+    assert alpha.item() == pytest.approx(alpha_star, abs=1e-2)
+    assert min(alphas) >= 0.0
+    if alpha_star > 0:  # it rose while the constraint was violated (theta started at 3)
+        assert alphas[100] > alphas[0]
+
+
+def constrained_steps(data_dir, kl_target: float, steps: int = 30) -> ConsistencyVAE:
+    model = ConsistencyVAE(alpha=1.0, alpha_mode="constrained", kl_target=kl_target, alpha_lr=0.05,
+                           constraint_ema=0.0)
+    trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), subset=5000))
+    return model, trainer
+
+
+def test_module_multiplier_rises_when_violated_and_falls_when_held(data_dir):
+    violated, _ = constrained_steps(data_dir, kl_target=1e-4)
+    held, _ = constrained_steps(data_dir, kl_target=1e3)
+    assert violated.alpha.item() > 1.0
+    assert held.alpha.item() == 0.0  # fell, clamped at 0 rather than below
+
+
+def test_checkpoint_keeps_and_restores_alpha(data_dir, tmp_path):
+    model, trainer = constrained_steps(data_dir, kl_target=1e-4)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    loaded = ConsistencyVAE.load_from_checkpoint(tmp_path / "c.ckpt")
+    assert loaded.alpha.item() == pytest.approx(model.alpha.item()) and loaded.alpha.item() > 1.0
+    assert loaded.constraint_avg.item() == pytest.approx(model.constraint_avg.item())
