@@ -1,0 +1,84 @@
+"""Weights & Biases set-up for the CLI: pick a mode that cannot hang, and upload the resolved config.
+
+- ``ensure_wandb_mode``: with no credentials and no ``WANDB_MODE``, ``wandb.init`` would stop with
+  "api_key not configured" (or wait for a prompt). We switch to offline mode up front, with one
+  line that says so and how to sync later.
+- ``SaveConfigEverywhere``: LightningCLI's ``SaveConfigCallback`` (``config.yaml`` in the run
+  folder, which is ``version_N`` of the first logger, the CSVLogger, so runs never collide), plus
+  the same resolved config in every W&B run, plus, for a sweep runner that asks for it through
+  ``$CONSISTENCY_VAE_RUN_INFO``, a small JSON naming the run folders.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from lightning import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+RUN_INFO_ENV = "CONSISTENCY_VAE_RUN_INFO"  # path of the JSON a run writes for `consistency-vae sweep`
+CREDENTIAL_ENVS = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")
+
+
+def _has_wandb_credentials() -> bool:
+    """True when W&B would find credentials: an env var, ~/.netrc (or $NETRC), or a settings file."""
+    if any(os.environ.get(name) for name in CREDENTIAL_ENVS):
+        return True
+    import wandb
+
+    # wandb's own non-interactive check (no prompt, no server round trip): netrc and settings files.
+    found = bool(wandb.login(prompt=False, verify=False))
+    if not found:
+        wandb.teardown()  # drop the settings this check cached, so wandb.init sees our WANDB_MODE
+    return found
+
+
+def ensure_wandb_mode(environ: dict | None = None) -> str | None:
+    """Set ``WANDB_MODE=offline`` when the user set no mode and W&B has no credentials.
+
+    Returns the mode it set, or None when it left the environment alone.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("WANDB_MODE") or _has_wandb_credentials():
+        return None
+    environ["WANDB_MODE"] = "offline"
+    print("consistency-vae: no W&B credentials (WANDB_API_KEY, ~/.netrc): logging to W&B offline; "
+          "`wandb sync runs/wandb/offline-run-*` uploads later, WANDB_MODE=disabled turns W&B off",
+          file=sys.stderr)
+    return "offline"
+
+
+class SaveConfigEverywhere(SaveConfigCallback):
+    """``config.yaml`` in the run folder as usual, and the same resolved config in each W&B run.
+
+    The config goes under the W&B key ``config`` (shown as ``config.model.alpha``...), apart from
+    the flat ``model.alpha`` key that a W&B sweep sets, so the two never clash.
+    """
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        for run in wandb_runs:
+            run.config.update({"config": resolved}, allow_val_change=True)
+        if info_path := os.environ.get(RUN_INFO_ENV):
+            info = {"run_dir": trainer.log_dir,
+                    "wandb_run_dir": str(Path(wandb_runs[0].dir).parent) if wandb_runs else None}
+            Path(info_path).write_text(json.dumps(info))
+
+
+def finish_wandb_run() -> None:
+    """Close the W&B run this command opened (call it in a ``finally``).
+
+    WandbLogger leaves its run open, and a second command in the same process (a test, a
+    notebook, an in-process reproduction) would silently log into it. A run ended by an exception
+    is marked failed, as W&B marks a crashed process.
+    """
+    wandb = sys.modules.get("wandb")
+    if wandb is None or wandb.run is None:
+        return
+    err = sys.exc_info()[1]
+    failed = err is not None and not (isinstance(err, SystemExit) and err.code in (0, None))
+    wandb.finish(exit_code=1 if failed else 0)
