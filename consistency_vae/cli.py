@@ -9,18 +9,15 @@ Configs are read in jsonargparse's ``omegaconf+`` mode: interpolations such as
 renames the run folder that interpolates it.
 """
 
-import signal
 import sys
 from pathlib import Path
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from consistency_vae import checkpointing, run_folders
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError, UserError
-from consistency_vae.model import ConsistencyVAE, NonFiniteLossError
+from consistency_vae.model import ConsistencyVAE
 from consistency_vae.tracking import SaveConfigEverywhere, ensure_wandb_mode, finish_wandb_run
 
 # Absolute interpolation paths (${data.dataset}) keep working under the fit/test/... subcommands.
@@ -33,48 +30,23 @@ CKPT_ALIASES = ("last", "best", "hpc", "registry")
 class ConsistencyCLI(LightningCLI):
     """LightningCLI with up-front checks and a one-line summary after ``fit``."""
 
-    _output: tuple[Path, Path | None] = (Path("runs"), None)  # (save_dir, run folder if known)
-
-    def before_instantiate_classes(self) -> None:
-        """``fit --ckpt_path last`` resumes the newest run folder of this name; a folder holding
-        a run is refused unless resuming (see run_folders.resolve)."""
-        self._output = run_folders.resolve(self.subcommand, self.config[self.subcommand])
-
     def _check_ckpt_path(self) -> None:
         ckpt = self.config[self.subcommand].get("ckpt_path")
-        if ckpt and ckpt not in CKPT_ALIASES:
-            if not Path(ckpt).is_file():
-                raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
-                                      "file, or 'last' to resume the latest run")
-            checkpointing.check_checkpoint(ckpt, self.model)
-
-    def _check_output(self, need_bytes: int = 0) -> None:
-        """Keep an earlier attempt's logs in a reused folder; fail now if it cannot be written."""
-        if not run_folders.is_main_process():
-            return
-        save_dir, folder = self._output
-        if self.subcommand == "fit" and folder is not None and folder.is_dir():
-            for kept in run_folders.keep_previous_attempt(folder):
-                print(f"consistency-vae: kept the earlier attempt's {kept.name}", file=sys.stderr)
-        run_folders.check_writable(folder if folder is not None and folder.is_dir() else save_dir, need_bytes)
+        if ckpt and ckpt not in CKPT_ALIASES and not Path(ckpt).is_file():
+            raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
+                                    "file, or 'last' to resume the latest run")
 
     def before_fit(self) -> None:
         self._check_ckpt_path()
-        # best + last + one being written, each with the weights and Adam's two moments
-        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        self._check_output(need_bytes=9 * weights)
 
     def before_validate(self) -> None:
         self._check_ckpt_path()
-        self._check_output()
 
     def before_test(self) -> None:
         self._check_ckpt_path()
-        self._check_output()
 
     def before_predict(self) -> None:
         self._check_ckpt_path()
-        self._check_output()
 
     def after_fit(self) -> None:
         """Test the best checkpoint and print where it is with its test ELBO and KL(z'||z)."""
@@ -125,11 +97,7 @@ def cli_main(args: list[str] | None = None) -> None:
         ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, rather than a hang or a crash
     try:
         lightning_cli(None if args is None else argv)
-    except (UserError, NonFiniteLossError) as err:
+    except UserError as err:
         sys.exit(f"consistency-vae: error: {err}")
-    except SIGTERMException:  # Lightning stopped at a batch boundary; the checkpoint callback saved
-        print("consistency-vae: stopped by SIGTERM; continue with the same command plus "
-              "--ckpt_path last", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)  # the shell's code for "terminated by SIGTERM", not success
     finally:
         finish_wandb_run()  # one W&B run per command, also when commands share a process
