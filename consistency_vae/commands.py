@@ -30,7 +30,23 @@ def bench_main(argv: list[str]) -> None:
     bench.main(argv)
 
 
+def sweep_main(argv: list[str]) -> None:
+    """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
+    from consistency_vae import sweep
+
+    sweep.main(argv)
+
+
+def sweep_report_main(argv: list[str]) -> None:
+    """consistency-vae sweep-report: alpha_sweep.csv and alpha_tradeoff.png from a sweep's runs."""
+    from consistency_vae import sweep_report
+
+    sweep_report.main(argv)
+
+
 COMMANDS = {
     "data": data_main,
+    "sweep": sweep_main,
+    "sweep-report": sweep_report_main,
     "bench": bench_main,
 }

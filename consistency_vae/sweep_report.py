@@ -1,0 +1,168 @@
+"""``consistency-vae sweep-report RUNS_DIR --output DIR``: what alpha does, mean ± std over seeds.
+
+Writes ``DIR/alpha_sweep.csv`` (one row per dataset and alpha) and ``DIR/alpha_tradeoff.png`` (every
+metric against alpha). Each run's final test metrics come from its folder (``runs/NAME/version_N``):
+``metrics.csv`` (the last logged ``test/...`` value: the test of the best checkpoint at the end of
+``fit``) and, where ``consistency-vae evaluate`` has written a ``metrics.json`` inside the run
+folder, its values, which win (they use the full K for IWAE and include the probe accuracy).
+Where the folder holds ``sweep-*/manifest.json`` files, only the runs they list as finished count,
+so a crashed run's partial metrics never enter a mean; without one, every run folder with test
+metrics counts.
+"""
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+from consistency_vae.errors import ConfigError, UserError
+
+# Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better)
+METRICS = (
+    ("kl_consistency", "test KL(z'||z) [nats]", "lower"),
+    ("elbo", "test ELBO [nats]", "higher"),
+    ("iwae_ll", "test IWAE log-likelihood [nats]", "higher"),
+    ("probe_accuracy", "linear probe accuracy", "higher"),
+)
+
+
+# --- collecting runs (pure file reading) --------------------------------------------------
+def last_values(metrics_csv: Path) -> dict[str, float]:
+    """The last non-empty value of every column of a Lightning CSVLogger metrics.csv."""
+    values: dict[str, float] = {}
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            values.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return values
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """One run's dataset, alpha, seed and final test metrics, or None without test metrics."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    logged = last_values(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else {}
+    metrics = {m: logged[f"test/{m}"] for m, _, _ in METRICS if f"test/{m}" in logged}
+    for path in sorted(run_dir.rglob("metrics.json")):  # evaluate's output, if kept in the run folder
+        evaluated = json.loads(path.read_text())
+        metrics.update({m: float(evaluated[m]) for m, _, _ in METRICS
+                        if isinstance(evaluated.get(m), int | float)})
+    if not metrics:
+        return None
+    return {"run_dir": str(run_dir), "dataset": config["data"]["dataset"],
+            "alpha": float(config["model"]["alpha"]), "seed": config.get("seed_everything"), **metrics}
+
+
+def find_runs(runs_dir: Path) -> list[dict]:
+    """Finished runs under ``runs_dir``: those the sweep manifests list, else every run folder."""
+    manifests = sorted(runs_dir.glob("sweep-*/manifest.json"))
+    if manifests:
+        folders = [Path(run["run_dir"]) for m in manifests for run in json.loads(m.read_text())["runs"]
+                   if run["status"] == "finished" and run.get("run_dir")]
+    else:
+        folders = [p.parent for p in runs_dir.rglob("config.yaml") if (p.parent / "metrics.csv").is_file()]
+    runs = [r for r in (read_run(f) for f in sorted(set(folders))) if r is not None]
+    if not runs:
+        raise ConfigError(f"no finished runs with test metrics under {runs_dir}: give the --runs_dir "
+                          "of a `consistency-vae sweep` (default runs)")
+    return runs
+
+
+# --- summarising (pure) -------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); the std of a single seed is NaN, not 0."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, std
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (dataset, alpha): n_runs, seeds, and ``{metric}_mean`` / ``{metric}_std``."""
+    rows = []
+    for dataset, alpha in sorted({(r["dataset"], r["alpha"]) for r in runs}):
+        group = [r for r in runs if r["dataset"] == dataset and r["alpha"] == alpha]
+        row = {"dataset": dataset, "alpha": alpha, "n_runs": len(group),
+               "seeds": " ".join(str(r["seed"]) for r in group)}
+        for m, _, _ in METRICS:
+            values = [r[m] for r in group if m in r]
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_std(values) if values else (math.nan, math.nan)
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    columns = ["dataset", "alpha", "n_runs", "seeds"] + [f"{m}_{s}" for m, _, _ in METRICS
+                                                        for s in ("mean", "std")]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v
+                             for k, v in row.items()})
+
+
+def tradeoff_figure(rows: list[dict]):
+    """Every metric against alpha, one line per dataset, error bars = std over seeds.
+
+    alpha = 0 (the plain VAE) is a point on the axis: a symlog scale, linear below the smallest
+    positive alpha and logarithmic above, so 0, 0.1 and 10 are all visible.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = [(m, label, better) for m, label, better in METRICS
+             if any(not math.isnan(r[f"{m}_mean"]) for r in rows)]
+    fig = Figure(figsize=(4.2 * len(shown), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    positive = [r["alpha"] for r in rows if r["alpha"] > 0]
+    linthresh = min(positive) if positive else 1.0
+    for ax, (m, label, better) in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
+        for dataset in sorted({r["dataset"] for r in rows}):
+            pts = [r for r in rows if r["dataset"] == dataset and not math.isnan(r[f"{m}_mean"])]
+            ax.errorbar([r["alpha"] for r in pts], [r[f"{m}_mean"] for r in pts],
+                        yerr=[0 if math.isnan(r[f"{m}_std"]) else r[f"{m}_std"] for r in pts],
+                        marker="o", capsize=3, label=dataset)
+        ax.set_xscale("symlog", linthresh=linthresh)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("alpha (symlog: 0 is the plain VAE)")
+        ax.set_title(f"{label}\n({better} is better)", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend()
+    return fig
+
+
+def report(runs_dir: str | Path, output: str | Path) -> list[dict]:
+    runs_dir, output = Path(runs_dir), Path(output)
+    if not runs_dir.is_dir():
+        raise ConfigError(f"runs folder {runs_dir} does not exist: give the --runs_dir of a sweep")
+    rows = summarise(find_runs(runs_dir))
+    output.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, output / "alpha_sweep.csv")
+    tradeoff_figure(rows).savefig(output / "alpha_tradeoff.png", dpi=120)
+    return rows
+
+
+def _cell(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def main(argv: list[str]) -> None:
+    """consistency-vae sweep-report: alpha_sweep.csv and alpha_tradeoff.png from a sweep's runs."""
+    parser = argparse.ArgumentParser(prog="consistency-vae sweep-report", description=main.__doc__)
+    parser.add_argument("runs_dir", help="the sweep's --runs_dir (default of the sweep: runs)")
+    parser.add_argument("--output", default="results", help="folder for the CSV and the figure")
+    args = parser.parse_args(argv)
+    try:
+        rows = report(args.runs_dir, args.output)
+    except UserError as err:
+        sys.exit(f"consistency-vae sweep-report: error: {err}")
+    print(f"{'dataset':<14}{'alpha':>7}{'runs':>5}  " + "  ".join(f"{m:>20}" for m, _, _ in METRICS))
+    for r in rows:
+        print(f"{r['dataset']:<14}{r['alpha']:>7g}{r['n_runs']:>5}  "
+              + "  ".join(f"{_cell(r[f'{m}_mean'], r[f'{m}_std']):>20}" for m, _, _ in METRICS))
+    print(f"wrote {Path(args.output) / 'alpha_sweep.csv'} and {Path(args.output) / 'alpha_tradeoff.png'}")
