@@ -30,6 +30,13 @@ def bench_main(argv: list[str]) -> None:
     bench.main(argv)
 
 
+def evaluate_main(argv: list[str]) -> None:
+    """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
+    from consistency_vae import evaluate
+
+    evaluate.main(argv)
+
+
 def sweep_main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
     from consistency_vae import sweep
@@ -49,4 +56,5 @@ COMMANDS = {
     "sweep": sweep_main,
     "sweep-report": sweep_report_main,
     "bench": bench_main,
+    "evaluate": evaluate_main,
 }

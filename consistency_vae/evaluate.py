@@ -1,0 +1,227 @@
+"""``consistency-vae evaluate``: every metric and figure of a checkpoint, in one command.
+
+    consistency-vae evaluate --ckpt_path runs/.../best-epoch24.ckpt --output results/eval
+    consistency-vae evaluate --ckpt_path X.ckpt --output out --data.dataset fashion_mnist --iwae_k 100
+
+From Python (the reproduction pipeline calls this for many checkpoints):
+
+    from consistency_vae.evaluate import evaluate_checkpoint
+    metrics = evaluate_checkpoint("runs/.../last.ckpt", "results/eval", iwae_k=1000)
+
+Writes ``DIR/metrics.json`` and ``DIR/{latent_drift,reconstructions,prior_samples}.png``. The data
+config is the checkpoint's own (``datamodule_hyper_parameters``) unless overridden. All sampling
+is seeded, so two runs on the same machine give the same numbers.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from consistency_vae.errors import CheckpointError, ConfigError, UserError
+
+METRIC_DOCS = {  # key -> what it is, for the printed table and the README
+    "kl_consistency": "KL(q(z'|x') || q(z|x)), test mean, nats",
+    "elbo": "ELBO (1 sample of z, analytic KL), test mean, nats",
+    "recon": "-log p(x|z) (Bernoulli), test mean, nats",
+    "kl": "KL(q(z|x) || N(0, I)), test mean, nats",
+    "iwae_ll": "IWAE bound on log p(x), K samples, nats",
+    "iwae_gap": "iwae_ll - ELBO of the same images, nats",
+    "active_units": "dims with Var_x[mu(x)] > 0.01",
+    "probe_accuracy": "logistic regression on mu(x): train -> test",
+    "alpha": "final alpha (the buffer; moves in constrained mode)",
+}
+
+
+def _read_checkpoint(path: Path, allow_pickle: bool) -> dict:
+    """The checkpoint dict, or a CheckpointError naming the path, what is wrong and the fix."""
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path} does not exist or is not a file: give a .ckpt "
+                              "written by `consistency-vae fit` (runs/<name>/version_N/checkpoints/)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        hint = ("it holds Python objects beyond tensors: if you trust the file, pass --allow_pickle"
+                if "weights_only" in str(err).lower() or "weights only" in str(err).lower() else
+                "the file is truncated or corrupted: copy it again, or use another checkpoint (last.ckpt)")
+        raise CheckpointError(f"cannot read checkpoint {path} ({reason}); {hint}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
+        found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (found {found}): give a .ckpt "
+                              "written by `consistency-vae fit`")
+    keys = ckpt["state_dict"].keys()
+    if "alpha" not in keys or not any(k.startswith("encoder.") for k in keys) \
+            or not any(k.startswith("decoder.") for k in keys):
+        raise CheckpointError(f"{path} is a Lightning checkpoint of another model (weights "
+                              f"{sorted(keys)[:4]}..., no encoder/decoder/alpha): give a ConsistencyVAE "
+                              "checkpoint written by `consistency-vae fit`")
+    return ckpt
+
+
+def _load_model(path: Path, device: torch.device, allow_pickle: bool):
+    from consistency_vae.model import ConsistencyVAE
+
+    try:
+        model = ConsistencyVAE.load_from_checkpoint(path, map_location=device,
+                                                    weights_only=not allow_pickle)
+    except Exception as err:  # hparams or weights that do not fit ConsistencyVAE
+        reason = str(err).strip().splitlines()[0][:200]
+        raise CheckpointError(f"cannot build ConsistencyVAE from {path} ({type(err).__name__}: "
+                              f"{reason}): is it a checkpoint of this project's model?") from None
+    return model.eval()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _datamodule(ckpt: dict, dataset: str | None, data_dir: str | None, subset: int | None):
+    from consistency_vae.datamodule import MNISTDataModule
+
+    saved = ckpt.get("datamodule_hyper_parameters") or {}
+    hp = {k: v for k, v in saved.items() if not k.startswith("_")}  # drop '_instantiator'
+    hp.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir), ("subset", subset))
+               if v is not None})
+    dm = MNISTDataModule(**hp)
+    dm.prepare_data()
+    dm.setup("test")
+    return dm
+
+
+def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, dataset: str | None = None,
+                        data_dir: str | None = None, subset: int | None = None, iwae_k: int = 1000,
+                        iwae_images: int | None = None, iwae_batch: int = 100, device: str = "auto",
+                        seed: int = 0, figures: bool = True, overwrite: bool = False,
+                        allow_pickle: bool = False, progress: bool = True) -> dict:
+    """Evaluate one checkpoint; write ``output_dir/metrics.json`` and PNGs; return the metrics.
+
+    dataset, data_dir, subset: override the checkpoint's data config. iwae_images: IWAE on the
+    first N test images only (quick runs); the other metrics always use the whole test set.
+    """
+    from tqdm.auto import tqdm
+
+    from consistency_vae import callbacks, metrics
+
+    started = time.perf_counter()
+    ckpt_path, out = Path(ckpt_path), Path(output_dir)
+    if (out / "metrics.json").exists() and not overwrite:
+        raise UserError(f"{out / 'metrics.json'} exists: pass --overwrite (overwrite=True) or "
+                        "choose another --output")
+    if iwae_k < 1 or (iwae_images is not None and iwae_images < 1):
+        raise ConfigError(f"--iwae_k and --iwae_images must be >= 1, got {iwae_k} and {iwae_images}")
+    ckpt = _read_checkpoint(ckpt_path, allow_pickle)
+    dev = _device(device)
+    model = _load_model(ckpt_path, dev, allow_pickle)
+    dm = _datamodule(ckpt, dataset, data_dir, subset)
+    images, labels = dm.test_set.images, dm.test_set.labels  # (N, 1, 28, 28), (N,) on the CPU
+    n, dim = len(images), model.hparams.latent_dim
+
+    with callbacks.eval_mode(model):
+        # KL(z'||z), ELBO, recon, KL and the posterior means, one fixed eps row per test image.
+        noise = metrics.fixed_noise(n, dim, seed)
+        terms, active = metrics.LossTerms().to(dev), metrics.ActiveUnits(dim).to(dev)
+        elbo = torch.empty(n, dtype=torch.float64)  # per image, for the gap on the IWAE subset
+        for i in range(0, n, 1000):
+            out_b = metrics.vae_terms(model, images[i:i + 1000].to(dev), noise[i:i + 1000])
+            terms.update(out_b)
+            active.update(out_b["mu"])
+            elbo[i:i + 1000] = out_b["elbo"].double().cpu()
+        results = {k: float(v) for k, v in terms.compute().items()}
+
+        # IWAE with K samples, on the first iwae_images test images.
+        n_iwae = min(iwae_images or n, n)
+        iwae = metrics.IWAELogLikelihood(iwae_k).to(dev)
+        generator = torch.Generator().manual_seed(seed + 2)  # not the eps of the terms above
+        with tqdm(total=n_iwae, desc=f"IWAE K={iwae_k}", unit="img", disable=not progress) as bar:
+            for i in range(0, n_iwae, iwae_batch):
+                x = images[i:min(i + iwae_batch, n_iwae)].to(dev)
+                iwae.update(model, x, generator)
+                bar.update(len(x))
+        results["iwae_ll"] = float(iwae.compute())
+        results["iwae_gap"] = results["iwae_ll"] - float(elbo[:n_iwae].mean())
+
+        results["active_units"] = int(active.compute())
+        train_mu = callbacks.encode_means(model, dm.train_set.images)
+        test_mu = callbacks.encode_means(model, images)
+        results["probe_accuracy"] = metrics.linear_probe_accuracy(
+            train_mu, dm.train_set.labels, test_mu, labels)
+
+        out.mkdir(parents=True, exist_ok=True)
+        pngs = []
+        if figures:
+            name = dm.hparams.dataset
+            title = f"{name}, alpha={float(model.alpha):.3g}, {ckpt_path.name}"
+            for fname, make in (
+                ("latent_drift", lambda: callbacks.latent_drift_figure(
+                    model, images, labels, seed=seed, dataset=name, title=title)),
+                ("reconstructions", lambda: callbacks.reconstruction_figure(
+                    model, images, labels, seed=seed, title=f"Reconstructions: {title}")),
+                ("prior_samples", lambda: callbacks.prior_samples_figure(
+                    model, seed=seed, title=f"Prior samples: {title}")),
+            ):
+                fig = make()
+                fig.savefig(out / f"{fname}.png")
+                fig.clf()
+                pngs.append(str(out / f"{fname}.png"))
+
+    results.update({
+        "alpha": float(model.alpha), "alpha_mode": model.hparams.alpha_mode, "latent_dim": dim,
+        "dataset": dm.hparams.dataset, "ckpt_path": str(ckpt_path), "iwae_k": iwae_k,
+        "iwae_images": n_iwae, "test_images": n, "seed": seed, "device": str(dev),
+        "figures": pngs, "wall_seconds": round(time.perf_counter() - started, 1),
+    })
+    tmp = out / "metrics.json.tmp"  # written whole, then renamed: never a half-written file
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out / "metrics.json")
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The metrics as an aligned text table: key, value, meaning."""
+    rows = []
+    for key, doc in METRIC_DOCS.items():
+        value = results[key]
+        shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
+        rows.append((key, shown, doc))
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    head = (f"{results['ckpt_path']}  ({results['dataset']}, latent_dim {results['latent_dim']}, "
+            f"alpha_mode {results['alpha_mode']}, IWAE K={results['iwae_k']} on "
+            f"{results['iwae_images']} of {results['test_images']} test images, "
+            f"{results['wall_seconds']} s on {results['device']})")
+    return "\n".join([head] + [f"  {k:<{width[0]}}  {v:>{width[1]}}  {d}" for k, v, d in rows])
+
+
+def main(argv: list[str]) -> None:
+    """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
+    p = argparse.ArgumentParser(prog="consistency-vae evaluate", description=main.__doc__)
+    p.add_argument("--ckpt_path", required=True, help="a .ckpt written by `consistency-vae fit`")
+    p.add_argument("--output", required=True, help="folder for metrics.json and the PNGs")
+    p.add_argument("--data.dataset", dest="dataset", choices=["mnist", "fashion_mnist"],
+                   help="override the checkpoint's dataset")
+    p.add_argument("--data.data_dir", dest="data_dir", help="override the checkpoint's data folder")
+    p.add_argument("--data.subset", dest="subset", type=int, help="first N images of each split")
+    p.add_argument("--iwae_k", type=int, default=1000, help="importance samples per image")
+    p.add_argument("--iwae_images", type=int, help="IWAE on the first N test images only (quick)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_figures", dest="figures", action="store_false")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
+    p.add_argument("--allow_pickle", action="store_true",
+                   help="load checkpoints holding arbitrary Python objects (trusted files only)")
+    args = vars(p.parse_args(argv))
+    ckpt_path, output = args.pop("ckpt_path"), args.pop("output")
+    try:
+        results = evaluate_checkpoint(ckpt_path, output, **args)
+    except UserError as err:
+        sys.exit(f"consistency-vae evaluate: error: {err}")
+    print(format_table(results))
+    print(f"wrote {Path(output) / 'metrics.json'}" + "".join(f", {f}" for f in results["figures"]))

@@ -1,0 +1,73 @@
+"""Two CPU processes (gloo) give the same metrics as one process on the same data.
+
+Each rank takes its shard from ``UnpaddedDistributedSampler`` (strided, no padding) of an odd
+number of real test images, so the shards are uneven; the metrics' sum-reduced states are
+synced by torchmetrics on ``compute()``.
+"""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from consistency_vae import metrics
+from consistency_vae.datamodule import InMemoryImages, UnpaddedDistributedSampler, load_split
+from consistency_vae.model import ConsistencyVAE
+
+N_IMAGES, WORLD, LATENT, IWAE_K = 301, 2, 3, 4
+
+
+def make_model() -> ConsistencyVAE:
+    torch.manual_seed(0)  # the same weights in every process
+    return ConsistencyVAE(latent_dim=LATENT).eval()
+
+
+@torch.no_grad()
+def shard_metrics(model, images, indices, iwae_seed):
+    """Update the metrics with one shard, in batches of 50; return them (not yet computed)."""
+    noise = metrics.fixed_noise(N_IMAGES, LATENT)
+    terms, active, iwae = metrics.LossTerms(), metrics.ActiveUnits(LATENT), metrics.IWAELogLikelihood(IWAE_K)
+    generator = torch.Generator().manual_seed(iwae_seed)
+    for batch in torch.as_tensor(indices).split(50):
+        out = metrics.vae_terms(model, images[batch], noise[batch])
+        terms.update(out)
+        active.update(out["mu"])
+        iwae.update(model, images[batch], generator)
+    return terms, active, iwae
+
+
+def worker(rank: int, init_file: str, data_dir: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        images = load_split(data_dir, "mnist", train=False)[0][:N_IMAGES]
+        sampler = UnpaddedDistributedSampler(InMemoryImages(images, torch.zeros(N_IMAGES)), WORLD, rank)
+        terms, active, iwae = shard_metrics(make_model(), images, list(sampler), iwae_seed=rank)
+        result = {**{k: v.item() for k, v in terms.compute().items()},  # compute() syncs the ranks
+                  "active_units": active.compute().item(), "variances": active.variances(),
+                  "iwae_ll": iwae.compute().item(), "shard_size": len(sampler)}
+        torch.save(result, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(data_dir), str(tmp_path)), nprocs=WORLD)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    assert sorted(r["shard_size"] for r in ranks) == [150, 151]  # uneven, and nothing padded
+
+    model = make_model()
+    images = load_split(data_dir, "mnist", train=False)[0][:N_IMAGES]
+    terms, active, _ = shard_metrics(model, images, list(range(N_IMAGES)), iwae_seed=0)
+    single = {k: v.item() for k, v in terms.compute().items()}
+    # IWAE: one process over the same shards with the same per-rank generators
+    iwae_single = torch.cat([
+        metrics.iwae_log_likelihood(model, images[list(range(r, N_IMAGES, WORLD))][i:i + 50], IWAE_K, g)
+        for r in range(WORLD) for g in [torch.Generator().manual_seed(r)]
+        for i in range(0, len(range(r, N_IMAGES, WORLD)), 50)]).double().mean().item()
+    for result in ranks:  # every rank sees the synced, whole-data values
+        for t in metrics.TERMS:
+            assert result[t] == pytest.approx(single[t], rel=1e-9, abs=1e-9)
+        assert result["active_units"] == active.compute().item()
+        torch.testing.assert_close(result["variances"], active.variances(), rtol=1e-9, atol=1e-12)
+        assert result["iwae_ll"] == pytest.approx(iwae_single, rel=1e-9)
