@@ -45,11 +45,7 @@ def _read_checkpoint(path: Path, allow_pickle: bool) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        hint = ("it holds Python objects beyond tensors: if you trust the file, pass --allow_pickle"
-                if "weights_only" in str(err).lower() or "weights only" in str(err).lower() else
-                "the file is truncated or corrupted: copy it again, or use another checkpoint (last.ckpt)")
-        raise CheckpointError(f"cannot read checkpoint {path} ({reason}); {hint}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(err)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
         found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a Lightning checkpoint (found {found}): give a .ckpt "
@@ -61,6 +57,18 @@ def _read_checkpoint(path: Path, allow_pickle: bool) -> dict:
                               f"{sorted(keys)[:4]}..., no encoder/decoder/alpha): give a ConsistencyVAE "
                               "checkpoint written by `consistency-vae fit`")
     return ckpt
+
+
+def _load_failure(err: Exception) -> str:
+    """torch.load's multi-paragraph error -> one line: what is wrong and the fix."""
+    text = " ".join(str(err).split())
+    if "Unsupported global" in text:  # a readable file that stores arbitrary Python objects
+        what = text.split("Unsupported global:")[1].split(" was not")[0].strip()
+        return (f"it stores the Python object {what}, which safe loading refuses; if you trust the "
+                "file, pass --allow_pickle")
+    detail = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
+    return (f"the file is truncated or corrupted ({type(err).__name__}: {detail[:120]}); copy it "
+            "again, or use another checkpoint (e.g. last.ckpt)")
 
 
 def _load_model(path: Path, device: torch.device, allow_pickle: bool):
