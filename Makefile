@@ -9,7 +9,7 @@ CONFIG ?= configs/mnist.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install data train test test-fast bench lint clean
+.PHONY: install data train test test-fast bench sweep agent lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,25 @@ test-fast: data  ## unit tests and fast_dev_runs only
 
 bench: data  ## seconds per epoch: Lightning fit vs a plain PyTorch loop
 	$(CLI) bench $(ARGS)
+
+# W&B sweeps (README, "Tracking and sweeps"). `wandb agent` runs the sweep file's command, whose
+# ${interpreter} is a bare `python`: the venv is activated first, so that is the venv's Python.
+SWEEP ?= sweeps/alpha_mnist.yaml
+COUNT ?=
+SWEEP_ID ?=
+WANDB ?= wandb
+AGENT_COUNT = $(if $(COUNT),--count $(COUNT))
+
+sweep: data  ## create a W&B sweep, then run an agent here: make sweep SWEEP=sweeps/alpha_bayes.yaml COUNT=10
+	@source $(VENV)/bin/activate && out=$$($(WANDB) sweep $(SWEEP) 2>&1); echo "$$out"; \
+	id=$$(echo "$$out" | sed -n 's/.*Run sweep agent with: wandb agent //p' | tail -n 1); \
+	if [ -z "$$id" ]; then echo "make sweep: no sweep ID from wandb sweep (logged in? wandb login)"; exit 1; fi; \
+	echo "make sweep: more agents, on any machine with this repository: make agent SWEEP_ID=$$id"; \
+	$(WANDB) agent $(AGENT_COUNT) $$id
+
+agent: data  ## one more agent for a sweep: make agent SWEEP_ID=entity/project/id [COUNT=N]
+	@test -n "$(SWEEP_ID)" || { echo "make agent: give SWEEP_ID=entity/project/id (make sweep prints it)"; exit 1; }
+	@source $(VENV)/bin/activate && $(WANDB) agent $(AGENT_COUNT) $(SWEEP_ID)
 
 lint: install
 	$(VENV)/bin/ruff check consistency_vae tests

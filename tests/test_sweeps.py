@@ -1,0 +1,387 @@
+"""Sweep files, the offline sweep runner and the sweep report.
+
+Every file in sweeps/ is checked against the sweeps package's schema, against the CLI (each
+parameter is a key it accepts), against the keys a real run logs (metric.name), and by running the
+command that wandb's own code builds for one proposed run.
+"""
+
+import csv
+import itertools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from consistency_vae.cli import cli_main
+from consistency_vae.sweep import Manifest, build_command, load_sweep, propose
+from consistency_vae.sweep_objective import ConstrainedELBO, constrained_elbo
+from consistency_vae.sweep_report import report, tradeoff_figure
+from tests.conftest import ROOT
+
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+GRIDS = [p for p in SWEEPS if yaml.safe_load(p.read_text())["method"] == "grid"]
+ALPHAS = [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]
+TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"]
+ids = [p.name for p in SWEEPS]
+
+
+def cli_args(sweep_file: Path, params: dict | None = None) -> list[str]:
+    """The CLI arguments (after `python -m consistency_vae`) of one proposed run, built by wandb."""
+    config = load_sweep(sweep_file)
+    argv = build_command(config, params or propose(config, []))
+    return argv[argv.index("consistency_vae") + 1:]
+
+
+def test_sweeps_folder_holds_the_three_files():
+    assert {p.name for p in SWEEPS} >= {"alpha_mnist.yaml", "alpha_fashion_mnist.yaml", "alpha_bayes.yaml"}
+
+
+# --- schema, engine, command ----------------------------------------------------------------
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=ids)
+def test_sweep_file_passes_the_sweeps_schema(sweep_file):
+    with warnings.catch_warnings():  # sweeps' pydantic v1-style config key
+        warnings.simplefilter("ignore")
+        from sweeps import SweepConfig, schema_violations_from_proposed_config
+
+    config = yaml.safe_load(sweep_file.read_text())
+    assert schema_violations_from_proposed_config(config) == []
+    SweepConfig(config)  # raises on a violation
+    # a block list of wandb macros, as `wandb agent` expands them
+    assert config["command"][:4] == ["${env}", "${interpreter}", "-m", "${program}"]
+    assert config["program"] == "consistency_vae" and config["command"][-1] == "${args}"
+    assert config["metric"]["goal"] in ("minimize", "maximize")
+
+
+def test_a_schema_violation_is_refused_with_its_message(tmp_path):
+    from consistency_vae.errors import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: grid\nmetric: {name: val/loss, goal: lowest}\n"
+                   "parameters: {model.alpha: {values: [1]}}\n")
+    with pytest.raises(ConfigError, match="breaks the W&B sweep schema.*lowest"):
+        load_sweep(bad)
+
+
+@pytest.mark.parametrize("sweep_file", GRIDS, ids=[p.name for p in GRIDS])
+def test_grid_files_cover_alpha_by_three_seeds(sweep_file):
+    config, runs = load_sweep(sweep_file), []
+    while (params := propose(config, runs)) is not None:
+        runs.append({"id": str(len(runs)), "params": params, "status": "finished"})
+    proposed = [(r["params"]["model.alpha"], r["params"]["seed_everything"]) for r in runs]
+    assert sorted(proposed) == sorted(itertools.product(ALPHAS, [0, 1, 2]))
+
+
+def test_bayes_file_searches_alpha_on_a_log_scale_and_learns_from_finished_runs():
+    config = load_sweep(ROOT / "sweeps/alpha_bayes.yaml")
+    alpha = config["parameters"]["model.alpha"]
+    assert alpha["distribution"] == "log_uniform_values" and 0 < alpha["min"] < 1 < alpha["max"]
+    metric = config["metric"]["name"]
+    # finished runs with their metric history, as the runner feeds them back
+    runs = [{"id": str(i), "status": "finished", "params": {"model.alpha": a, "seed_everything": 0},
+             "history": [{metric: -100.0 - 10 * abs(math.log10(a / 0.3))}]}
+            for i, a in enumerate([0.02, 0.1, 1.0, 5.0, 20.0])]
+    params = propose(config, runs)
+    assert alpha["min"] <= params["model.alpha"] <= alpha["max"] and params["seed_everything"] == 0
+    assert isinstance(params["model.alpha"], float)  # a plain float for JSON, not a numpy scalar
+
+
+def test_build_command_equals_what_wandb_agent_runs(tmp_path, monkeypatch):
+    """The reference is wandb's own Agent._command_run, with its process launcher stubbed."""
+    from wandb import wandb_agent
+
+    launched = []
+
+    class Recorded:  # stands in for the subprocess the agent would start
+        def __init__(self, command=None, **kwargs):
+            launched.append(command)
+
+    monkeypatch.setattr(wandb_agent, "AgentProcess", Recorded)
+    for var, value in [("WANDB_DIR", str(tmp_path)), ("WANDB_SWEEP_ID", "s1"), ("WANDB_RUN_ID", "r0"),
+                       ("WANDB_SWEEP_PARAM_PATH", "")]:
+        monkeypatch.setenv(var, value)  # the agent writes some of these; monkeypatch restores them
+    config = load_sweep(ROOT / "sweeps/alpha_fashion_mnist.yaml")
+    params = {"model.alpha": 0.3, "seed_everything": 2}
+    agent = wandb_agent.Agent.__new__(wandb_agent.Agent)
+    agent._sweep_command, agent._function, agent._in_jupyter = config["command"], None, False
+    agent._run_processes, agent._forward_signals, agent._log = {}, False, []
+    agent._command_run({"run_id": "r1", "program": config["program"],
+                        "args": {k: {"value": v} for k, v in params.items()}})
+    assert launched == [build_command(config, params, interpreter="python")]
+    assert build_command(config, params)[1] == sys.executable  # the offline runner's interpreter
+
+
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=ids)
+def test_every_parameter_is_a_key_the_cli_accepts(sweep_file, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the command's --config paths are relative to the repository
+    config = load_sweep(sweep_file)
+    params = propose(config, [])
+    assert set(params) == set(config["parameters"])
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*cli_args(sweep_file, params), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for key, value in params.items():
+        node = printed
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+
+
+def test_a_misspelt_parameter_is_refused_by_the_cli(capsys, monkeypatch):
+    """The check above has teeth: the parser rejects a key it does not know."""
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*cli_args(ROOT / "sweeps/alpha_mnist.yaml", {"model.alpah": 1.0}), "--print_config"])
+    assert exit_.value.code not in (0, None) and "alpah" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=ids)
+def test_the_command_wandb_builds_really_trains(sweep_file, tmp_path, data_dir):
+    """One proposed run, its argv from wandb's own code, run as a subprocess with fast_dev_run."""
+    config = load_sweep(sweep_file)
+    argv = build_command(config, propose(config, []))
+    proc = subprocess.run([*argv, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}",
+                           f"--data.data_dir={data_dir}", "--trainer.enable_progress_bar=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "`Trainer.fit` stopped: `max_steps=1` reached" in proc.stdout + proc.stderr
+
+
+FAKE_WANDB = """#!/bin/bash
+if [ "$1" = sweep ]; then echo "wandb: Creating sweep from: $2"; %s; exit 0; fi
+echo "AGENT [$*] PYTHON=$(command -v python)"
+"""
+
+
+@pytest.mark.parametrize("sweep_prints_id", [True, False], ids=["logged_in", "no_sweep_id"])
+def test_make_sweep_creates_then_runs_an_agent_with_the_venv_python(tmp_path, sweep_prints_id):
+    """`make sweep` with a stand-in `wandb` that records what the agent is given."""
+    fake = tmp_path / "wandb"
+    echo = 'echo "wandb: Run sweep agent with: wandb agent me/consistency-vae/abc123"'
+    fake.write_text(FAKE_WANDB % (echo if sweep_prints_id else "echo 'wandb: ERROR api_key not configured'"))
+    fake.chmod(0o755)
+    proc = subprocess.run(["make", "-o", "data", "sweep", f"WANDB={fake}", "SWEEP=sweeps/alpha_bayes.yaml",
+                           "COUNT=2"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if sweep_prints_id:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # the agent gets the count and the ID, and `python` (the command's ${interpreter}) is the venv's
+        venv_python = ROOT / ".venv/bin/python"
+        assert f"AGENT [agent --count 2 me/consistency-vae/abc123] PYTHON={venv_python}" in proc.stdout
+        assert "make agent SWEEP_ID=me/consistency-vae/abc123" in proc.stdout
+    else:
+        assert proc.returncode != 0 and "no sweep ID" in proc.stdout and "AGENT" not in proc.stdout
+
+
+# --- the metric --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def logged_rows(tmp_path_factory, data_dir):
+    """metrics.csv rows of a real tiny run of each distinct sweep command, keyed by command."""
+    cache = {}
+
+    def rows(sweep_file: Path) -> list[dict]:
+        args = cli_args(sweep_file)
+        key = tuple(a for a in args if not a.startswith(("--model.alpha", "--seed_everything")))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("metric_run")
+            cwd = os.getcwd()
+            os.chdir(ROOT)
+            try:
+                cli_main([*args, f"--trainer.default_root_dir={out}", f"--data.data_dir={data_dir}", *TINY])
+            finally:
+                os.chdir(cwd)
+            (metrics_csv,) = out.rglob("metrics.csv")
+            with metrics_csv.open() as f:
+                cache[key] = list(csv.DictReader(f))
+        return cache[key]
+
+    return rows
+
+
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=ids)
+def test_metric_name_is_a_key_a_real_run_logs(sweep_file, logged_rows):
+    metric = load_sweep(sweep_file)["metric"]["name"]
+    rows = logged_rows(sweep_file)
+    assert metric in rows[0], f"{metric} not among the logged keys {sorted(rows[0])}"
+    values = [row[metric] for row in rows if row[metric]]
+    assert values and all(math.isfinite(float(v)) for v in values)
+
+
+def test_constrained_elbo_is_elbo_minus_the_penalty_on_the_logged_values(logged_rows):
+    rows = logged_rows(ROOT / "sweeps/alpha_mnist.yaml")
+    (val,) = [r for r in rows if r["val/elbo"]]
+    (objective,) = [r for r in rows if r["val/constrained_elbo"]]
+    elbo, kl = float(val["val/elbo"]), float(val["val/kl_consistency"])
+    assert float(objective["val/constrained_elbo"]) == pytest.approx(elbo - 100.0 * max(0.0, kl - 1.0))
+
+
+@pytest.mark.parametrize("elbo, kl, expected", [(-90.0, 0.5, -90.0), (-90.0, 1.0, -90.0),
+                                                (-90.0, 1.25, -115.0), (-80.0, 3.0, -280.0)])
+def test_constrained_elbo_by_hand(elbo, kl, expected):
+    import torch
+
+    value = constrained_elbo(torch.tensor(elbo), torch.tensor(kl), kl_target=1.0, penalty=100.0)
+    assert value.item() == pytest.approx(expected)
+
+
+def test_constrained_elbo_refuses_a_non_positive_budget():
+    from consistency_vae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="kl_target > 0"):
+        ConstrainedELBO(kl_target=0.0)
+
+
+# --- the runner's bookkeeping (no training) --------------------------------------------------
+def test_rerun_retries_failed_grid_points_but_one_invocation_does_not(tmp_path):
+    config = load_sweep(ROOT / "sweeps/alpha_mnist.yaml")
+    first = Manifest(tmp_path, "sweeps/alpha_mnist.yaml", config)
+    point = {"model.alpha": 0.0, "seed_everything": 0}
+    first.runs.append({"id": "0001", "params": point, "status": "failed"})
+    assert propose(config, first.known_runs()) != point  # same invocation: not retried
+    first.runs.append({"id": "0002", "params": {"model.alpha": 0.0, "seed_everything": 1},
+                       "status": "running"})
+    first.save()
+    second = Manifest(tmp_path, "sweeps/alpha_mnist.yaml", config)  # the user runs the command again
+    assert [r["status"] for r in second.runs] == ["failed", "killed"]  # a run cut off is not "running"
+    assert propose(config, second.known_runs()) == point  # failed earlier: tried again
+
+
+# --- end to end: the offline sweep, a failed run, the report ------------------------------------
+@pytest.fixture(scope="module")
+def offline_sweep(tmp_path_factory, data_dir):
+    """`consistency-vae sweep sweeps/alpha_mnist.yaml --count 3 --parallel 2`, offline, tiny runs.
+
+    The grid's first three points are alpha = 0 with seeds 0, 1, 2. Seed 1's run folder is taken
+    by a file, so that run fails (as on a full or read-only disk) while the others go on.
+    """
+    runs = tmp_path_factory.mktemp("sweep") / "runs"
+    runs.mkdir()
+    (runs / "mnist_alpha0.0_seed1").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # the runner's default: offline
+    extra = [f"--data.data_dir={data_dir}", *TINY]
+    command = [sys.executable, "-m", "consistency_vae", "sweep", "sweeps/alpha_mnist.yaml",
+               "--count", "3", "--parallel", "2", "--runs_dir", str(runs), "--extra-args", *extra]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    manifest = json.loads((runs / "sweep-alpha_mnist/manifest.json").read_text())
+    return {"proc": proc, "runs": runs, "manifest": manifest, "extra": extra}
+
+
+@pytest.mark.slow
+def test_offline_sweep_runs_to_the_end_and_reports_the_failed_run(offline_sweep):
+    proc, manifest, runs = offline_sweep["proc"], offline_sweep["manifest"], offline_sweep["runs"]
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # something failed, said after the end
+    assert "2 of 3 runs finished, 1 failed" in proc.stdout, proc.stdout + proc.stderr
+    by_seed = {r["params"]["seed_everything"]: r for r in manifest["runs"]}
+    assert sorted(by_seed) == [0, 1, 2] and {r["params"]["model.alpha"] for r in manifest["runs"]} == {0.0}
+    failed = by_seed[1]
+    assert failed["status"] == "failed" and failed["exit_code"] != 0
+    assert "FAILED with exit code" in proc.stdout and "FileExistsError" in proc.stdout
+    assert "2 of 3 runs finished, 1 failed" in proc.stdout
+    config = load_sweep(ROOT / "sweeps/alpha_mnist.yaml")
+    for seed in (0, 2):
+        run = by_seed[seed]
+        assert run["status"] == "finished" and run["exit_code"] == 0
+        # the command is wandb's, then the runner's own additions
+        expected = build_command(config, run["params"]) + [f"--trainer.default_root_dir={runs}",
+                                                           *offline_sweep["extra"]]
+        assert run["command"] == expected
+        assert Path(run["run_dir"]) == runs / f"mnist_alpha0.0_seed{seed}" / "version_0"
+        assert (Path(run["run_dir"]) / "metrics.csv").is_file()
+        assert Path(run["wandb_run_dir"]).parent == runs / "wandb"
+        assert Path(run["wandb_run_dir"]).name.startswith("offline-run-")
+        assert run["history"] and config["metric"]["name"] in run["history"][-1]
+
+
+def final_test_metric(run_dir: Path, key: str) -> float:
+    """Independent reading: the last row of metrics.csv holding ``key``."""
+    with (run_dir / "metrics.csv").open() as f:
+        return float([row for row in csv.DictReader(f) if row.get(key)][-1][key])
+
+
+@pytest.mark.slow
+def test_sweep_report_turns_the_runs_into_the_csv_and_the_figure(offline_sweep, tmp_path):
+    rows = report(offline_sweep["runs"], tmp_path)
+    with (tmp_path / "alpha_sweep.csv").open() as f:
+        (row,) = list(csv.DictReader(f))  # one setting: mnist, alpha 0; the failed run is left out
+    assert row["dataset"] == "mnist" and float(row["alpha"]) == 0.0 and row["n_runs"] == "2"
+    folders = [offline_sweep["runs"] / f"mnist_alpha0.0_seed{s}/version_0" for s in (0, 2)]
+    for metric in ("kl_consistency", "elbo"):
+        values = [final_test_metric(d, f"test/{metric}") for d in folders]
+        assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
+        assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
+    assert rows[0]["n_runs"] == 2
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "alpha_tradeoff.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+# --- the report on hand-made runs: several alphas, seeds, an evaluate metrics.json -------------
+def make_run(root: Path, alpha: float, seed: int, kl: float, elbo: float,
+             evaluated: dict | None = None) -> Path:
+    run = root / f"mnist_alpha{alpha}_seed{seed}" / "version_0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"seed_everything": seed, "model": {"alpha": alpha},
+                                                     "data": {"dataset": "mnist"}}))
+    with (run / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["epoch", "step", "test/kl_consistency", "test/elbo", "val/elbo"])
+        writer.writeheader()
+        writer.writerow({"epoch": 0, "step": 5, "test/kl_consistency": 99, "test/elbo": -999, "val/elbo": -1})
+        writer.writerow({"epoch": 0, "step": 5, "val/elbo": -2})
+        writer.writerow({"epoch": 1, "step": 9, "test/kl_consistency": kl, "test/elbo": elbo})
+    if evaluated is not None:
+        (run / "eval").mkdir()
+        (run / "eval" / "metrics.json").write_text(json.dumps(evaluated))
+    return run
+
+
+def test_report_means_and_stds_over_seeds_per_alpha(tmp_path):
+    import numpy as np
+
+    runs = tmp_path / "runs"
+    table = {0.0: [(3.1, -150.0), (2.9, -151.0), (3.3, -149.0)], 0.3: [(1.2, -152.0), (1.0, -153.5)],
+             10.0: [(0.2, -160.0)]}
+    for alpha, values in table.items():
+        for seed, (kl, elbo) in enumerate(values):
+            make_run(runs, alpha, seed, kl, elbo,
+                     {"iwae_ll": elbo + 2.0, "probe_accuracy": 0.5 + seed / 10} if alpha == 0.3 else None)
+    rows = report(runs, tmp_path / "out")
+    with (tmp_path / "out/alpha_sweep.csv").open() as f:
+        written = {float(r["alpha"]): r for r in csv.DictReader(f)}
+    assert sorted(written) == [0.0, 0.3, 10.0]
+    for alpha, values in table.items():
+        kl, elbo = np.array(values).T
+        assert float(written[alpha]["kl_consistency_mean"]) == pytest.approx(kl.mean())
+        assert float(written[alpha]["elbo_mean"]) == pytest.approx(elbo.mean())
+        if len(values) > 1:
+            assert float(written[alpha]["elbo_std"]) == pytest.approx(elbo.std(ddof=1))
+        else:
+            assert written[alpha]["elbo_std"] == ""  # one seed: no spread, not a fake 0
+    assert float(written[0.3]["iwae_ll_mean"]) == pytest.approx(np.mean([-150.0, -151.5]))
+    assert float(written[0.3]["probe_accuracy_std"]) == pytest.approx(np.std([0.5, 0.6], ddof=1))
+    assert written[0.0]["iwae_ll_mean"] == ""
+    fig = tradeoff_figure(rows)
+    assert [ax.get_xscale() for ax in fig.axes] == ["symlog"] * 4  # KL, ELBO, IWAE, probe
+    assert all(ax.get_xlim()[0] <= 0.0 for ax in fig.axes)  # alpha = 0 is on the axis
+
+
+def test_report_counts_only_the_runs_a_manifest_lists_as_finished(tmp_path):
+    runs = tmp_path / "runs"
+    good = make_run(runs, 1.0, 0, 0.8, -150.0)
+    crashed = make_run(runs, 1.0, 1, 5.0, -400.0)  # partial metrics of a run that died
+    (runs / "sweep-x").mkdir()
+    (runs / "sweep-x/manifest.json").write_text(json.dumps({"runs": [
+        {"status": "finished", "run_dir": str(good)}, {"status": "failed", "run_dir": str(crashed)}]}))
+    report(runs, tmp_path / "out")
+    with (tmp_path / "out/alpha_sweep.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["n_runs"] == "1" and float(row["elbo_mean"]) == -150.0
