@@ -53,6 +53,11 @@ agent: data  ## one more agent for a sweep: make agent SWEEP_ID=entity/project/i
 	@test -n "$(SWEEP_ID)" || { echo "make agent: give SWEEP_ID=entity/project/id (make sweep prints it)"; exit 1; }
 	@source $(VENV)/bin/activate && $(WANDB) agent $(AGENT_COUNT) $(SWEEP_ID)
 
+SEEDS ?= 3
+EPOCHS ?= 25
+reproduce: data  ## the paper's experiment and ours into results/; quicker: make reproduce SEEDS=1 EPOCHS=5
+	$(CLI) reproduce --seeds $(SEEDS) --epochs $(EPOCHS) $(ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check consistency_vae tests
 

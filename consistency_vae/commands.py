@@ -51,10 +51,18 @@ def sweep_report_main(argv: list[str]) -> None:
     sweep_report.main(argv)
 
 
+def reproduce_main(argv: list[str]) -> None:
+    """consistency-vae reproduce: the paper's experiment and ours, into results/ (make reproduce)."""
+    from consistency_vae import reproduce
+
+    reproduce.main(argv)
+
+
 COMMANDS = {
     "data": data_main,
     "sweep": sweep_main,
     "sweep-report": sweep_report_main,
     "bench": bench_main,
     "evaluate": evaluate_main,
+    "reproduce": reproduce_main,
 }

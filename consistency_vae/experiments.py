@@ -49,7 +49,7 @@ class Run:
                 *SETTINGS[self.setting][0], f"--seed_everything={self.seed}",
                 f"--model.alpha={self.alpha}", f"--trainer.max_epochs={epochs}",
                 "--trainer.enable_progress_bar=false", f"--trainer.logger={json.dumps(logger)}",
-                f"--data.data_dir={data_dir}"]
+                f"--data.data_dir={data_dir}", "--trainer.callbacks+=consistency_vae.timing.EpochTimer"]
         if self.kl_target is not None:
             args += ["--model.alpha_mode=constrained", f"--model.kl_target={self.kl_target}"]
         if subset:

@@ -1,0 +1,134 @@
+"""The reproduction's figures: the paper's Fig. 3a, 3b and 2, the alpha trade-off, the constrained mode."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+from consistency_vae.summary import TOLERANCE, group
+from consistency_vae.summary_md import NAMES
+
+COLOURS = {"vae": "tab:blue", "consistency": "tab:red", "constrained": "tab:green"}
+LEGEND = {"vae": "plain VAE (alpha=0)", "consistency": "consistency (alpha=1)",
+          "constrained": "constrained (KL <= eps)"}
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log scale with 0.5, 1, 2, 5 ticks written as plain numbers, not 5x10^-1."""
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(FormatStrFormatter(""))
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def kl_during_training(records: list[dict], datasets: list[str]) -> Figure:
+    """Fig. 3a: test KL(z'||z) after each epoch, mean over seeds with a min-max band."""
+    fig = _figure(5.5 * len(datasets), 4)
+    for ax, d in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
+        for model in ("vae", "consistency"):
+            runs = group(records, dataset=d, setting="paper", model=model)
+            curves = [r["curve"] for r in runs if r["curve"]]
+            if not curves:
+                continue
+            n = min(map(len, curves))
+            c = np.array([cv[:n] for cv in curves])  # (seeds, epochs)
+            epochs = np.arange(1, n + 1)
+            ax.plot(epochs, c.mean(0), color=COLOURS[model], label=f"{LEGEND[model]}, {len(c)} seeds")
+            ax.fill_between(epochs, c.min(0), c.max(0), color=COLOURS[model], alpha=0.2)
+        ax.set(title=f"{NAMES.get(d, d)}: test KL(z'||z) during training", xlabel="epoch",
+               ylabel="KL(q(z'|x') || q(z|x)) [nats]", yscale="log")
+        _plain_log_ticks(ax.yaxis)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    return fig
+
+
+def kl_after_training(summary: dict, datasets: list[str]) -> Figure:
+    """Fig. 3b: test KL(z'||z) at the end, ours beside the paper's (MNIST only has paper values)."""
+    fig = _figure(4.5 * len(datasets), 4)
+    for ax, d in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
+        c = summary["results"][d]["paper"]
+        models = ("vae", "consistency")
+        means = [c[m]["kl_consistency"]["mean"] for m in models]
+        stds = [0 if math.isnan(c[m]["kl_consistency"]["std"]) else c[m]["kl_consistency"]["std"]
+                for m in models]
+        x = np.arange(len(models))
+        ax.bar(x - 0.2, means, 0.4, yerr=stds, capsize=4, color=[COLOURS[m] for m in models],
+               label="this project (mean ± std)")
+        paper = summary["paper"].get(d)
+        if paper:
+            ax.bar(x + 0.2, [paper[m]["kl_consistency"] for m in models], 0.4, color="none",
+                   edgecolor="k", hatch="//", label="paper")
+        for xi, m in zip(x, means, strict=True):
+            ax.annotate(f"{m:.2f}", (xi - 0.2, m), ha="center", va="bottom", fontsize=9)
+        ax.set_xticks(x, ["plain VAE", "consistency"])
+        ax.set(title=f"{NAMES.get(d, d)}: test KL(z'||z) after training", ylabel="nats")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def stack_pngs(paths: list[Path], titles: list[str]) -> Figure:
+    """Several saved figures (evaluate's latent_drift.png) one above the other, with a title each."""
+    import matplotlib.image as mpimg
+
+    images = [mpimg.imread(p) for p in paths]
+    h = sum(im.shape[0] for im in images) / 100
+    fig = _figure(images[0].shape[1] / 100, h + 0.4 * len(images))
+    for ax, im, title in zip(fig.subplots(len(images), 1, squeeze=False)[:, 0], images, titles, strict=True):
+        ax.imshow(im)
+        ax.set_title(title, fontsize=12, loc="left")
+        ax.axis("off")
+    return fig
+
+
+def constrained_figure(records: list[dict], rows: list[dict]) -> Figure:
+    """ELBO against test KL(z'||z): fixed alphas (labelled) and the constrained runs, per setting."""
+    fig = _figure(5 * max(1, len(rows)), 4.2)
+    for ax, row in zip(fig.subplots(1, max(1, len(rows)), squeeze=False)[0], rows, strict=False):
+        d, s, eps = row["dataset"], row["setting"], row["kl_target"]
+        fixed = [r for r in records if r["dataset"] == d and r["setting"] == s and r["kl_target"] is None]
+        ax.scatter([r["kl_consistency"] for r in fixed], [r["elbo"] for r in fixed], c="tab:blue",
+                   label="fixed alpha (each seed)")
+        for a in sorted({r["alpha_init"] for r in fixed}):
+            pts = [r for r in fixed if r["alpha_init"] == a]
+            ax.annotate(f"{a:g}", (np.mean([r["kl_consistency"] for r in pts]),
+                                   np.mean([r["elbo"] for r in pts])), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ours = group(records, dataset=d, setting=s, model="constrained")
+        ax.scatter([r["kl_consistency"] for r in ours], [r["elbo"] for r in ours], marker="*", s=160,
+                   c=COLOURS["constrained"], edgecolors="k", label=f"constrained, eps={eps:g}")
+        ax.axvline(eps * TOLERANCE, color="0.4", ls="--", lw=1, label="eps + 10%")
+        ax.set(xscale="log", xlabel="test KL(z'||z) [nats]", ylabel="test ELBO [nats]",
+               title=f"{NAMES.get(d, d)}, {s}: ELBO vs consistency")
+        _plain_log_ticks(ax.xaxis)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def write_all(summary: dict, records: list[dict], runs_dir: Path, output: Path) -> None:
+    from consistency_vae.sweep_report import tradeoff_figure
+
+    datasets = list(summary["results"])
+    kl_during_training(records, datasets).savefig(output / "kl_during_training.png")
+    kl_after_training(summary, datasets).savefig(output / "kl_after_training.png")
+    for d in datasets:
+        by_model = {r["model"]: r for r in group(records, dataset=d, setting="paper", seed=0)}
+        pngs = [runs_dir / by_model[m]["name"] / "version_0/eval/latent_drift.png"
+                for m in ("vae", "consistency") if m in by_model]
+        if len(pngs) == 2 and all(p.is_file() for p in pngs):
+            stack_pngs(pngs, [f"Plain VAE (alpha = 0), {NAMES.get(d, d)}",
+                              f"Consistency VAE (alpha = 1), {NAMES.get(d, d)}"]
+                       ).savefig(output / f"latent_drift_{d}.png", dpi=72)  # ~300 KB, for git
+    if summary["sweep"]:
+        tradeoff_figure(summary["sweep"]).savefig(output / "alpha_tradeoff.png", dpi=110)
+    if summary["constrained"]:
+        constrained_figure(records, summary["constrained"]).savefig(output / "constrained.png")
