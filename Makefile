@@ -9,7 +9,7 @@ CONFIG ?= configs/mnist.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install data train test test-fast bench sweep agent lint clean
+.PHONY: install data train test test-fast bench sweep agent reproduce lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
