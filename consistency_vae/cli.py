@@ -9,15 +9,18 @@ Configs are read in jsonargparse's ``omegaconf+`` mode: interpolations such as
 renames the run folder that interpolates it.
 """
 
+import signal
 import sys
 from pathlib import Path
 
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from consistency_vae import checkpointing, run_folders
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError, UserError
-from consistency_vae.model import ConsistencyVAE
+from consistency_vae.model import ConsistencyVAE, NonFiniteLossError
 from consistency_vae.tracking import SaveConfigEverywhere, ensure_wandb_mode, finish_wandb_run
 
 # Absolute interpolation paths (${data.dataset}) keep working under the fit/test/... subcommands.
@@ -30,23 +33,61 @@ CKPT_ALIASES = ("last", "best", "hpc", "registry")
 class ConsistencyCLI(LightningCLI):
     """LightningCLI with up-front checks and a one-line summary after ``fit``."""
 
+    _output: tuple[Path, Path | None] = (Path("runs"), None)  # (save_dir, run folder if known)
+    _ckpt_shapes: dict | None = None  # parameter shapes of the --ckpt_path file, once read
+
+    def _parse_ckpt_path(self) -> None:
+        """Runs right after parsing, where Lightning reads the checkpoint's hyperparameters into
+        the config. First: ``fit --ckpt_path last`` becomes the newest run folder of this name
+        (see run_folders.resolve), and an unreadable or non-Lightning file fails in one line."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand:
+            self._output = run_folders.resolve(subcommand, self.config[subcommand])
+            ckpt = self.config[subcommand].get("ckpt_path")
+            if ckpt and ckpt not in CKPT_ALIASES:
+                if not Path(ckpt).is_file():
+                    raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
+                                          "file, or 'last' to resume the latest run")
+                self._ckpt_shapes = checkpointing.read_checkpoint_shapes(ckpt, self._model_class)
+        try:
+            super()._parse_ckpt_path()
+        except SystemExit as err:  # its hyperparameters are not ConsistencyVAE's
+            raise CheckpointError(f"--ckpt_path {ckpt} holds the hyperparameters of another model: pass a "
+                                  ".ckpt written by `consistency-vae fit`") from err
+
     def _check_ckpt_path(self) -> None:
-        ckpt = self.config[self.subcommand].get("ckpt_path")
-        if ckpt and ckpt not in CKPT_ALIASES and not Path(ckpt).is_file():
-            raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
-                                    "file, or 'last' to resume the latest run")
+        if self._ckpt_shapes is not None:
+            checkpointing.check_architecture(self.config[self.subcommand].ckpt_path, self._ckpt_shapes,
+                                             self.model)
+
+    def _check_output(self, need_bytes: int = 0) -> None:
+        """Keep an earlier attempt's logs in a reused folder; fail now if it cannot be written."""
+        if not run_folders.is_main_process():
+            return
+        save_dir, folder = self._output
+        if self.subcommand == "fit" and folder is not None and folder.is_dir():
+            for kept in run_folders.keep_previous_attempt(folder):
+                print(f"consistency-vae: kept the earlier attempt's {kept.name}", file=sys.stderr)
+        run_folders.check_writable(folder if folder is not None and folder.is_dir() else save_dir, need_bytes)
 
     def before_fit(self) -> None:
         self._check_ckpt_path()
+        # best + last + one being written, each with the weights and Adam's two moments
+        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self._check_output(need_bytes=9 * weights)
 
     def before_validate(self) -> None:
         self._check_ckpt_path()
+        self._check_output()
 
     def before_test(self) -> None:
         self._check_ckpt_path()
+        self._check_output()
 
     def before_predict(self) -> None:
         self._check_ckpt_path()
+        self._check_output()
 
     def after_fit(self) -> None:
         """Test the best checkpoint and print where it is with its test ELBO and KL(z'||z)."""
@@ -97,7 +138,11 @@ def cli_main(args: list[str] | None = None) -> None:
         ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, rather than a hang or a crash
     try:
         lightning_cli(None if args is None else argv)
-    except UserError as err:
+    except (UserError, NonFiniteLossError) as err:
         sys.exit(f"consistency-vae: error: {err}")
+    except SIGTERMException:  # Lightning stopped at a batch boundary; the checkpoint callback saved
+        print("consistency-vae: stopped by SIGTERM; continue with the same command plus "
+              "--ckpt_path last", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)  # the shell's code for "terminated by SIGTERM", not success
     finally:
         finish_wandb_run()  # one W&B run per command, also when commands share a process

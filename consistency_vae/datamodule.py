@@ -5,6 +5,7 @@ training device in ``setup``. A batch is one indexing operation on that tensor: 
 PIL conversion, no collate of 128 small tensors, no host-to-device copy per step on a GPU.
 """
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -42,12 +43,18 @@ class UnpaddedDistributedSampler(DistributedSampler):
     """Shards evaluation data across ranks without padding, so no test image counts twice.
 
     DistributedSampler pads every rank to the same length by repeating indices; for metrics
-    that are dataset means that would weight the repeated images twice.
+    that are dataset means that would weight the repeated images twice. Whole batches of
+    ``batch_size`` are dealt round-robin (global batch b goes to rank b % num_replicas), so every
+    batch holds the same images as on one process: with noise drawn per global batch (see
+    ``ConsistencyVAE._eval_step``), test metrics do not depend on the number of processes.
+    Being a DistributedSampler, Lightning keeps it under DDP instead of injecting its own.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, batch_size: int = 1):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.indices = list(range(len(dataset)))[rank::num_replicas]
+        n = len(dataset)
+        starts = range(rank * batch_size, n, num_replicas * batch_size)
+        self.indices = [i for s in starts for i in range(s, min(s + batch_size, n))]
         self.num_samples = len(self.indices)
 
     def __iter__(self):
@@ -120,7 +127,14 @@ class MNISTDataModule(LightningDataModule):
         self.test_set = InMemoryImages(test_images[:n].to(device), test_labels[:n].to(device))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True,
+        # Shuffled from seed + epoch (Lightning calls set_epoch each epoch), not from the global
+        # RNG, which Lightning does not restore on resume: a resumed run sees the batches an
+        # uninterrupted one would. The seed is seed_everything's, as for Lightning's own sampler;
+        # under DDP each rank takes its share of the same permutation.
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=True)
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
                           drop_last=True, collate_fn=_whole_batch)
 
     def val_dataloader(self) -> DataLoader:
@@ -136,6 +150,6 @@ class MNISTDataModule(LightningDataModule):
         sampler = None
         if self.trainer is not None and self.trainer.world_size > 1:
             sampler = UnpaddedDistributedSampler(dataset, self.trainer.world_size,
-                                                 self.trainer.global_rank)
+                                                 self.trainer.global_rank, self.hparams.eval_batch_size)
         return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
                           collate_fn=_whole_batch)
