@@ -145,6 +145,7 @@ class Manifest:
 
 def _child_env(sweep_name: str, threads: int, run_info: Path) -> dict:
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # as wandb agent does: each run starts its own wandb service
     env.setdefault("WANDB_MODE", "offline")  # the user's choice wins (online, disabled)
     env.setdefault("WANDB_RUN_GROUP", sweep_name)  # W&B groups the runs once synced
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # parallel runs share the cores
