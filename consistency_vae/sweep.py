@@ -187,17 +187,25 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
               extra_args: list[str] | None = None) -> dict:
     """Propose, launch and collect runs until ``count`` have run or the grid is done."""
     from wandb.env import get_agent_max_initial_failures
+    from wandb.wandb_agent import Agent
 
     if parallel < 1 or (count is not None and count < 1):
         raise ConfigError(f"--parallel and --count must be >= 1, got {parallel} and {count}")
     config = load_sweep(sweep_file)
-    if config["method"] != "grid" and count is None:
-        raise ConfigError(f"a {config['method']} search never ends by itself: give --count N")
     name = config.get("name") or Path(sweep_file).stem
     manifest = Manifest(Path(runs_dir) / f"sweep-{name}", sweep_file, config)
+    if "run_cap" in config:  # W&B's cap on the sweep's runs, earlier invocations included
+        left = config["run_cap"] - len(manifest.runs)
+        if left <= 0:
+            print(f"sweep {name}: its run_cap of {config['run_cap']} runs is reached ({manifest.path})")
+            return {"manifest": str(manifest.path), "finished": 0, "failed": 0}
+        count = min(count or left, left)
+    if config["method"] != "grid" and count is None:
+        raise ConfigError(f"a {config['method']} search never ends by itself: give --count N")
     metric = (config.get("metric") or {}).get("name")
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    max_initial_failures = get_agent_max_initial_failures(3)  # as `wandb agent` stops a broken command
+    # as `wandb agent` stops a broken command (WANDB_AGENT_MAX_INITIAL_FAILURES, default 5)
+    max_initial_failures = get_agent_max_initial_failures(Agent.MAX_INITIAL_FAILURES)
     extra = [f"--trainer.default_root_dir={runs_dir}", *(extra_args or [])]
     running: dict[str, tuple[dict, subprocess.Popen]] = {}
     launched, exhausted, outcomes = 0, False, []

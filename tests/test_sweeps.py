@@ -255,6 +255,35 @@ def test_rerun_retries_failed_grid_points_but_one_invocation_does_not(tmp_path):
     assert propose(config, second.known_runs()) == point  # failed earlier: tried again
 
 
+def test_a_command_that_always_fails_stops_the_sweep_as_wandb_agent_does(tmp_path, monkeypatch, capsys):
+    from consistency_vae.sweep import run_sweep
+
+    config = yaml.safe_load((ROOT / "sweeps/alpha_mnist.yaml").read_text())
+    config["command"] = ["${env}", "false", "${args}"]  # exits 1 at once, whatever the arguments
+    sweep_file = tmp_path / "broken.yaml"
+    sweep_file.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("WANDB_AGENT_MAX_INITIAL_FAILURES", "2")
+    result = run_sweep(str(sweep_file), parallel=1, runs_dir=str(tmp_path / "runs"))
+    assert result["finished"] == 0 and result["failed"] == 2  # not all 18 grid points
+    out = capsys.readouterr().out
+    assert out.count("FAILED with exit code 1") == 2 and "the first 2 runs all failed" in out
+    manifest = json.loads(Path(result["manifest"]).read_text())
+    assert [r["command"][1:3] for r in manifest["runs"]] == [["false", "--model.alpha=0.0"]] * 2
+
+
+def test_run_cap_counts_the_runs_of_earlier_invocations(tmp_path, capsys):
+    from consistency_vae.sweep import run_sweep
+
+    config = load_sweep(ROOT / "sweeps/alpha_bayes.yaml")
+    previous = Manifest(tmp_path / "runs" / f"sweep-{config['name']}", "sweeps/alpha_bayes.yaml", config)
+    previous.runs = [{"id": f"{i:04d}", "params": {"model.alpha": 1.0, "seed_everything": 0},
+                      "status": "finished"} for i in range(config["run_cap"])]
+    previous.save()
+    result = run_sweep(str(ROOT / "sweeps/alpha_bayes.yaml"), runs_dir=str(tmp_path / "runs"))
+    assert result["finished"] == result["failed"] == 0
+    assert f"run_cap of {config['run_cap']} runs is reached" in capsys.readouterr().out
+
+
 # --- end to end: the offline sweep, a failed run, the report ------------------------------------
 @pytest.fixture(scope="module")
 def offline_sweep(tmp_path_factory, data_dir):
