@@ -105,7 +105,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def tradeoff_figure(rows: list[dict]):
-    """Every metric against alpha, one line per dataset, error bars = std over seeds.
+    """Every metric against alpha: a row of panels per dataset (each with its own scale, as the
+    datasets' ELBOs lie far apart), error bars = std over seeds.
 
     alpha = 0 (the plain VAE) is a point on the axis: a symlog scale, linear below the smallest
     positive alpha and logarithmic above, so 0, 0.1 and 10 are all visible.
@@ -115,22 +116,23 @@ def tradeoff_figure(rows: list[dict]):
 
     shown = [(m, label, better) for m, label, better in METRICS
              if any(not math.isnan(r[f"{m}_mean"]) for r in rows)]
-    fig = Figure(figsize=(4.2 * len(shown), 3.6), layout="constrained")
+    datasets = sorted({r["dataset"] for r in rows})
+    fig = Figure(figsize=(4.2 * len(shown), 3.4 * len(datasets)), layout="constrained")
     FigureCanvasAgg(fig)
     positive = [r["alpha"] for r in rows if r["alpha"] > 0]
     linthresh = min(positive) if positive else 1.0
-    for ax, (m, label, better) in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
-        for dataset in sorted({r["dataset"] for r in rows}):
+    axes = fig.subplots(len(datasets), len(shown), squeeze=False)
+    for row_axes, dataset in zip(axes, datasets, strict=True):
+        for ax, (m, label, better) in zip(row_axes, shown, strict=True):
             pts = [r for r in rows if r["dataset"] == dataset and not math.isnan(r[f"{m}_mean"])]
             ax.errorbar([r["alpha"] for r in pts], [r[f"{m}_mean"] for r in pts],
                         yerr=[0 if math.isnan(r[f"{m}_std"]) else r[f"{m}_std"] for r in pts],
-                        marker="o", capsize=3, label=dataset)
-        ax.set_xscale("symlog", linthresh=linthresh)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("alpha (symlog: 0 is the plain VAE)")
-        ax.set_title(f"{label}\n({better} is better)", fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.axes[0].legend()
+                        marker="o", capsize=3)
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_xlim(left=0)
+            ax.set_xlabel("alpha (symlog: 0 is the plain VAE)")
+            ax.set_title(f"{dataset}: {label}\n({better} is better)", fontsize=10)
+            ax.grid(alpha=0.3)
     return fig
 
 
