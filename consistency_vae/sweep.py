@@ -266,7 +266,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/alpha_mnist.yaml")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (cores are split)")
     parser.add_argument("--count", type=int, default=None,
-                        help="runs to launch (default: the whole grid; required for random/bayes)")
+                        help="runs to launch (default: the whole grid, or the file's run_cap; "
+                             "random/bayes need one of the two)")
     parser.add_argument("--runs_dir", default="runs", help="where run folders and wandb/ go")
     parser.add_argument("--extra-args", nargs=argparse.REMAINDER, default=[],
                         help="the rest of the line is added to every run's command, "
