@@ -146,7 +146,9 @@ class TestSetConsistency(Callback):
         images, _ = _test_data(trainer)
         images = images[: self.max_images]
         noise = fixed_noise(len(images), pl_module.hparams.latent_dim, self.seed)
-        metric = LossTerms().to(pl_module.device)
+        # Rank zero alone holds the whole test set here: a synced compute() would wait for the
+        # other ranks, which never call it (a DDP deadlock).
+        metric = LossTerms(sync_on_compute=False).to(pl_module.device)
         with eval_mode(pl_module):
             for i in range(0, len(images), self.batch_size):
                 x = images[i:i + self.batch_size].to(pl_module.device)

@@ -98,12 +98,13 @@ class ConsistencyCLI(LightningCLI):
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best,
                                verbose=False)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if trainer.is_global_zero and results:
             r = results[0]
             where = best or "(no checkpoint callback: weights kept in memory only)"
             print(f"\nDone. Best checkpoint: {where}\n"
                   f"  test ELBO {r['test/elbo']:.2f} nats   test KL(z'||z) "
-                  f"{r['test/kl_consistency']:.3f} nats   (run folder: {trainer.log_dir})")
+                  f"{r['test/kl_consistency']:.3f} nats   (run folder: {log_dir})")
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> ConsistencyCLI:
