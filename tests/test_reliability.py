@@ -4,7 +4,6 @@ The bad-value messages of alpha, latent_dim, dataset and unknown keys are checke
 test_cli.py; here every bad input is also checked to leave an existing run untouched.
 """
 
-import csv
 import errno
 import hashlib
 import io
@@ -26,9 +25,8 @@ from consistency_vae.cli import cli_main
 from consistency_vae.datamodule import InMemoryImages, MNISTDataModule, UnpaddedDistributedSampler
 from consistency_vae.model import ConsistencyVAE, seeded_generator
 from consistency_vae.networks import LOGVAR_BOUND, MLPDecoder, MLPEncoder
-from tests.conftest import ROOT
+from tests.cli_runs import BASE, csv_only, read_test_metrics
 
-BASE = str(ROOT / "configs/mnist.yaml")
 RUN = "runs/mnist_alpha1.0_seed0"
 # 512 images: 4 training batches of 128 per epoch, one validation and one test batch.
 TINY = ["--data.subset=512", "--data.eval_batch_size=512", "--trainer.enable_progress_bar=false",
@@ -47,13 +45,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def csv_only(version: int | None = None) -> str:
-    """--trainer.logger with only the CSVLogger (a flag on the list would reach its last logger)."""
-    init = {"save_dir": "runs", "name": "mnist_alpha1.0_seed0", "version": version}
-    return "--trainer.logger=" + str([{"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                      "init_args": init}]).replace("'", '"').replace("None", "null")
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -317,12 +308,6 @@ def test_same_seed_twice_gives_identical_weights_and_metrics(workdir, tmp_path):
         torch.testing.assert_close(value, b["state_dict"][key], rtol=0, atol=0, equal_nan=True)
     tests = [read_test_metrics(tmp_path / RUN / f"version_{v}/metrics.csv") for v in (1, 2)]
     assert tests[0] == tests[1] and set(tests[0]) >= {"test/elbo", "test/kl_consistency"}
-
-
-def read_test_metrics(path: Path) -> dict[str, float]:
-    """The test/* values of a run's metrics.csv (logged once, after fit)."""
-    rows = list(csv.DictReader(path.open()))
-    return {k: float(v) for row in rows for k, v in row.items() if k.startswith("test/") and v}
 
 
 def test_shuffle_and_noise_follow_seed_and_epoch_only(data_dir, monkeypatch):

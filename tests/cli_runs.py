@@ -1,0 +1,53 @@
+"""Helpers for tests that run the CLI: a logger list with only the CSVLogger, the test/* metrics
+of a run, and the CLI as a subprocess (for kills, signals and DDP, which need a real process)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+BASE = str(ROOT / "configs/mnist.yaml")
+RUN_NAME = "mnist_alpha1.0_seed0"
+# One thread per process: tiny models gain nothing from more, and results must not depend on it.
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+       "PYTHONUNBUFFERED": "1"}
+
+
+def csv_only(version: int | None = None) -> str:
+    """--trainer.logger with only the CSVLogger (a flag on the list would reach its last logger)."""
+    init = {"save_dir": "runs", "name": RUN_NAME, "version": version}
+    return "--trainer.logger=" + json.dumps([{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                             "init_args": init}])
+
+
+def read_test_metrics(path: Path) -> dict[str, float]:
+    """The test/* values of the last row of a metrics.csv that holds test/loss (the final test)."""
+    rows = [row for row in csv.DictReader(path.open()) if row.get("test/loss")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("test/") and v}
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """``python -m consistency_vae ARGS`` in cwd, stdout and stderr together in cwd/cli.log."""
+    log = open(cwd / "cli.log", "a")  # noqa: SIM115 - the child writes to it until it exits
+    # its own process group: a DDP run's worker processes end with it (see run)
+    return subprocess.Popen([sys.executable, "-m", "consistency_vae", *args], cwd=cwd, env=ENV,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run(cwd: Path, *args: str, timeout: float = 300) -> tuple[int, str]:
+    """Run the CLI to the end; return (exit code, everything it printed)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    before = (cwd / "cli.log").stat().st_size if (cwd / "cli.log").exists() else 0
+    process = start(cwd, *args)
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the group this test started, DDP workers included
+        process.wait()
+        raise
+    return code, (cwd / "cli.log").read_text()[before:]
