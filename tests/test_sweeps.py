@@ -175,8 +175,10 @@ def test_make_sweep_creates_then_runs_an_agent_with_the_venv_python(tmp_path, sw
     if sweep_prints_id:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         # the agent gets the count and the ID, and `python` (the command's ${interpreter}) is the venv's
-        venv_python = ROOT / ".venv/bin/python"
-        assert f"AGENT [agent --count 2 me/consistency-vae/abc123] PYTHON={venv_python}" in proc.stdout
+        (line,) = [line for line in proc.stdout.splitlines() if line.startswith("AGENT")]
+        assert line.startswith("AGENT [agent --count 2 me/consistency-vae/abc123] PYTHON=")
+        python = Path(line.split("PYTHON=")[1])
+        assert python.name == "python" and python.parent.resolve() == (ROOT / ".venv/bin").resolve()
         assert "make agent SWEEP_ID=me/consistency-vae/abc123" in proc.stdout
     else:
         assert proc.returncode != 0 and "no sweep ID" in proc.stdout and "AGENT" not in proc.stdout
