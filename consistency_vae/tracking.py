@@ -1,8 +1,9 @@
 """Weights & Biases set-up for the CLI: pick a mode that cannot hang, and upload the resolved config.
 
 - ``ensure_wandb_mode``: with no credentials and no ``WANDB_MODE``, ``wandb.init`` would stop with
-  "api_key not configured" (or wait for a prompt). We switch to offline mode up front, with one
-  line that says so and how to sync later.
+  "api_key not configured" (or wait for a prompt); with credentials but no route to the W&B server,
+  it retries for ~90 s, then crashes the run. We switch to offline mode up front, with one line that
+  says so and how to sync later.
 - ``SaveConfigEverywhere``: LightningCLI's ``SaveConfigCallback`` (``config.yaml`` in the run
   folder, which is ``version_N`` of the first logger, the CSVLogger, so runs never collide), plus
   the same resolved config in every W&B run, plus, for a sweep runner that asks for it through
@@ -11,8 +12,11 @@
 
 import json
 import os
+import socket
 import sys
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from lightning import LightningModule, Trainer
@@ -21,6 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 RUN_INFO_ENV = "CONSISTENCY_VAE_RUN_INFO"  # path of the JSON a run writes for `consistency-vae sweep`
 CREDENTIAL_ENVS = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")
+REACH_TIMEOUT_S = 3.0  # to resolve and connect to the W&B server; no network costs this, once
 
 
 def _has_wandb_credentials() -> bool:
@@ -42,13 +47,47 @@ def ensure_wandb_mode(environ: dict | None = None) -> str | None:
     Returns the mode it set, or None when it left the environment alone.
     """
     environ = os.environ if environ is None else environ
-    if environ.get("WANDB_MODE") or _has_wandb_credentials():
+    if environ.get("WANDB_MODE"):
+        return None
+    if not _has_wandb_credentials():
+        why = "no W&B credentials (WANDB_API_KEY, ~/.netrc)"
+    elif not _reachable(url := _wandb_base_url()):
+        why = f"the W&B server {url} cannot be reached within {REACH_TIMEOUT_S:g} s (no network?)"
+    else:
         return None
     environ["WANDB_MODE"] = "offline"
-    print("consistency-vae: no W&B credentials (WANDB_API_KEY, ~/.netrc): logging to W&B offline; "
-          "`wandb sync runs/wandb/offline-run-*` uploads later, WANDB_MODE=disabled turns W&B off",
-          file=sys.stderr)
+    print(f"consistency-vae: {why}: logging to W&B offline; `wandb sync runs/wandb/offline-run-*` "
+          "uploads later, WANDB_MODE=disabled turns W&B off", file=sys.stderr)
     return "offline"
+
+
+def _wandb_base_url() -> str:
+    """The server wandb.init would talk to (WANDB_BASE_URL, settings files, or its default)."""
+    import wandb
+
+    url = wandb.setup().settings.base_url
+    wandb.teardown()  # drop the cached settings, so wandb.init sees the mode we may set
+    return url
+
+
+def _reachable(url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
+    """True when a TCP connection to the URL's host opens within ``timeout`` (DNS included: it
+    runs in a thread, since name lookup itself ignores socket timeouts)."""
+    parts = urlsplit(url)
+    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
 
 
 class SaveConfigEverywhere(SaveConfigCallback):

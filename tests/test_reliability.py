@@ -8,7 +8,11 @@ import errno
 import hashlib
 import io
 import math
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +29,8 @@ from consistency_vae.cli import cli_main
 from consistency_vae.datamodule import InMemoryImages, MNISTDataModule, UnpaddedDistributedSampler
 from consistency_vae.model import ConsistencyVAE, seeded_generator
 from consistency_vae.networks import LOGVAR_BOUND, MLPDecoder, MLPEncoder
+from consistency_vae.tracking import ensure_wandb_mode
+from tests import cli_runs
 from tests.cli_runs import BASE, csv_only, read_test_metrics
 
 RUN = "runs/mnist_alpha1.0_seed0"
@@ -166,7 +172,7 @@ def test_nearly_full_disk_fails_before_training(workdir, tmp_path, capsys, monke
     assert "has 1.0 MiB free, but the checkpoints of this run need about" in message
 
 
-@pytest.mark.skipif(hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0,
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
                     reason="root writes through chmod; the EROFS/EACCES test above simulates it")
 def test_read_only_output_folder_by_permissions(workdir, tmp_path, capsys):
     (tmp_path / "runs").chmod(0o555)
@@ -347,3 +353,42 @@ def test_log_variance_is_bounded_for_any_input():
     assert logvar.abs().max() > LOGVAR_BOUND - 1  # the input does push it to the bound
     out = model(x.clamp(0, 1))
     assert all(out[t].isfinite().all() for t in ("loss", "recon", "kl", "kl_consistency"))
+
+
+# --- W&B with credentials but no route to its server: offline, not a 90 s hang and a crash ----------
+@pytest.fixture
+def wandb_key_no_server(tmp_path, monkeypatch):
+    """An API key, no WANDB_MODE, and a W&B server address where nothing listens."""
+    with socket.socket() as s:  # a port that was free a moment ago: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return port
+
+
+def test_unreachable_wandb_server_means_offline_with_one_line(wandb_key_no_server, capsys, monkeypatch):
+    assert ensure_wandb_mode() == "offline" and os.environ["WANDB_MODE"] == "offline"
+    message = capsys.readouterr().err.strip()
+    assert f"the W&B server http://127.0.0.1:{wandb_key_no_server} cannot be reached" in message
+    assert "logging to W&B offline" in message and "\n" not in message
+    with socket.socket() as server:  # a server that answers: the mode is left to the user
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.delenv("WANDB_MODE")
+        assert ensure_wandb_mode() is None and "WANDB_MODE" not in os.environ
+
+
+@pytest.mark.slow
+def test_fit_with_a_key_but_no_network_finishes_offline(wandb_key_no_server, tmp_path, data_dir):
+    env = {**cli_runs.ENV, **{k: os.environ[k] for k in ("WANDB_API_KEY", "WANDB_BASE_URL", "HOME")}}
+    del env["WANDB_MODE"]
+    proc = subprocess.run([sys.executable, "-m", "consistency_vae", "fit", "--config", BASE,
+                           f"--data.data_dir={data_dir}", *TINY, "--trainer.max_epochs=1", *CHECKPOINT_ONLY],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cannot be reached within 3 s (no network?): logging to W&B offline" in proc.stderr
+    assert len(list((tmp_path / "runs/wandb").glob("offline-run-*"))) == 1
