@@ -109,7 +109,9 @@ def read_checkpoint_shapes(path: str | Path, model_class: type) -> dict[str, tup
         # weights_only=True, as Lightning (with torch >= 2.6) loads it right after this check
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, I/O error: all unusable
-        reason = str(err).strip().splitlines()[0][:150] if str(err).strip() else type(err).__name__
+        # the first sentence of torch's message (the rest is advice on weights_only)
+        text = str(err).strip()
+        reason = text.split(". ")[0].splitlines()[0][:120] if text else type(err).__name__
         raise CheckpointError(
             f"--ckpt_path {path} cannot be read ({reason}): the file is truncated, corrupted or not a "
             "checkpoint. Pass another .ckpt (checkpoints/best-*.ckpt beside it, say), or train again"
