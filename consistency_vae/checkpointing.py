@@ -9,8 +9,9 @@
   ``SIGTERMException`` at the next batch boundary; the callback then writes ``last.ckpt`` for the
   current step, so ``fit --ckpt_path last`` continues from there.
 - No checkpoint of non-finite weights is ever written: the last good one stays in place.
-- ``read_checkpoint_shapes`` and ``check_architecture``: a truncated file, a plain torch file, or a
-  checkpoint of another architecture fails in one line before any data is loaded.
+- ``load_checkpoint``, ``read_checkpoint_shapes`` and ``check_architecture``: a truncated file, a
+  plain torch file, or a checkpoint of another architecture fails in one line before any data is
+  loaded (``fit``/``test``... and ``evaluate`` share them).
 """
 
 import inspect
@@ -98,29 +99,39 @@ def check_finite_weights(model: torch.nn.Module, kept: str = "") -> None:
         "Lower model.lr, or resume from that checkpoint with --ckpt_path.")
 
 
-def read_checkpoint_shapes(path: str | Path, model_class: type) -> dict[str, tuple[int, ...]]:
-    """Load ``path`` on the CPU; return the shape of each tensor of its ``state_dict``.
-
-    Raises CheckpointError, naming the file, what is wrong and what to do instead, when the file
-    is truncated, corrupted, not a Lightning checkpoint, or holds hyperparameters that
-    ``model_class`` does not take (LightningCLI would next read them into the config).
-    """
+def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict:
+    """The checkpoint dict, loaded on the CPU, or a CheckpointError naming the path, what is wrong
+    and the fix: a truncated, corrupted or non-Lightning file. ``allow_pickle=False`` loads as
+    Lightning does with torch >= 2.6 (``weights_only``), so what passes here also loads there."""
     try:
-        # weights_only=True, as Lightning (with torch >= 2.6) loads it right after this check
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated zip, bad pickle, I/O error: all unusable
-        # the first sentence of torch's message (the rest is advice on weights_only)
-        text = str(err).strip()
-        reason = text.split(". ")[0].splitlines()[0][:120] if text else type(err).__name__
-        raise CheckpointError(
-            f"--ckpt_path {path} cannot be read ({reason}): the file is truncated, corrupted or not a "
-            "checkpoint. Pass another .ckpt (checkpoints/best-*.ckpt beside it, say), or train again"
-        ) from err
+        ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as err:  # noqa: BLE001 - RuntimeError, UnpicklingError, EOFError...: all unusable
+        raise CheckpointError(f"cannot read checkpoint {path}: {describe_load_failure(err)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
-        keys = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            f"--ckpt_path {path} is not a Lightning checkpoint (it holds {keys}, no 'state_dict'): "
-            "pass a .ckpt written by `consistency-vae fit`")
+        found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (found {found}): give a .ckpt "
+                              "written by `consistency-vae fit`")
+    return ckpt
+
+
+def describe_load_failure(err: Exception) -> str:
+    """torch.load's multi-paragraph error -> one line: what is wrong and the fix."""
+    text = " ".join(str(err).split())
+    if "Unsupported global" in text:  # a readable file that stores arbitrary Python objects
+        what = text.split("Unsupported global:")[1].split(" was not")[0].strip()
+        return (f"it stores the Python object {what}, which safe loading refuses; if you trust the "
+                "file, pass --allow_pickle")
+    detail = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
+    detail = detail.split(". ")[0][:120]  # the first sentence; the rest is advice on weights_only
+    return (f"the file is truncated or corrupted ({type(err).__name__}: {detail}); copy it "
+            "again, or use another checkpoint (e.g. last.ckpt)")
+
+
+def read_checkpoint_shapes(path: str | Path, model_class: type) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of the checkpoint's ``state_dict`` (see ``load_checkpoint`` for
+    unreadable files). Also refuses hyperparameters that ``model_class`` does not take, which
+    LightningCLI would next read into the config."""
+    ckpt = load_checkpoint(path)
     accepted = inspect.signature(model_class).parameters
     foreign = [k for k in ckpt.get("hyper_parameters", {}) if not k.startswith("_") and k not in accepted]
     if foreign:

@@ -39,17 +39,12 @@ METRIC_DOCS = {  # key -> what it is, for the printed table and the README
 
 def _read_checkpoint(path: Path, allow_pickle: bool) -> dict:
     """The checkpoint dict, or a CheckpointError naming the path, what is wrong and the fix."""
+    from consistency_vae import checkpointing
+
     if not path.is_file():
         raise CheckpointError(f"--ckpt_path {path} does not exist or is not a file: give a .ckpt "
                               "written by `consistency-vae fit` (runs/<name>/version_N/checkpoints/)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(err)}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
-        found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (found {found}): give a .ckpt "
-                              "written by `consistency-vae fit`")
+    ckpt = checkpointing.load_checkpoint(path, allow_pickle)
     keys = ckpt["state_dict"].keys()
     if "alpha" not in keys or not any(k.startswith("encoder.") for k in keys) \
             or not any(k.startswith("decoder.") for k in keys):
@@ -57,18 +52,6 @@ def _read_checkpoint(path: Path, allow_pickle: bool) -> dict:
                               f"{sorted(keys)[:4]}..., no encoder/decoder/alpha): give a ConsistencyVAE "
                               "checkpoint written by `consistency-vae fit`")
     return ckpt
-
-
-def _load_failure(err: Exception) -> str:
-    """torch.load's multi-paragraph error -> one line: what is wrong and the fix."""
-    text = " ".join(str(err).split())
-    if "Unsupported global" in text:  # a readable file that stores arbitrary Python objects
-        what = text.split("Unsupported global:")[1].split(" was not")[0].strip()
-        return (f"it stores the Python object {what}, which safe loading refuses; if you trust the "
-                "file, pass --allow_pickle")
-    detail = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
-    return (f"the file is truncated or corrupted ({type(err).__name__}: {detail[:120]}); copy it "
-            "again, or use another checkpoint (e.g. last.ckpt)")
 
 
 def _load_model(path: Path, device: torch.device, allow_pickle: bool):
