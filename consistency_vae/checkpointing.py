@@ -99,14 +99,19 @@ def check_finite_weights(model: torch.nn.Module, kept: str = "") -> None:
         "Lower model.lr, or resume from that checkpoint with --ckpt_path.")
 
 
-def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict:
+PICKLE_HINT = "if you trust the file, pass --allow_pickle"  # evaluate's flag
+
+
+def load_checkpoint(path: str | Path, allow_pickle: bool = False, pickle_hint: str = PICKLE_HINT) -> dict:
     """The checkpoint dict, loaded on the CPU, or a CheckpointError naming the path, what is wrong
     and the fix: a truncated, corrupted or non-Lightning file. ``allow_pickle=False`` loads as
-    Lightning does with torch >= 2.6 (``weights_only``), so what passes here also loads there."""
+    Lightning does with torch >= 2.6 (``weights_only``), so what passes here also loads there.
+    ``pickle_hint`` says what to do with a file that only an unsafe (pickle) load can read."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # noqa: BLE001 - RuntimeError, UnpicklingError, EOFError...: all unusable
-        raise CheckpointError(f"cannot read checkpoint {path}: {describe_load_failure(err)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {describe_load_failure(err, pickle_hint)}"
+                              ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
         found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a Lightning checkpoint (found {found}): give a .ckpt "
@@ -114,13 +119,12 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict:
     return ckpt
 
 
-def describe_load_failure(err: Exception) -> str:
+def describe_load_failure(err: Exception, pickle_hint: str = PICKLE_HINT) -> str:
     """torch.load's multi-paragraph error -> one line: what is wrong and the fix."""
     text = " ".join(str(err).split())
     if "Unsupported global" in text:  # a readable file that stores arbitrary Python objects
         what = text.split("Unsupported global:")[1].split(" was not")[0].strip()
-        return (f"it stores the Python object {what}, which safe loading refuses; if you trust the "
-                "file, pass --allow_pickle")
+        return f"it stores the Python object {what}, which safe loading refuses; {pickle_hint}"
     detail = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
     detail = detail.split(". ")[0][:120]  # the first sentence; the rest is advice on weights_only
     return (f"the file is truncated or corrupted ({type(err).__name__}: {detail}); copy it "
@@ -131,7 +135,9 @@ def read_checkpoint_shapes(path: str | Path, model_class: type) -> dict[str, tup
     """The shape of each tensor of the checkpoint's ``state_dict`` (see ``load_checkpoint`` for
     unreadable files). Also refuses hyperparameters that ``model_class`` does not take, which
     LightningCLI would next read into the config."""
-    ckpt = load_checkpoint(path)
+    # LightningCLI itself reads the hyperparameters with weights_only=True, whatever the flags say
+    ckpt = load_checkpoint(path, pickle_hint="the CLI loads checkpoints safely only: use one "
+                           "written by `consistency-vae fit`")
     accepted = inspect.signature(model_class).parameters
     foreign = [k for k in ckpt.get("hyper_parameters", {}) if not k.startswith("_") and k not in accepted]
     if foreign:
