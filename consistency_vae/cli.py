@@ -40,8 +40,7 @@ class ConsistencyCLI(LightningCLI):
         """Runs right after parsing, where Lightning reads the checkpoint's hyperparameters into
         the config. First: ``fit --ckpt_path last`` becomes the newest run folder of this name
         (see run_folders.resolve), and an unreadable or non-Lightning file fails in one line."""
-        subcommand = self.config.get("subcommand")
-        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        subcommand, ckpt = self.config.get("subcommand"), None
         if subcommand:
             self._output = run_folders.resolve(subcommand, self.config[subcommand])
             ckpt = self.config[subcommand].get("ckpt_path")

@@ -54,8 +54,13 @@ def resolve(subcommand: str, config: Namespace) -> tuple[Path, Path | None]:
         config.ckpt_path = str(last)
         print(f"consistency-vae: resuming from {config.ckpt_path}", file=sys.stderr)
     folder = None if logger.version is None else run_dir(save_dir, logger.name, logger.version)
-    if subcommand == "fit" and config.ckpt_path is None and folder is not None and is_main_process():
-        check_not_finished(folder)
+    if folder is not None and is_main_process():
+        if subcommand == "fit" and config.ckpt_path is None:
+            check_not_finished(folder)
+        elif subcommand != "fit" and (logs := [f for f in ATTEMPT_FILES if (folder / f).is_file()]):
+            raise UserError(f"{folder} holds the logs of a run ({', '.join(logs)}), which `{subcommand}` "
+                            "would replace, and nothing was changed: leave the logger's version unset, "
+                            "so this command gets a new version_N")
     return Path(save_dir), folder
 
 

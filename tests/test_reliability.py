@@ -91,16 +91,18 @@ def workdir(finished_run, tmp_path, monkeypatch, data_dir) -> list[str]:
 
 
 # --- bad input: each fails fast, says what to do, and changes no file ------------------------
-@pytest.mark.parametrize("flags, expected", [
-    (["--model.alpha=-1"], "model.alpha must be >= 0"),
-    (["--model.alpha=abc"], "alpha"),
-    (["--model.alpah=1"], "alpah"),
-    (["--config", "missing.yaml"], "File does not exist: "),
-    ([csv_only(0)], "version_0 already holds a run (epoch=0-step=4.ckpt, last.ckpt in checkpoints/)"),
-], ids=["negative-alpha", "text-alpha", "typo-key", "missing-config", "finished-run"])
-def test_bad_input_fails_fast_and_changes_nothing(workdir, tmp_path, capsys, flags, expected):
+@pytest.mark.parametrize("command, flags, expected", [
+    ("fit", ["--model.alpha=-1"], "model.alpha must be >= 0"),
+    ("fit", ["--model.alpha=abc"], "alpha"),
+    ("fit", ["--model.alpah=1"], "alpah"),
+    ("fit", ["--config", "missing.yaml"], "File does not exist: "),
+    ("fit", [csv_only(0)], "version_0 already holds a run (epoch=0-step=4.ckpt, last.ckpt in checkpoints/)"),
+    ("test", [csv_only(0), f"--ckpt_path={RUN}/version_0/checkpoints/last.ckpt"],
+     "version_0 holds the logs of a run (metrics.csv, config.yaml, hparams.yaml), which `test` would"),
+], ids=["negative-alpha", "text-alpha", "typo-key", "missing-config", "finished-run", "test-into-run"])
+def test_bad_input_fails_fast_and_changes_nothing(workdir, tmp_path, capsys, command, flags, expected):
     before = snapshot(tmp_path / "runs")
-    message = fail_message(capsys, "fit", *workdir, *flags)
+    message = fail_message(capsys, command, *workdir, *flags)
     assert expected in message
     assert snapshot(tmp_path / "runs") == before
 
