@@ -39,6 +39,39 @@ def _whole_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch  # __getitems__ already built the batch
 
 
+class ResumableLoader(DataLoader):
+    """A training loader that a mid-epoch checkpoint (SIGTERM) resumes exactly.
+
+    Lightning saves ``state_dict()``, the epoch and how many batches of it were served, and on
+    resume calls ``load_state_dict``: the next pass over that same epoch (the sampler's order is
+    a function of the epoch) then skips the batches already trained on. Without this, Lightning
+    restarts the epoch's order and trains on its first batches twice.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._served = 0  # batches of the current epoch handed out so far
+        self._resume: dict | None = None  # {"epoch", "batches"} from a checkpoint
+
+    def __iter__(self):
+        # A generator: this runs at the first batch, after Lightning's set_epoch.
+        epoch = self.sampler.epoch
+        skip = self._resume["batches"] if self._resume and self._resume["epoch"] == epoch else 0
+        self._resume, self._served = None, skip
+        batches = super().__iter__()
+        for _ in range(skip):
+            next(batches)
+        for batch in batches:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state
+
+
 class UnpaddedDistributedSampler(DistributedSampler):
     """Shards evaluation data across ranks without padding, so no test image counts twice.
 
@@ -134,8 +167,8 @@ class MNISTDataModule(LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True,
                                      seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=True)
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
-                          drop_last=True, collate_fn=_whole_batch)
+        return ResumableLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
+                               drop_last=True, collate_fn=_whole_batch)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

@@ -21,12 +21,17 @@ import pytest
 import torch
 from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from consistency_vae import run_folders
 from consistency_vae.checkpointing import AtomicModelCheckpoint, NonFiniteWeightsError
 from consistency_vae.cli import cli_main
-from consistency_vae.datamodule import InMemoryImages, MNISTDataModule, UnpaddedDistributedSampler
+from consistency_vae.datamodule import (
+    InMemoryImages,
+    MNISTDataModule,
+    ResumableLoader,
+    UnpaddedDistributedSampler,
+)
 from consistency_vae.model import ConsistencyVAE, seeded_generator
 from consistency_vae.networks import LOGVAR_BOUND, MLPDecoder, MLPEncoder
 from consistency_vae.tracking import ensure_wandb_mode
@@ -394,3 +399,22 @@ def test_fit_with_a_key_but_no_network_finishes_offline(wandb_key_no_server, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cannot be reached within 3 s (no network?): logging to W&B offline" in proc.stderr
     assert len(list((tmp_path / "runs/wandb").glob("offline-run-*"))) == 1
+
+
+def test_training_loader_resumes_mid_epoch_where_it_stopped():
+    data = InMemoryImages(torch.arange(40.0).view(40, 1, 1, 1), torch.arange(40))
+    loader = ResumableLoader(data, batch_size=4, drop_last=True, collate_fn=lambda b: b,
+                             sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=3))
+    loader.sampler.set_epoch(2)
+    whole = [y.tolist() for _, y in loader]
+    stopped = iter(loader)
+    seen = [next(stopped)[1].tolist() for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"epoch": 2, "batches": 3} and seen == whole[:3]
+
+    fresh = ResumableLoader(data, batch_size=4, drop_last=True, collate_fn=lambda b: b,
+                            sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=3))
+    fresh.load_state_dict(state)
+    fresh.sampler.set_epoch(2)
+    assert [y.tolist() for _, y in fresh] == whole[3:]  # the rest of epoch 2, nothing twice
+    assert len([y for _, y in fresh]) == 10  # the next pass is a whole epoch again

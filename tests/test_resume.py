@@ -1,6 +1,8 @@
 """A run killed partway resumes to the same result; SIGTERM leaves a checkpoint of the current step.
 
-Real processes on real MNIST (1000 images: 7 training batches per epoch), the default config.
+Real processes on real MNIST (1000 images: 7 training batches per epoch), the default config. An
+unbroken run is the reference: a resumed run must end with the same weights, bit for bit (CPU,
+one thread), and the same test metrics.
 """
 
 import os
@@ -61,12 +63,27 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-@pytest.mark.slow
-def test_sigkill_then_ckpt_path_last_gives_the_uninterrupted_result(tmp_path, data_dir):
-    code, log = run(tmp_path / "whole", *fit_args(data_dir))
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory, data_dir) -> Path:
+    """The run folder of the same fit, never interrupted."""
+    cwd = tmp_path_factory.mktemp("unbroken")
+    code, log = run(cwd, *fit_args(data_dir))
     assert code == 0, log
-    whole = tmp_path / "whole/runs" / RUN_NAME / "version_0"
+    return cwd / "runs" / RUN_NAME / "version_0"
 
+
+def assert_same_result(resumed: Path, unbroken: Path) -> None:
+    a, b = load(unbroken / "checkpoints/last.ckpt"), load(resumed / "checkpoints/last.ckpt")
+    assert a["global_step"] == b["global_step"] == EPOCHS * 7
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, equal_nan=True)
+    expected = read_test_metrics(unbroken / "metrics.csv")
+    assert {"test/elbo", "test/kl_consistency", "test/loss"} <= set(expected)
+    assert read_test_metrics(resumed / "metrics.csv") == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_then_ckpt_path_last_gives_the_uninterrupted_result(tmp_path, data_dir, unbroken):
     # Killed at the start of epoch 2, after the checkpoint of epoch 1: SIGKILL, no chance to save.
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -83,33 +100,25 @@ def test_sigkill_then_ckpt_path_last_gives_the_uninterrupted_result(tmp_path, da
     resumed = broken / "runs" / RUN_NAME / "version_0"
     assert not (broken / "runs" / RUN_NAME / "version_1").exists()  # the same folder, no new one
     assert (resumed / "metrics.attempt1.csv").is_file()  # the killed attempt's log is kept
-
-    a, b = load(whole / "checkpoints/last.ckpt"), load(resumed / "checkpoints/last.ckpt")
-    assert a["global_step"] == b["global_step"] == EPOCHS * 7
-    for key, value in a["state_dict"].items():  # CPU, one thread: bit for bit
-        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, equal_nan=True)
-    expected = read_test_metrics(whole / "metrics.csv")
-    assert {"test/elbo", "test/kl_consistency", "test/loss"} <= set(expected)
-    assert read_test_metrics(resumed / "metrics.csv") == pytest.approx(expected, rel=1e-6)
+    assert_same_result(resumed, unbroken)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_then_resume_finishes(tmp_path, data_dir):
-    process = start(tmp_path, *fit_args(data_dir, "--trainer.max_epochs=2",
-                                        *pause_args(tmp_path / "paused", at_step=3)))
+def test_sigterm_mid_epoch_saves_the_current_step_and_resumes_exactly(tmp_path, data_dir, unbroken):
+    process = start(tmp_path, *fit_args(data_dir, *pause_args(tmp_path / "paused", at_step=10)))
     wait_for(tmp_path / "paused", process)
     os.kill(process.pid, signal.SIGTERM)  # what a preempting scheduler sends
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
     log = (tmp_path / "cli.log").read_text()
-    assert "SIGTERM at epoch 0, global step 3: checkpoint" in log
+    assert "SIGTERM at epoch 1, global step 10: checkpoint" in log
     assert "stopped by SIGTERM; continue with the same command plus --ckpt_path last" in log
 
-    checkpoints = tmp_path / "runs" / RUN_NAME / "version_0/checkpoints"
-    saved = load(checkpoints / "last.ckpt")
-    assert (saved["epoch"], saved["global_step"]) == (0, 3)  # mid-epoch: the state at the signal
-    assert all(t.isfinite().all() for k, t in saved["state_dict"].items() if k.endswith(("weight", "bias")))
-    assert not list(checkpoints.glob("*.partial"))
+    folder = tmp_path / "runs" / RUN_NAME / "version_0"
+    saved = load(folder / "checkpoints/last.ckpt")
+    assert (saved["epoch"], saved["global_step"]) == (1, 10)  # mid-epoch: the state at the signal
+    assert not list(folder.glob("checkpoints/*.partial"))
 
-    code, log = run(tmp_path, *fit_args(data_dir, "--trainer.max_epochs=2", "--ckpt_path", "last"))
+    code, log = run(tmp_path, *fit_args(data_dir, "--ckpt_path", "last"))
     assert code == 0, log
-    assert load(checkpoints / "last.ckpt")["global_step"] == 2 * 7  # the right number of steps
+    # the loader skipped the 3 batches of epoch 1 trained before the signal
+    assert_same_result(folder, unbroken)
