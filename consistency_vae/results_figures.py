@@ -38,11 +38,10 @@ def kl_during_training(records: list[dict], datasets: list[str]) -> Figure:
             curves = [r["curve"] for r in runs if r["curve"]]
             if not curves:
                 continue
-            n = min(map(len, curves))
-            c = np.array([cv[:n] for cv in curves])  # (seeds, epochs)
-            epochs = np.arange(1, n + 1)
-            ax.plot(epochs, c.mean(0), color=COLOURS[model], label=f"{LEGEND[model]}, {len(c)} seeds")
-            ax.fill_between(epochs, c.min(0), c.max(0), color=COLOURS[model], alpha=0.2)
+            c = np.array(curves)  # (seeds, epochs); NaN where a resumed run lost an epoch's log
+            epochs = np.arange(1, c.shape[1] + 1)
+            ax.plot(epochs, np.nanmean(c, 0), color=COLOURS[model], label=f"{LEGEND[model]}, {len(c)} seeds")
+            ax.fill_between(epochs, np.nanmin(c, 0), np.nanmax(c, 0), color=COLOURS[model], alpha=0.2)
         ax.set(title=f"{NAMES.get(d, d)}: test KL(z'||z) during training", xlabel="epoch",
                ylabel="KL(q(z'|x') || q(z|x)) [nats]", yscale="log")
         _plain_log_ticks(ax.yaxis)

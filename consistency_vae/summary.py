@@ -23,29 +23,31 @@ PAPER = {"mnist": {"vae": {"kl_consistency": 3.09}, "consistency": {"kl_consiste
 TOLERANCE = 1.10  # "within 10% of epsilon or below it"
 
 
-def epoch_curve(csv_path: Path, epochs: int, key: str = "test/kl_consistency") -> list[float]:
-    """The value of ``key`` logged in each of the ``epochs`` training epochs.
+def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> list[float]:
+    """The value of ``key`` logged in each of the ``epochs`` training epochs; NaN where missing.
 
+    A resumed run keeps its earlier attempts' logs as ``metrics.attemptK.csv``: all are read.
     The final test after ``fit`` logs the same key with epoch == epochs; it is not on the curve.
     """
     by_epoch: dict[int, float] = {}
-    with csv_path.open() as f:
-        for row in csv.DictReader(f):
-            if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
-                epoch = int(float(row["epoch"]))
-                if epoch < epochs:
-                    by_epoch.setdefault(epoch, float(row[key]))
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    for csv_path in sorted(folder.glob("metrics*.csv")):
+        with csv_path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
+                    epoch = int(float(row["epoch"]))
+                    if epoch < epochs:
+                        by_epoch.setdefault(epoch, float(row[key]))
+    return [by_epoch.get(e, math.nan) for e in range(epochs)] if by_epoch else []
 
 
 def record(run: Run, metrics: dict, runs_dir: Path, epochs: int) -> dict:
-    csv_path = run_dir(runs_dir, run) / "metrics.csv"
-    times = epoch_curve(csv_path, epochs, "time/train_epoch_s") if csv_path.is_file() else []
+    folder = run_dir(runs_dir, run)
+    times = [t for t in epoch_curve(folder, epochs, "time/train_epoch_s") if not math.isnan(t)]
     return {"name": run.name, "dataset": run.dataset, "setting": run.setting, "model": run.model,
             "alpha_init": run.alpha, "kl_target": run.kl_target, "seed": run.seed,
             **{m: float(metrics[m]) for m in METRICS if m in metrics},
             "train_epoch_s": sum(times) / len(times) if times else math.nan,
-            "curve": epoch_curve(csv_path, epochs) if csv_path.is_file() else []}
+            "curve": epoch_curve(folder, epochs)}
 
 
 def stats(values: list[float]) -> dict:

@@ -1,5 +1,6 @@
 """Slow: the quick form of `make reproduce` on a subset, and its summary against the runs' own files."""
 
+import csv
 import json
 import math
 import statistics
@@ -56,6 +57,10 @@ def test_summary_numbers_match_the_metrics_files(quick):
     # the per-epoch curve (Fig. 3a) has one test KL per training epoch
     run = next(r for r in summary["runs"] if r["name"] == "mnist_paper_alpha0_seed0")
     assert len(run["curve"]) == 2 and all(math.isfinite(v) for v in run["curve"])
+    logged = [float(row["test/kl_consistency"]) for row in csv.DictReader(
+        (quick / "runs/mnist_paper_alpha0_seed0/version_0/metrics.csv").open())
+        if row.get("test/kl_consistency")]
+    assert run["curve"] == logged[:2]  # the per-epoch values, not the final test's
 
 
 @pytest.mark.slow
