@@ -134,14 +134,16 @@ def test_two_runs_in_one_folder_keep_their_own_config_and_wandb_run(tmp_path, mo
     monkeypatch.setenv("WANDB_MODE", "offline")
     for alpha in ("0.5", "0.5"):  # the same setting twice: the same run name
         cli_main(["fit", "--config", BASE, f"--data.data_dir={data_dir}", f"--model.alpha={alpha}", *TINY])
+    listing = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "runs").rglob("*")
+                     if "files" not in p.parts and "logs" not in p.parts)
     folders = sorted((tmp_path / "runs/mnist_alpha0.5_seed0").iterdir())
-    assert [f.name for f in folders] == ["version_0", "version_1"]
+    assert [f.name for f in folders] == ["version_0", "version_1"], listing
     wandb_runs = sorted((tmp_path / "runs/wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 2  # the first command's W&B run was finished, not reused
-    uploaded = [read_offline_run(r)["config"]["config"] for r in wandb_runs]
+    assert len(wandb_runs) == 2, listing  # the first command's W&B run was finished, not reused
+    uploaded = [read_offline_run(r)["config"].get("config") for r in wandb_runs]
     for folder, config in zip(folders, uploaded, strict=True):
         on_disk = yaml.safe_load((folder / "config.yaml").read_text())
-        assert config == on_disk  # the resolved config, as SaveConfigCallback wrote it
+        assert config == on_disk, listing  # the resolved config, as SaveConfigCallback wrote it
         assert config["model"]["alpha"] == 0.5 and config["trainer"]["logger"][0]["init_args"]["name"] == (
             "mnist_alpha0.5_seed0")
 
