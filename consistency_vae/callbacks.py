@@ -65,7 +65,7 @@ def latent_drift_figure(model: nn.Module, images: Tensor, labels: Tensor, n_imag
     return figures.latent_drift_figure(
         out["mu"].cpu(), out["logvar"].cpu(), out["mu_prime"].cpu(), out["logvar_prime"].cpu(),
         out["kl_consistency"].cpu(), labels[idx].cpu(), all_mu.cpu(), labels.cpu(), dims, how,
-        figures.CLASS_NAMES.get(dataset), title)
+        figures.CLASS_NAMES.get(dataset), title, images=x.cpu(), images_prime=out["x_prime"].cpu())
 
 
 def reconstruction_figure(model: nn.Module, images: Tensor, labels: Tensor, seed: int = 0,

@@ -9,7 +9,6 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse, Patch
 
 CLASS_NAMES = {
@@ -50,16 +49,46 @@ def _xy(a, dims: tuple[int, int]) -> np.ndarray:
     return a[:, list(dims)]
 
 
+def _drift_panel(ax, m, s, m2, s2, pts, label: str, kl: float, thumbs) -> None:
+    """One image: q(z|x) and q(z'|x') as mean + 1-sigma ellipse, an arrow, zoomed on the pair."""
+    for centre, sigma, colour in ((m, s, X_COLOUR), (m2, s2, X_PRIME_COLOUR)):
+        ax.add_patch(Ellipse(centre, 2 * sigma[0], 2 * sigma[1], facecolor=colour, alpha=0.25,
+                             edgecolor=colour, linewidth=1.5, zorder=2))
+        ax.scatter(*centre, color=colour, s=25, zorder=3)
+    ax.annotate("", xy=m2, xytext=m, zorder=4, arrowprops={"arrowstyle": "->", "color": "k", "lw": 1.3})
+    lo, hi = np.minimum(m - s, m2 - s2), np.maximum(m + s, m2 + s2)
+    centre, half = (lo + hi) / 2, max((hi - lo).max() * 0.5 * 1.5, 0.05)  # square view, 50% margin
+    inside = (np.abs(pts - centre) <= half).all(1)
+    ax.scatter(*pts[inside].T, s=3, c="0.8", rasterized=True, zorder=0)  # neighbouring test means
+    ax.set(xlim=(centre[0] - half, centre[0] + half), ylim=(centre[1] - half, centre[1] + half),
+           aspect="equal", title=f"'{label}': KL(z'||z) = {kl:.2f}")
+    ax.title.set_fontsize(10)
+    ax.tick_params(labelsize=8)
+    if thumbs is not None:  # x and x' in the upper corners
+        for corner, image, name, colour in ((0.02, thumbs[0], "x", X_COLOUR),
+                                            (0.76, thumbs[1], "x'", X_PRIME_COLOUR)):
+            inset = ax.inset_axes([corner, 0.76, 0.22, 0.22])
+            inset.imshow(image, cmap="gray", vmin=0, vmax=1)
+            inset.set_xticks([])
+            inset.set_yticks([])
+            for spine in inset.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2)
+            inset.set_xlabel(name, fontsize=9, labelpad=1, color=colour)
+
+
 def latent_drift_figure(mu, logvar, mu_prime, logvar_prime, kl_consistency, labels, all_mu,
                         all_labels, dims: tuple[int, int], how: str = "",
-                        class_names: list[str] | None = None, title: str = "") -> Figure:
+                        class_names: list[str] | None = None, title: str = "",
+                        images=None, images_prime=None) -> Figure:
     """The paper's Fig. 2 and a map of the whole test set.
 
-    Left: for a few test images, q(z|x) (blue) and the re-encoding q(z'|x') (red) as means with
-    one-sigma ellipses, an arrow for each drift, and KL(z'||z) per image.
-    Right: the posterior means of all test images, coloured by class; stars mark the left's images.
+    Left, one panel per chosen test image: q(z|x) (blue) and the re-encoding q(z'|x') (red) as
+    means with one-sigma ellipses, an arrow for the drift, KL(z'||z) in the title, and x and x'
+    as thumbnails when given. Right: the posterior means of all test images, coloured by class;
+    stars mark the images on the left.
     mu, logvar, mu_prime, logvar_prime: (n, D); kl_consistency, labels: (n,);
-    all_mu: (N, D); all_labels: (N,).
+    all_mu: (N, D); all_labels: (N,); images, images_prime: (n, 28, 28) or None.
     """
     names = class_names or [str(c) for c in range(10)]
     m, m2 = _xy(mu, dims), _xy(mu_prime, dims)  # (n, 2)
@@ -69,51 +98,47 @@ def latent_drift_figure(mu, logvar, mu_prime, logvar_prime, kl_consistency, labe
     kl, labels = _np(kl_consistency), _np(labels).astype(int)
     pts, all_labels = _xy(all_mu, dims), _np(all_labels).astype(int)
     axis_names = [f"z{dims[0]}", f"z{dims[1]}" if dims[0] != dims[1] else "(none)"]
+    thumbs = None
+    if images is not None and images_prime is not None:
+        thumbs = list(zip(_np(images).reshape(-1, 28, 28), _np(images_prime).reshape(-1, 28, 28),
+                          strict=True))
 
-    fig = Figure(figsize=(13, 6), dpi=100, layout="constrained")
+    n = len(m)
+    rows = 1 if n <= 4 else 2
+    cols = -(-n // rows)
+    fig = Figure(figsize=(3.2 * cols + 6.5, 3.4 * rows + 0.9), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
-
-    # Left: zoom on the chosen encodings; the whole test set stays in light grey behind.
-    lo = np.minimum(m - s, m2 - s2).min(0)
-    hi = np.maximum(m + s, m2 + s2).max(0)
-    pad = np.maximum(0.15 * (hi - lo), 0.05)
-    left.scatter(*pts.T, s=2, c="0.85", rasterized=True, zorder=0)
-    for i in range(len(m)):
-        for centre, sigma, colour in ((m[i], s[i], X_COLOUR), (m2[i], s2[i], X_PRIME_COLOUR)):
-            left.add_patch(Ellipse(centre, 2 * sigma[0], 2 * sigma[1], facecolor=colour, alpha=0.18,
-                                   edgecolor=colour, linewidth=1.5, zorder=2))
-        left.scatter(*m[i], color=X_COLOUR, s=30, zorder=3)
-        left.scatter(*m2[i], color=X_PRIME_COLOUR, s=30, zorder=3)
-        left.annotate("", xy=m2[i], xytext=m[i], zorder=4,
-                      arrowprops={"arrowstyle": "->", "color": "k", "lw": 1.2})
-        left.annotate(f"'{names[labels[i]]}'  KL={kl[i]:.2f}", m[i], xytext=(6, 6),
-                      textcoords="offset points", fontsize=9, zorder=5)
-    left.set(xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]),
-             xlabel=axis_names[0], ylabel=axis_names[1],
-             title=f"q(z|x) vs q(z'|x') for {len(m)} test images (mean, 1-sigma ellipse)\n"
-                   f"KL(z'||z) per image, mean {kl.mean():.3f} nats")
-    left.legend(handles=[
-        Patch(facecolor=X_COLOUR, edgecolor=X_COLOUR, alpha=0.5, label="q(z|x): mean, 1 sigma"),
-        Patch(facecolor=X_PRIME_COLOUR, edgecolor=X_PRIME_COLOUR, alpha=0.5,
-              label="q(z'|x'): re-encoded decoder mean"),
-        Line2D([], [], color="k", marker=r"$\rightarrow$", linestyle="None", markersize=14,
-               label="drift of the mean"),
-    ], loc="best", fontsize=9)
+    grid = fig.add_gridspec(rows, cols + 2)
+    for i in range(n):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        _drift_panel(ax, m[i], s[i], m2[i], s2[i], pts, names[labels[i]], kl[i],
+                     thumbs[i] if thumbs else None)
+        if i % cols == 0:
+            ax.set_ylabel(axis_names[1])
+        if i // cols == rows - 1:
+            ax.set_xlabel(axis_names[0])
+    fig.axes[0].legend(handles=[
+        Patch(facecolor=X_COLOUR, edgecolor=X_COLOUR, alpha=0.5, label="q(z|x)"),
+        Patch(facecolor=X_PRIME_COLOUR, edgecolor=X_PRIME_COLOUR, alpha=0.5, label="q(z'|x')"),
+    ], loc="lower left", fontsize=8)
 
     # Right: the whole test set by class.
+    right = fig.add_subplot(grid[:, cols:])
     cmap = colormaps["tab10"]
     for c in np.unique(all_labels):
         sel = all_labels == c
         right.scatter(*pts[sel].T, s=2, color=cmap(c % 10), alpha=0.6, label=names[c], rasterized=True)
-    right.scatter(*m.T, marker="*", s=180, color="k", edgecolor="w", zorder=3, label="shown left")
-    right.set(xlabel=axis_names[0], ylabel=axis_names[1],
-              title=f"Posterior means of all {len(pts)} test images, by class")
+    right.scatter(*m.T, marker="*", s=220, color="k", edgecolor="w", zorder=3, label="shown left")
+    right.set(xlabel=axis_names[0], ylabel=axis_names[1], aspect="equal",
+              title=f"Posterior means of all {len(pts)} test images")
     legend = right.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class")
-    for handle in legend.legend_handles:  # legend dots readable, the star not huge
+    for handle in legend.legend_handles[:-1]:  # class dots readable in the legend
         handle.set_sizes([30])
         handle.set_alpha(1.0)
-    fig.suptitle(" | ".join(t for t in (title, how) if t), fontsize=12)
+    legend.legend_handles[-1].set_sizes([90])
+    heading = (f"q(z|x) vs q(z'|x'), x' = decoder mean at z ~ q(z|x); mean 1-sigma ellipses "
+               f"(mean KL(z'||z) of these {n}: {kl.mean():.2f} nats)")
+    fig.suptitle("\n".join(t for t in (title, heading, how) if t), fontsize=11)
     return fig
 
 

@@ -119,12 +119,16 @@ def test_latent_drift_figure_draws_two_ellipses_and_an_arrow_per_image(dim):
     mu, logvar = all_mu[:3], torch.full((3, dim), -2.0)
     fig = figures.latent_drift_figure(mu, logvar, mu + 0.1, logvar - 0.5, torch.rand(3),
                                       torch.tensor([0, 1, 2]), all_mu, torch.randint(0, 10, (500,)),
-                                      *figures.projection_dims(all_mu), title="test")
-    left, right = fig.axes[:2]
-    assert len(left.patches) == 6  # two ellipses per image
-    assert sum(1 for t in left.texts if t.arrow_patch is not None) == 3
-    assert left.get_legend() is not None and right.get_legend() is not None
+                                      *figures.projection_dims(all_mu), title="test",
+                                      images=torch.rand(3, 28, 28), images_prime=torch.rand(3, 28, 28))
+    *panels, right = fig.axes  # one panel per image, then all test means
+    assert len(panels) == 3
+    for panel in panels:  # two ellipses, one arrow, x and x' thumbnails
+        assert len(panel.patches) == 2
+        assert sum(1 for t in panel.texts if t.arrow_patch is not None) == 1
+        assert len(panel.child_axes) == 2
+    assert panels[0].get_legend() is not None and right.get_legend() is not None
     if dim == 5:  # projected on the two highest-variance dims, and the title says so
         assert figures.projection_dims(all_mu)[0] == (4, 3)
-        assert "z4" in left.get_xlabel() and "largest variance" in fig._suptitle.get_text()
+        assert "z4" in right.get_xlabel() and "largest variance" in fig._suptitle.get_text()
     assert figures.figure_to_array(fig).shape[2] == 3

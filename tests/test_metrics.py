@@ -1,6 +1,7 @@
 """Every metric against an independent computation, on small data."""
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -78,6 +79,50 @@ def test_iwae_equals_the_unchunked_bound_from_torch_distributions(model, images,
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(got, losses.iwae_bound(log_w, torch.zeros_like(log_w),
                                                       torch.zeros_like(log_w)), rtol=1e-5, atol=1e-3)
+
+
+class NarrowPosterior(torch.nn.Module):
+    """The model with q(z|x) narrowed by exp(shift / 2): most hidden units then keep one sign."""
+
+    def __init__(self, model, shift: float):
+        super().__init__()
+        self.model, self.shift, self.decoder = model, shift, model.decoder
+
+    def encode(self, x):
+        mu, logvar = self.model.encode(x)
+        return mu * 3, logvar + self.shift
+
+
+@pytest.mark.parametrize("shift", [0.0, -6.0, -12.0])
+@torch.no_grad()
+def test_iwae_shortcut_for_the_mlp_decoder_equals_the_dense_decoder(model, images, shift):
+    narrow, x, k = NarrowPosterior(model, shift), images[:6], metrics.MIN_K_SHORTCUT + 36
+    with mock.patch.object(metrics, "_log_px_one_hidden", wraps=metrics._log_px_one_hidden) as fast:
+        got = metrics.iwae_log_likelihood(narrow, x, k, torch.Generator().manual_seed(2))
+    assert fast.called  # the default 784-400-D decoder takes the shortcut
+    eps = torch.randn((k, 6, 3), generator=torch.Generator().manual_seed(2))
+    expected = torch.logsumexp(reference_log_weights(narrow, x, eps), 0) - math.log(k)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-3)
+    if shift == -6.0:  # units always on, always off, and changing sign among the samples all occur
+        mu, logvar = narrow.encode(x)
+        positive = model.decoder.net[0](mu + (0.5 * logvar).exp() * eps) > 0
+        assert positive.all(0).any() and (~positive).all(0).any()
+        assert (positive.any(0) & ~positive.all(0)).any()
+
+
+def test_iwae_of_a_deeper_decoder_uses_the_dense_path(images):
+    from consistency_vae.networks import MLPDecoder, MLPEncoder
+
+    torch.manual_seed(0)
+    deep = ConsistencyVAE(encoder=lambda d: MLPEncoder(d, (64, 32)),
+                          decoder=lambda d: MLPDecoder(d, (64, 32)), latent_dim=3).eval()
+    assert metrics._one_hidden_layer(deep.decoder) is None
+    x, k = images[:4], 80
+    with torch.no_grad():
+        got = metrics.iwae_log_likelihood(deep, x, k, torch.Generator().manual_seed(4))
+        eps = torch.randn((k, 4, 3), generator=torch.Generator().manual_seed(4))
+        expected = torch.logsumexp(reference_log_weights(deep, x, eps), 0) - math.log(k)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
 
 
 @torch.no_grad()
