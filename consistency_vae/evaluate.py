@@ -169,6 +169,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
         "alpha": float(model.alpha), "alpha_mode": model.hparams.alpha_mode, "latent_dim": dim,
         "dataset": dm.hparams.dataset, "ckpt_path": str(ckpt_path), "iwae_k": iwae_k,
         "iwae_images": n_iwae, "test_images": n, "seed": seed, "device": str(dev),
+        "cpu_threads": torch.get_num_threads(),
         "figures": pngs, "wall_seconds": round(time.perf_counter() - started, 1),
     })
     tmp = out / "metrics.json.tmp"  # written whole, then renamed: never a half-written file
@@ -188,7 +189,7 @@ def format_table(results: dict) -> str:
     head = (f"{results['ckpt_path']}  ({results['dataset']}, latent_dim {results['latent_dim']}, "
             f"alpha_mode {results['alpha_mode']}, IWAE K={results['iwae_k']} on "
             f"{results['iwae_images']} of {results['test_images']} test images, "
-            f"{results['wall_seconds']} s on {results['device']})")
+            f"{results['wall_seconds']} s on {results['device']}, {results['cpu_threads']} CPU threads)")
     return "\n".join([head] + [f"  {k:<{width[0]}}  {v:>{width[1]}}  {d}" for k, v, d in rows])
 
 
@@ -204,13 +205,19 @@ def main(argv: list[str]) -> None:
     p.add_argument("--iwae_k", type=int, default=1000, help="importance samples per image")
     p.add_argument("--iwae_images", type=int, help="IWAE on the first N test images only (quick)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a "
+                   "machine busy with other jobs, 1 avoids threads waiting on each other")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_figures", dest="figures", action="store_false")
     p.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
     p.add_argument("--allow_pickle", action="store_true",
                    help="load checkpoints holding arbitrary Python objects (trusted files only)")
     args = vars(p.parse_args(argv))
-    ckpt_path, output = args.pop("ckpt_path"), args.pop("output")
+    ckpt_path, output, threads = args.pop("ckpt_path"), args.pop("output"), args.pop("threads")
+    if threads is not None:
+        if threads < 1:
+            sys.exit(f"consistency-vae evaluate: error: --threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)  # process-wide, so only here and not in evaluate_checkpoint
     try:
         results = evaluate_checkpoint(ckpt_path, output, **args)
     except UserError as err:

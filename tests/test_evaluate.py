@@ -69,14 +69,18 @@ def test_never_overwrites_metrics_json_unless_asked(ckpt, tmp_path):
     assert "kl_consistency" in json.loads((out / "metrics.json").read_text())
 
 
-def test_cli_prints_the_table_and_data_overrides_apply(ckpt, tmp_path, capsys):
-    cli_main(["evaluate", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "e"),
-              "--data.dataset", "fashion_mnist", "--iwae_k", "3", "--iwae_images", "20", "--no_figures"])
+def test_cli_prints_the_table_and_overrides_apply(ckpt, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        cli_main(["evaluate", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "e"), "--threads", "1",
+                  "--data.dataset", "fashion_mnist", "--iwae_k", "3", "--iwae_images", "20", "--no_figures"])
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     for key in METRIC_DOCS:
         assert key in printed
     saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert saved["dataset"] == "fashion_mnist" and saved["figures"] == []
+    assert saved["dataset"] == "fashion_mnist" and saved["figures"] == [] and saved["cpu_threads"] == 1
 
 
 def other_lightning_checkpoint(path: Path) -> None:
