@@ -65,6 +65,9 @@ def _wandb_base_url() -> str:
     """The server wandb.init would talk to (WANDB_BASE_URL, settings files, or its default)."""
     import wandb
 
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    wandb.teardown()  # a wandb set up earlier in this process holds stale settings
     url = wandb.setup().settings.base_url
     wandb.teardown()  # drop the cached settings, so wandb.init sees the mode we may set
     return url
