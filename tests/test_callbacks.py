@@ -41,9 +41,14 @@ def fitted(tmp_path_factory, data_dir):
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[callbacks.TestSetConsistency(), callbacks.LatentScatter(every_n_epochs=1),
                    callbacks.ReconstructionGrid(), callbacks.PriorSamples()])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(cwd)
-        trainer.fit(model, datamodule=dm)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a machine shared with other jobs: two threads wait on each other
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(cwd)
+            trainer.fit(model, datamodule=dm)
+    finally:
+        torch.set_num_threads(threads)
     return SimpleNamespace(trainer=trainer, model=model, dm=dm, cwd=cwd, log_dir=trainer.log_dir)
 
 

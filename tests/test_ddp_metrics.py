@@ -37,6 +37,7 @@ def shard_metrics(model, images, indices, iwae_seed):
 
 
 def worker(rank: int, init_file: str, data_dir: str, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two processes on a small machine: one thread each
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         images = load_split(data_dir, "mnist", train=False)[0][:N_IMAGES]

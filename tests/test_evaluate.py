@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -129,11 +130,23 @@ def test_gpu_gives_the_cpu_numbers(ckpt, tmp_path):
 
 
 # --- a real short training, then evaluate its checkpoint (slow) ---------------------------------
+@contextmanager
+def one_thread():
+    """One torch thread: on a machine shared with other jobs, two threads waiting on each other
+    made the small ops of this training 10x slower. The numbers checked do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, data_dir) -> Path:
     """`consistency-vae fit` on the default config: 2 epochs of 100 batches of real MNIST."""
     cwd = tmp_path_factory.mktemp("train")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, one_thread():
         mp.chdir(cwd)
         cli_main(["fit", "--config", str(ROOT / "configs/mnist.yaml"), "--data.data_dir", str(data_dir),
                   "--trainer.max_epochs=2", "--trainer.limit_train_batches=100",
@@ -156,8 +169,9 @@ def test_fit_logs_the_test_curve_per_epoch_and_saves_the_scatter(trained_run):
 @pytest.mark.slow
 def test_evaluate_a_trained_checkpoint(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    cli_main(["evaluate", "--ckpt_path", str(trained_run / "checkpoints/last.ckpt"), "--output", str(out),
-              "--iwae_k", "100", "--iwae_images", "500"])
+    with one_thread():
+        cli_main(["evaluate", "--ckpt_path", str(trained_run / "checkpoints/last.ckpt"), "--output",
+                  str(out), "--iwae_k", "100", "--iwae_images", "500"])
     assert "probe_accuracy" in capsys.readouterr().out
     saved = json.loads((out / "metrics.json").read_text())
     assert KEYS <= saved.keys() and saved["test_images"] == 10_000
