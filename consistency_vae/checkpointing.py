@@ -60,6 +60,24 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def _save_last_every_epoch(self, trainer: Trainer) -> None:
+        """last.ckpt is the latest epoch, always. Lightning 2.6 rewrites it only at the steps where
+        a top-k checkpoint is written, so it would hold the best epoch instead: resume would redo
+        epochs, and "after 25 epochs" would evaluate an earlier one."""
+        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+                and self._last_global_step_saved != trainer.global_step):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             self._save_on_sigterm(trainer)

@@ -418,3 +418,22 @@ def test_training_loader_resumes_mid_epoch_where_it_stopped():
     fresh.sampler.set_epoch(2)
     assert [y.tolist() for _, y in fresh] == whole[3:]  # the rest of epoch 2, nothing twice
     assert len([y for _, y in fresh]) == 10  # the next pass is a whole epoch again
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_an_earlier_one_is_best(tmp_path, data_dir):
+    """Lightning 2.6 alone rewrites last.ckpt only with a new best: here the best stays at epoch 0."""
+    import torch
+    from lightning import Trainer
+
+    from consistency_vae.checkpointing import AtomicModelCheckpoint
+    from consistency_vae.datamodule import MNISTDataModule
+    from consistency_vae.model import ConsistencyVAE
+
+    # mode="max" on a falling loss: the first epoch stays the best
+    ckpt = AtomicModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="max", save_last=True)
+    model = ConsistencyVAE()
+    trainer = Trainer(max_epochs=3, limit_train_batches=5, limit_val_batches=1, logger=False,
+                      callbacks=[ckpt], enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), subset=1000))
+    assert torch.load(ckpt.best_model_path, weights_only=False)["epoch"] == 0
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 2
