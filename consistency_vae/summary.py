@@ -7,6 +7,7 @@ Every number comes from the runs' own files: each run's ``eval/metrics.json`` (w
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 from consistency_vae.experiments import Run, run_dir
@@ -40,13 +41,24 @@ def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> 
     return [by_epoch.get(e, math.nan) for e in range(epochs)] if by_epoch else []
 
 
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was written at (0-based), read without loading its tensors."""
+    import torch
+
+    if not path.is_file():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+
+
 def record(run: Run, metrics: dict, runs_dir: Path, epochs: int) -> dict:
     folder = run_dir(runs_dir, run)
     times = [t for t in epoch_curve(folder, epochs, "time/train_epoch_s") if not math.isnan(t)]
     return {"name": run.name, "dataset": run.dataset, "setting": run.setting, "model": run.model,
             "alpha_init": run.alpha, "kl_target": run.kl_target, "seed": run.seed,
             **{m: float(metrics[m]) for m in METRICS if m in metrics},
-            "train_epoch_s": sum(times) / len(times) if times else math.nan,
+            # the median: a shared machine's load spikes hit single epochs
+            "train_epoch_s": statistics.median(times) if times else math.nan,
+            "evaluated_epoch": checkpoint_epoch(Path(metrics.get("ckpt_path", ""))),
             "curve": epoch_curve(folder, epochs)}
 
 

@@ -92,6 +92,14 @@ def render(summary: dict) -> str:
                    f"{cell(r['constrained_kl_consistency'], 3)} | {cell(r['constrained_elbo'])} | "
                    f"{cell(r['constrained_alpha'])} | {'yes' if r['meets_target'] else '**no**'} | "
                    + " | ".join(fixed) + f" | {VERDICT[r['elbo_at_least_best_fixed']]} |")
+    early = [r for r in summary["runs"] if r.get("evaluated_epoch") not in (None, cfg["epochs"] - 1)]
+    if early:
+        out += ["", "**Evaluated before the last epoch** (their last.ckpt was an earlier epoch; see the "
+                "note in the README): " + ", ".join(f"{r['name']} (epoch {r['evaluated_epoch']})"
+                                                   for r in early) + "."]
+    out += ["", "Training seconds per epoch are the median epoch of each run, on a 2-core CPU "
+            "shared with other jobs and with 2 runs at once, one thread each: a record of this "
+            "reproduction, not a benchmark (`make bench` is).", ""]
     out += ["", "Figures: `kl_during_training.png` (Fig. 3a), `kl_after_training.png` (Fig. 3b), "
             "`latent_drift_mnist.png` and `latent_drift_fashion_mnist.png` (Fig. 2), "
             "`alpha_tradeoff.png`, `constrained.png`.", ""]
