@@ -18,7 +18,7 @@ from pathlib import Path
 
 from consistency_vae.experiments import Run, run_dir, train_all
 
-SECONDS_PER_EPOCH = 3.5  # 2-D MLP, 50k images, on this project's 2-core CPU with 2 runs in parallel
+SECONDS_PER_EPOCH = 5.0  # per run, 2-D MLP, one thread, 2 runs at once on 2 cores: 25 epochs took ~125 s
 
 
 def plan(seeds: int, datasets: list[str], sweep_alphas: list[float], sweep_seeds: int,
