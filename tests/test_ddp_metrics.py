@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from consistency_vae import metrics
 from consistency_vae.datamodule import InMemoryImages, UnpaddedDistributedSampler, load_split
 from consistency_vae.model import ConsistencyVAE
+from tests.float32 import F32_REL, approx_f32
 
 N_IMAGES, WORLD, LATENT, IWAE_K = 301, 2, 3, 4
 
@@ -66,9 +67,13 @@ def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
         metrics.iwae_log_likelihood(model, images[list(range(r, N_IMAGES, WORLD))][i:i + 50], IWAE_K, g)
         for r in range(WORLD) for g in [torch.Generator().manual_seed(r)]
         for i in range(0, len(range(r, N_IMAGES, WORLD)), 50)]).double().mean().item()
+    # Each rank runs its own float32 batches (other rows, other GEMM calls): equal to float32
+    # precision, not bit for bit (tests/float32.py); the counts are integers and exact.
     for result in ranks:  # every rank sees the synced, whole-data values
         for t in metrics.TERMS:
-            assert result[t] == pytest.approx(single[t], rel=1e-9, abs=1e-9)
+            assert result[t] == approx_f32(single[t], latent_dim=LATENT)
         assert result["active_units"] == active.compute().item()
-        torch.testing.assert_close(result["variances"], active.variances(), rtol=1e-9, atol=1e-12)
-        assert result["iwae_ll"] == pytest.approx(iwae_single, rel=1e-9)
+        # E[mu^2] - E[mu]^2 in float64 of float32 mu: the cancellation (a factor ~5 here, means
+        # ~0.2 and variances ~0.01) leaves it well inside 1e-5 relative; no absolute floor needed
+        torch.testing.assert_close(result["variances"], active.variances(), rtol=F32_REL, atol=0)
+        assert result["iwae_ll"] == pytest.approx(iwae_single, rel=F32_REL)

@@ -10,6 +10,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from consistency_vae import losses, metrics
 from consistency_vae.model import ConsistencyVAE
+from tests.float32 import approx_f32
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,10 @@ def test_loss_terms_are_dataset_means_whatever_the_batches(model, images, splits
     for x, e in zip(images.split(splits), eps.split(splits), strict=True):
         metric.update(metrics.vae_terms(model, x, e))
     result = metric.compute()
+    # other batch sizes run other float32 GEMM kernels: equal to float32 precision (tests/float32.py)
     for t in metrics.TERMS:
-        assert result[t].item() == pytest.approx(whole[t].double().mean().item(), rel=1e-6)
-    assert result["elbo"].item() == pytest.approx(-(result["recon"] + result["kl"]).item(), rel=1e-6)
+        assert result[t].item() == approx_f32(whole[t].double().mean().item(), latent_dim=3)
+    assert result["elbo"].item() == approx_f32(-(result["recon"] + result["kl"]).item(), latent_dim=3)
 
 
 def test_fixed_noise_is_seeded_and_per_image():
@@ -152,7 +154,8 @@ def test_iwae_metric_is_the_mean_over_all_updates(model, images):
     expected = torch.cat([
         metrics.iwae_log_likelihood(model, images[:10], 5, torch.Generator().manual_seed(1)),
         metrics.iwae_log_likelihood(model, images[10:40], 5, torch.Generator().manual_seed(2))])
-    assert metric.compute().item() == pytest.approx(expected.double().mean().item(), rel=1e-6)
+    # the same per-image values, summed in float64 in another grouping
+    assert metric.compute().item() == pytest.approx(expected.double().mean().item(), rel=1e-12)
     with pytest.raises(ValueError, match="k must be >= 1"):
         metrics.IWAELogLikelihood(k=0)
 
