@@ -1,0 +1,165 @@
+"""Every command that the README and docs/ show runs on a fresh clone.
+
+The commands are read out of the ```bash blocks, not copied here, so a command added to the docs
+is run by this test the next time, and a command that stops working fails it. Each runs as a
+subprocess in a copy of the tracked files (what a fresh clone holds, `results/` included, so an
+example that would overwrite a tracked file fails here too), with the real data linked in and
+W&B disabled. To keep the suite short, long commands get a smaller setting appended: one epoch
+on 512 images, a few IWAE samples, one sweep run. Commands that need what this machine lacks (a
+W&B server, several GPUs, a cluster) are skipped by name, with the reason.
+
+The README's tour runs as one sequence, as a new user types it; each command of docs/ runs in
+its own copy, after a short `fit` where it needs a checkpoint to work on.
+"""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import cli_runs
+from tests.conftest import ROOT
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FIT_FAST = ["--data.subset=512", "--trainer.max_epochs=1"]
+EVAL_FAST = ["--iwae_k", "4", "--iwae_images", "16", "--data.subset", "512"]
+CKPT = "runs/mnist_alpha1.0_seed0/version_0/checkpoints/last.ckpt"
+PLACEHOLDERS = {"runs/.../last.ckpt": CKPT, "X.ckpt": CKPT}
+SKIPS = {  # command prefix -> why it cannot run here
+    "make test": "the test suite itself",
+    "make sweep": "needs a W&B account and server",
+    "make agent": "needs a W&B account and server",
+    "wandb ": "needs a W&B account and server",
+    "CUDA_VISIBLE_DEVICES=": "needs a W&B server and GPUs",
+    "torchrun ": "needs two nodes",
+    "srun ": "needs a SLURM cluster",
+    "source .venv/bin/activate": "shell set-up: the tests run the package from the copy",
+}
+
+
+def doc_commands(path: Path) -> list[str]:
+    """The command lines of a Markdown file's ```bash blocks: continuations joined, comments cut."""
+    commands, block = [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            block = [] if block is None and line.strip() == "```bash" else None
+            continue
+        if block is None:
+            continue
+        text = line.split(" #")[0].rstrip() if not line.lstrip().startswith("#") else ""
+        if commands and commands[-1].endswith("\\"):
+            commands[-1] = commands[-1][:-1].rstrip() + " " + text.strip()
+        elif text.strip():
+            commands.append(text.strip())
+    return commands
+
+
+def skip_reason(command: str) -> str | None:
+    for prefix, why in SKIPS.items():
+        if command.startswith(prefix):
+            return why
+    if "--trainer.devices=4" in command:
+        return "needs 4 devices (tests/test_ddp.py runs DDP with 2 gloo processes)"
+    if "--device cuda" in command and not _has_cuda():
+        return "needs a GPU"
+    return None
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def as_argv(command: str) -> list[str]:
+    """A documented command -> the argv run here, with the fast settings appended."""
+    for placeholder, real in PLACEHOLDERS.items():
+        command = command.replace(placeholder, real)
+    words = shlex.split(command)
+    if words[:2] == ["make", "train"]:  # the Makefile's recipe: $(CLI) fit --config $(CONFIG) $(ARGS)
+        args = next((w.split("=", 1)[1] for w in words[2:] if w.startswith("ARGS=")), "")
+        words = ["consistency-vae", "fit", "--config", "configs/mnist.yaml", *shlex.split(args)]
+    if words[:2] == ["make", "bench"]:
+        words = ["consistency-vae", "bench", "--epochs", "1"]
+    if words[0] == "ls":
+        return words
+    assert words[0] == "consistency-vae", f"no rule to run {command!r}: add one to tests/test_docs_commands.py"
+    sub, rest = words[1], words[2:]
+    if sub in ("fit", "validate", "test", "predict") and "--print_config" not in rest:
+        resumes = "--ckpt_path" in rest and sub == "fit"
+        rest = rest + FIT_FAST + (["--trainer.max_epochs=2"] if resumes else [])
+    elif sub == "evaluate":
+        rest = rest + EVAL_FAST
+    elif sub == "sweep":  # one run; argparse keeps the last --count, and --extra-args takes the rest
+        cut = rest.index("--extra-args") if "--extra-args" in rest else len(rest)
+        rest = [*rest[:cut], "--count", "1", "--extra-args", *rest[cut + 1:], *FIT_FAST]
+    return [sys.executable, "-m", "consistency_vae", sub, *rest]
+
+
+def fresh_clone(tmp_path: Path, data_dir: Path) -> Path:
+    """The tracked files of the repository, copied; data/ linked (it is large and read-only here)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tmp_path / name)
+    (tmp_path / "data").symlink_to(data_dir)
+    return tmp_path
+
+
+def run(cwd: Path, argv: list[str], timeout: float = 600) -> None:
+    if argv[0] == "ls":
+        assert all((cwd / p).exists() for p in argv[1:] if not p.startswith("-")), argv
+        return
+    env = {**cli_runs.ENV, "PYTHONPATH": str(cwd)}
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{shlex.join(argv[2:])} failed ({done.returncode}):\n" \
+                                 f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+def test_every_documented_command_has_a_rule():
+    """Each command is either skipped for a stated reason or translatable to a run here."""
+    for doc in DOCS:
+        for command in doc_commands(doc):
+            if skip_reason(command) is None:
+                as_argv(command)  # raises for a command with no rule
+
+
+def test_no_documented_output_overwrites_a_tracked_file():
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    for doc in DOCS:
+        for command in doc_commands(doc):
+            words = shlex.split(command)
+            if "--output" in words and "sweep-report" not in words:  # the report's job is results/
+                out = words[words.index("--output") + 1]
+                assert not any(t.startswith(out.rstrip("/") + "/") for t in tracked), (doc.name, command)
+
+
+@pytest.mark.slow
+def test_readme_tour_runs_in_order(tmp_path, data_dir):
+    clone = fresh_clone(tmp_path, data_dir)
+    for command in doc_commands(ROOT / "README.md"):
+        if skip_reason(command) is None:
+            run(clone, as_argv(command))
+
+
+def _docs_cases() -> list:
+    return [pytest.param(doc, command, id=f"{doc.stem}:{command[:60]}")
+            for doc in DOCS[1:] for command in doc_commands(doc)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("doc", "command"), _docs_cases())
+def test_docs_command_runs(doc, command, tmp_path, data_dir):
+    if (why := skip_reason(command)) is not None:
+        pytest.skip(why)
+    clone = fresh_clone(tmp_path, data_dir)
+    needs_run = "--ckpt_path" in command or command.startswith("consistency-vae sweep-report")
+    if needs_run:  # something to resume, test, evaluate or report on
+        run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml"))
+    run(clone, as_argv(command))
