@@ -12,7 +12,6 @@ The README's tour runs as one sequence, as a new user types it; each command of 
 its own copy, after a short `fit` where it needs a checkpoint to work on.
 """
 
-import re
 import shlex
 import shutil
 import subprocess
@@ -87,7 +86,7 @@ def as_argv(command: str) -> list[str]:
         words = ["consistency-vae", "bench", "--epochs", "1"]
     if words[0] == "ls":
         return words
-    assert words[0] == "consistency-vae", f"no rule to run {command!r}: add one to tests/test_docs_commands.py"
+    assert words[0] == "consistency-vae", f"no rule to run {command!r}: add one in {__file__}"
     sub, rest = words[1], words[2:]
     if sub in ("fit", "validate", "test", "predict") and "--print_config" not in rest:
         resumes = "--ckpt_path" in rest and sub == "fit"
