@@ -1,0 +1,80 @@
+"""Representation quality of the posterior means and of q(z|x) itself: the paper's third claim.
+
+- ``knn_accuracy``: a k-nearest-neighbour classifier on mu(x), fit on the training images,
+  scored on the test images (no training, no hyper-parameters beyond k: a probe of the latent
+  geometry, where the linear probe of ``metrics.linear_probe_accuracy`` tests linear separability).
+- ``MutualInformation``: I(x; z) under the encoder's joint q(x, z) = p_data(x) q(z|x), with the
+  estimator of He et al. (2019, "Lagging inference networks", ``calc_mi``):
+
+      I = E_x E_q(z|x) [log q(z|x)] - E_x E_q(z|x) [log q(z)],
+      log q(z) ~ logsumexp_j log q(z|x_j) - log B     over the B images of a batch.
+
+  The first term is the exact negative entropy of each Gaussian; the second uses one z per image.
+  The aggregate posterior is estimated within each batch, so the value depends on B (it is at most
+  log B): B is part of the result and is reported with it.
+"""
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from consistency_vae import losses
+
+
+def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
+                 test_labels: Tensor, k: int = 5) -> float:
+    """Test accuracy of sklearn's k-nearest-neighbour vote on standardised features, (N, D) each."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def arr(a: Tensor) -> np.ndarray:
+        return a.detach().cpu().numpy()
+
+    knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k))
+    knn.fit(arr(train_features), arr(train_labels))
+    return float(knn.score(arr(test_features), arr(test_labels)))
+
+
+def mutual_information_batch(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None
+                             ) -> Tensor:
+    """He et al.'s estimate of I(x; z) from one batch of posteriors, (B, D) each -> scalar (nats)."""
+    batch, dim = mu.shape
+    # E_q(z|x) log q(z|x) = -H[N(mu, var)] = -D/2 log(2 pi e) - 1/2 sum logvar, exactly
+    neg_entropy = (-0.5 * dim * math.log(2 * math.pi) - 0.5 * (1 + logvar).sum(-1)).mean()
+    z = losses.reparameterize(mu, logvar, generator)  # (B, D): one sample per image
+    log_density = losses.gaussian_log_prob(z.unsqueeze(1), mu.unsqueeze(0), logvar.unsqueeze(0))  # (B, B)
+    log_qz = torch.logsumexp(log_density, dim=1) - math.log(batch)  # (B,)
+    return neg_entropy - log_qz.mean()
+
+
+class MutualInformation(Metric):
+    """Mean over batches of ``mutual_information_batch``; ``update(mu, logvar, generator)``.
+
+    The estimate is a per-batch quantity, so the state is the sum of the batch estimates and
+    their number (reduced by sum across processes), plus the batch size, which must not change:
+    compare runs only at the same B (``batch_size`` in the result).
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("batches", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.batch_size: int | None = None
+
+    def update(self, mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> None:
+        if self.batch_size is None:
+            self.batch_size = len(mu)
+        elif len(mu) != self.batch_size:
+            raise ValueError(f"MutualInformation: every batch must hold {self.batch_size} images (the "
+                             f"estimate depends on B), got {len(mu)}: drop the last, smaller batch")
+        self.total += mutual_information_batch(mu.detach(), logvar.detach(), generator).double()
+        self.batches += 1
+
+    def compute(self) -> Tensor:
+        return self.total / self.batches
