@@ -251,15 +251,19 @@ def test_a_kill_during_save_leaves_the_previous_last_ckpt(tmp_path, monkeypatch,
     last = tmp_path / "ckpt/last.ckpt"
     good = last.read_bytes()
 
-    def write_half_then_die(checkpoint, path, storage_options=None):
-        if "last" not in Path(path).name:
-            return real_save(checkpoint, path, storage_options)
-        data = _torch_bytes(checkpoint)
-        Path(path).write_bytes(data[: len(data) // 2])
+    # What Lightning really does: torch.save into a temp file of the system temp folder, then
+    # fsspec's commit, shutil.move, to the target. Across file systems (/tmp on tmpfs) that move
+    # is a copy: a kill during it leaves the target half written.
+    real_move = shutil.move
+
+    def copy_half_then_die(src, dst, *args, **kwargs):
+        if "last" not in Path(dst).name:
+            return real_move(src, dst, *args, **kwargs)
+        data = Path(src).read_bytes()
+        Path(dst).write_bytes(data[: len(data) // 2])
         raise SimulatedKill
 
-    real_save = trainer.strategy.checkpoint_io.save_checkpoint
-    monkeypatch.setattr(trainer.strategy.checkpoint_io, "save_checkpoint", write_half_then_die)
+    monkeypatch.setattr(shutil, "move", copy_half_then_die)
     with pytest.raises(SimulatedKill):
         train(callback, tmp_path, max_epochs=2, trainer=trainer)
     # The plain ModelCheckpoint shows what the test guards against: a torn last.ckpt.
