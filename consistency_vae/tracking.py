@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -74,10 +75,10 @@ def _wandb_base_url() -> str:
 
 
 def _reachable(url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
-    """True when a TCP connection to the URL's host opens within ``timeout`` (DNS included: it
-    runs in a thread, since name lookup itself ignores socket timeouts)."""
-    parts = urlsplit(url)
-    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    """True when a TCP connection to the URL's host, or to the proxy that wandb would go through,
+    opens within ``timeout`` (DNS included: it runs in a thread, since name lookup itself ignores
+    socket timeouts)."""
+    address = _first_hop(url)
     opened: list[bool] = []
 
     def connect() -> None:
@@ -91,6 +92,19 @@ def _reachable(url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
     thread.start()
     thread.join(timeout)
     return bool(opened)
+
+
+def _first_hop(url: str) -> tuple[str, int]:
+    """(host, port) that a request to ``url`` connects to first: the proxy that applies to it
+    (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY, unless NO_PROXY names the host; upper or lower case,
+    as wandb's HTTP client, requests, reads them), else the server itself. Behind a proxy the
+    server's own address may not even resolve, yet wandb reaches it."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # 'host:port' means http
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class SaveConfigEverywhere(SaveConfigCallback):

@@ -7,6 +7,7 @@ record with wandb's own protobuf, ``wandb.proto.wandb_internal_pb2.Record``.
 
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from consistency_vae import tracking
 from consistency_vae.cli import cli_main
 from consistency_vae.tracking import ensure_wandb_mode
 from tests.conftest import ROOT
@@ -185,3 +187,56 @@ def test_offline_run_holds_the_metrics_the_config_and_the_images(no_credentials,
     # log_model: the checkpoints went in as an artifact
     kinds = [kind for kind, _ in wandb_records(next(run_dir.glob("run-*.wandb")))]
     assert "artifact" in kinds
+
+
+# --- the reachability probe behind a proxy ------------------------------------------------------
+PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    """No proxy variable of the machine leaks in; returns a listening local port and a closed one."""
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        yield listening.getsockname()[1], closed.getsockname()[1]
+
+
+# The W&B server behind the proxy: a name that never resolves (RFC 2606), as for a user whose
+# machine reaches the internet through the proxy alone.
+SERVER = "https://api.wandb.invalid"
+
+
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy", "ALL_PROXY"])
+def test_the_probe_goes_to_the_proxy_that_applies(proxy_env, monkeypatch, variable):
+    up, down = proxy_env
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{up}")
+    assert tracking._first_hop(SERVER) == ("127.0.0.1", up)
+    assert tracking._reachable(SERVER, timeout=3)
+    monkeypatch.setenv(variable, f"127.0.0.1:{down}")  # no scheme: an http proxy, as requests reads it
+    assert not tracking._reachable(SERVER, timeout=3)
+
+
+def test_no_proxy_and_other_schemes_probe_the_server_itself(proxy_env, monkeypatch):
+    up, down = proxy_env
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{up}")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert tracking._first_hop(f"https://127.0.0.1:{down}") == ("127.0.0.1", down)
+    assert not tracking._reachable(f"https://127.0.0.1:{down}", timeout=3)
+    monkeypatch.delenv("NO_PROXY")
+    assert tracking._first_hop(f"http://127.0.0.1:{down}") == ("127.0.0.1", down)  # no HTTP_PROXY
+
+
+def test_credentials_behind_a_reachable_proxy_stay_online(proxy_env, monkeypatch, tmp_path, capsys):
+    up, _ = proxy_env
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{up}")
+    monkeypatch.setenv("WANDB_BASE_URL", SERVER)
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert ensure_wandb_mode() is None and "WANDB_MODE" not in os.environ
+    assert "offline" not in capsys.readouterr().err
