@@ -17,7 +17,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from consistency_vae import checkpointing, run_folders
+from consistency_vae import checkpointing, run_folders, run_record
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError, UserError
 from consistency_vae.model import ConsistencyVAE, NonFiniteLossError
@@ -70,7 +70,43 @@ class ConsistencyCLI(LightningCLI):
                 print(f"consistency-vae: kept the earlier attempt's {kept.name}", file=sys.stderr)
         run_folders.check_writable(folder if folder is not None and folder.is_dir() else save_dir, need_bytes)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """``fit`` leaves the run's status and its merged metrics record in the run folder however
+        it ends (see run_record), and after Ctrl-C says how to resume, as after SIGTERM."""
+        if subcommand != "fit":
+            return super()._run_subcommand(subcommand)
+        status = "failed"
+        try:
+            super()._run_subcommand(subcommand)
+            status = "interrupted" if self.trainer.interrupted else "finished"
+        except SIGTERMException:
+            status = "interrupted"
+            raise
+        except SystemExit as err:  # Lightning's graceful shutdown after Ctrl-C ends in sys.exit(1)
+            if not isinstance(err.__context__, KeyboardInterrupt):
+                raise
+            status = "interrupted"
+            if run_folders.is_main_process():
+                last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+                print(f"consistency-vae: stopped by Ctrl-C (SIGINT); continue with the same command plus "
+                      f"--ckpt_path last (it restarts from the last checkpoint, {last})", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGINT) from None  # the shell's code for Ctrl-C
+        finally:
+            self._record_run(status)
+
+    def _record_run(self, status: str) -> None:
+        folder = run_record.run_folder(self.trainer) if run_folders.is_main_process() else None
+        if folder is None or not folder.is_dir():
+            return
+        done = self.trainer.fit_loop.epoch_progress.current.processed  # whole epochs trained
+        try:
+            run_record.write_status(folder, status, epochs_done=done, max_epochs=self.trainer.max_epochs)
+            run_record.write_merged(folder)
+        except OSError as err:  # never hide why the run ended behind a logging failure
+            print(f"consistency-vae: could not write the run's record in {folder}: {err}", file=sys.stderr)
+
     def before_fit(self) -> None:
+        self.trainer.callbacks.append(run_record.RecordRunStart())  # status and W&B id, at setup
         self._check_ckpt_path()
         # best + last + one being written, each with the weights and Adam's two moments
         weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
+from consistency_vae import run_record
 from consistency_vae.errors import CheckpointError, UserError
 
 VERSIONED_LOGGERS = ("CSVLogger", "TensorBoardLogger")  # loggers that number runs version_N
@@ -52,8 +53,11 @@ def resolve(subcommand: str, config: Namespace) -> tuple[Path, Path | None]:
             raise CheckpointError(f"--ckpt_path last: {last} does not exist: drop the logger's version "
                                   "to resume the newest run of this name")
         config.ckpt_path = str(last)
+        check_training_left(last, config.trainer)
         print(f"consistency-vae: resuming from {config.ckpt_path}", file=sys.stderr)
     folder = None if logger.version is None else run_dir(save_dir, logger.name, logger.version)
+    if subcommand == "fit":  # a resumed folder continues its W&B run; a new run gets a new one
+        run_record.set_wandb_run_id(config.trainer, folder if config.ckpt_path else None)
     if folder is not None and is_main_process():
         if subcommand == "fit" and config.ckpt_path is None:
             check_not_finished(folder)
@@ -97,6 +101,32 @@ def check_not_finished(folder: Path) -> None:
             f"{folder} already holds a run ({', '.join(ckpts[:3])} in checkpoints/), and nothing "
             "was changed: pass --ckpt_path last to resume it, or give the first logger (the CSVLogger) "
             "another name or version; with no version, each run gets a new version_N")
+
+
+def check_training_left(ckpt: Path, trainer_config: Namespace) -> None:
+    """Refuse to resume a run whose training is over, before anything is changed: Lightning would
+    skip training, test again, and a one-row metrics.csv would replace the run's log."""
+    import torch
+
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        done = saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]  # whole epochs
+    except Exception:  # noqa: BLE001 - not readable here: the checkpoint checks that follow say why
+        return
+    max_steps = trainer_config.get("max_steps") or -1
+    max_epochs = trainer_config.get("max_epochs")
+    if max_epochs is None:  # Lightning's default: 1000 epochs, unless max_steps is set
+        max_epochs = 1000 if max_steps == -1 else -1
+    if max_epochs != -1 and done >= max_epochs:
+        why = f"all {done} of its --trainer.max_epochs={max_epochs} epochs are done"
+        fix = f"add --trainer.max_epochs=N with N > {done} to train longer"
+    elif max_steps != -1 and saved.get("global_step", 0) >= max_steps:
+        why = f"all {saved['global_step']} of its --trainer.max_steps={max_steps} steps are done"
+        fix = f"add --trainer.max_steps=N with N > {saved['global_step']} to train longer"
+    else:
+        return
+    raise UserError(f"--ckpt_path last: {ckpt} ends a finished run ({why}), and nothing was "
+                    f"changed: {fix}, or measure it with `consistency-vae evaluate --ckpt_path {ckpt}`")
 
 
 def keep_previous_attempt(folder: Path) -> list[Path]:

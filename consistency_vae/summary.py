@@ -1,15 +1,15 @@
 """The reproduction's numbers: results/summary.json and results/summary.md, with an honest verdict.
 
 Every number comes from the runs' own files: each run's ``eval/metrics.json`` (written by
-``evaluate``) and ``metrics.csv`` (the per-epoch curves and the epoch times).
+``evaluate``) and its metrics record (the per-epoch curves and the epoch times; see run_record).
 """
 
-import csv
 import json
 import math
 import statistics
 from pathlib import Path
 
+from consistency_vae import run_record
 from consistency_vae.experiments import Run, run_dir
 from consistency_vae.sweep_report import mean_std
 
@@ -27,17 +27,14 @@ TOLERANCE = 1.10  # "within 10% of epsilon or below it"
 def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> list[float]:
     """The value of ``key`` logged in each of the ``epochs`` training epochs; NaN where missing.
 
-    A resumed run keeps its earlier attempts' logs as ``metrics.attemptK.csv``: all are read.
-    The final test after ``fit`` logs the same key with epoch == epochs; it is not on the curve.
+    Read from the run's one record over all its attempts (``run_record.merged_rows``: a resumed
+    run's epochs once each, the resumed attempt's where they overlap). The final test after
+    ``fit`` logs the same key with epoch == epochs; it is not on the curve.
     """
     by_epoch: dict[int, float] = {}
-    for csv_path in sorted(folder.glob("metrics*.csv")):
-        with csv_path.open() as f:
-            for row in csv.DictReader(f):
-                if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
-                    epoch = int(float(row["epoch"]))
-                    if epoch < epochs:
-                        by_epoch.setdefault(epoch, float(row[key]))
+    for row in run_record.merged_rows(folder):
+        if key in row and "epoch" in row and (epoch := int(float(row["epoch"]))) < epochs:
+            by_epoch.setdefault(epoch, float(row[key]))
     return [by_epoch.get(e, math.nan) for e in range(epochs)] if by_epoch else []
 
 
