@@ -49,11 +49,18 @@ class ConsistencyCLI(LightningCLI):
                     raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
                                           "file, or 'last' to resume the latest run")
                 self._ckpt_shapes = checkpointing.read_checkpoint_shapes(ckpt, self._model_class)
+        alpha = self.config[subcommand].model.alpha if subcommand else None
         try:
             super()._parse_ckpt_path()
         except SystemExit as err:  # its hyperparameters are not ConsistencyVAE's
             raise CheckpointError(f"--ckpt_path {ckpt} holds the hyperparameters of another model: pass a "
                                   ".ckpt written by `consistency-vae fit`") from err
+        if subcommand and self.config[subcommand].model.alpha != alpha:
+            # Lightning let the checkpoint's alpha override the config's, which has already named
+            # the run folder (alpha${model.alpha}): the config's wins, so the folder, hparams.yaml,
+            # the logs and the new checkpoints all say the alpha that is trained (the module's
+            # on_load_checkpoint says so when it replaces the checkpoint's fixed alpha).
+            self.config[subcommand].model.alpha = alpha
 
     def _check_ckpt_path(self) -> None:
         if self._ckpt_shapes is not None:
@@ -136,7 +143,13 @@ class ConsistencyCLI(LightningCLI):
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if trainer.is_global_zero and results:
             r = results[0]
-            where = best or "(no checkpoint callback: weights kept in memory only)"
+            if best:
+                where = best
+            elif ckpt is not None and ckpt.last_model_path:  # e.g. --trainer.limit_val_batches=0
+                where = (f"none (no validation to select by): tested the final weights, saved as "
+                         f"{ckpt.last_model_path}")
+            else:
+                where = "(no checkpoint callback: weights kept in memory only)"
             print(f"\nDone. Best checkpoint: {where}\n"
                   f"  test ELBO {r['test/elbo']:.2f} nats   test KL(z'||z) "
                   f"{r['test/kl_consistency']:.3f} nats   (run folder: {log_dir})")

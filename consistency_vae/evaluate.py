@@ -101,7 +101,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     """
     from tqdm.auto import tqdm
 
-    from consistency_vae import callbacks, metrics
+    from consistency_vae import callbacks, metrics, noise
 
     started = time.perf_counter()
     ckpt_path, out = Path(ckpt_path), Path(output_dir)
@@ -119,11 +119,12 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
 
     with callbacks.eval_mode(model):
         # KL(z'||z), ELBO, recon, KL and the posterior means, one fixed eps row per test image.
-        noise = metrics.fixed_noise(n, dim, seed)
+        # The model's own forward with noise.eval_noise: trainer.test's numbers for these weights.
         terms, active = metrics.LossTerms().to(dev), metrics.ActiveUnits(dim).to(dev)
         elbo = torch.empty(n, dtype=torch.float64)  # per image, for the gap on the IWAE subset
         for i in range(0, n, 1000):
-            out_b = metrics.vae_terms(model, images[i:i + 1000].to(dev), noise[i:i + 1000])
+            x = images[i:i + 1000].to(dev)
+            out_b = model(x, noise.eval_noise(i, len(x), dim, seed))
             terms.update(out_b)
             active.update(out_b["mu"])
             elbo[i:i + 1000] = out_b["elbo"].double().cpu()
