@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from consistency_vae import figures
 from consistency_vae.errors import ConfigError
-from consistency_vae.metrics import LossTerms, fixed_noise, vae_terms
+from consistency_vae.metrics import LossTerms
+from consistency_vae.noise import eval_noise, eval_noise_at, prior_noise
 
 
 @contextmanager
@@ -58,8 +59,7 @@ def latent_drift_figure(model: nn.Module, images: Tensor, labels: Tensor, n_imag
     device = next(model.parameters()).device
     idx = example_indices(labels, n_images, one_per_class)
     x = images[idx].to(device)
-    eps = fixed_noise(len(images), model.hparams.latent_dim, seed)[idx]  # the same z as evaluate's
-    out = vae_terms(model, x, eps)
+    out = model(x, eval_noise_at(idx, model.hparams.latent_dim, seed))  # the same z as evaluate's
     all_mu = encode_means(model, images)
     dims, how = figures.projection_dims(all_mu.cpu())
     return figures.latent_drift_figure(
@@ -74,8 +74,7 @@ def reconstruction_figure(model: nn.Module, images: Tensor, labels: Tensor, seed
     device = next(model.parameters()).device
     idx = example_indices(labels, one_per_class=True)
     x = images[idx].to(device)
-    eps = fixed_noise(len(images), model.hparams.latent_dim, seed)[idx]
-    x_prime = vae_terms(model, x, eps)["x_prime"]
+    x_prime = model(x, eval_noise_at(idx, model.hparams.latent_dim, seed))["x_prime"]
     at_mean = model.decode(model.encode(x)[0])
     return figures.image_rows_figure([x.cpu(), at_mean.cpu(), x_prime.cpu()],
                                      ["x", "decoded mu(x)", "x' (decoded z)"], title)
@@ -84,7 +83,7 @@ def reconstruction_figure(model: nn.Module, images: Tensor, labels: Tensor, seed
 def prior_samples_figure(model: nn.Module, n: int = 64, seed: int = 0, title: str = "") -> Figure:
     """Decoder means at z ~ N(0, I), from a fixed seed so epochs are comparable."""
     device = next(model.parameters()).device
-    z = fixed_noise(n, model.hparams.latent_dim, seed + 1).to(device)  # not the test noise
+    z = prior_noise(n, model.hparams.latent_dim, seed).to(device)  # not the test images' eps
     return figures.image_grid_figure(model.decode(z).cpu(), ncols=8, title=title)
 
 
@@ -133,7 +132,8 @@ class TestSetConsistency(Callback):
     """After every training epoch: the test set's KL(z'||z) and ELBO, the paper's Fig. 3a.
 
     Logged as ``test/kl_consistency`` and ``test/elbo``. The z of each image comes from a fixed
-    seed (``metrics.fixed_noise``), so the curve moves only because the model does.
+    seed (``noise.eval_noise``, as in ``trainer.test`` and ``evaluate``), so the curve moves only
+    because the model does, and its last point is the number those report for the same weights.
     """
 
     __test__ = False  # not a pytest class, despite the name
@@ -145,14 +145,13 @@ class TestSetConsistency(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         images, _ = _test_data(trainer)
         images = images[: self.max_images]
-        noise = fixed_noise(len(images), pl_module.hparams.latent_dim, self.seed)
         # Rank zero alone holds the whole test set here: a synced compute() would wait for the
         # other ranks, which never call it (a DDP deadlock).
         metric = LossTerms(sync_on_compute=False).to(pl_module.device)
         with eval_mode(pl_module):
             for i in range(0, len(images), self.batch_size):
                 x = images[i:i + self.batch_size].to(pl_module.device)
-                metric.update(vae_terms(pl_module, x, noise[i:i + self.batch_size]))
+                metric.update(pl_module(x, eval_noise(i, len(x), pl_module.hparams.latent_dim, self.seed)))
         means = metric.compute()
         for name in ("kl_consistency", "elbo"):
             pl_module.log(f"test/{name}", means[name].float(), on_step=False, on_epoch=True,

@@ -13,9 +13,37 @@ alpha ascends it by projected dual ascent on a moving average C_avg of the const
 so alpha rises while the constraint is violated, and falls back (never below 0) once it holds.
 """
 
+import torch
 from torch import Tensor
 
 
 def dual_ascent_step(alpha: Tensor, constraint: Tensor, target: float, step_size: float) -> Tensor:
     """One projected dual ascent step on the multiplier: max(0, alpha + step_size * (C - target))."""
     return (alpha + step_size * (constraint - target)).clamp(min=0.0)
+
+
+# Added to the criterion of an epoch that misses the target: more than any feasible epoch's
+# -ELBO (an MNIST decoder that outputs 0.5 everywhere scores 543 nats), so any epoch that meets
+# the constraint is chosen over any that does not.
+INFEASIBLE = 1.0e4
+VIOLATION_PENALTY = 100.0  # nats per nat of excess KL, as the sweeps' val/constrained_elbo
+
+
+def selection_criterion(elbo: Tensor, kl_consistency: Tensor, loss: Tensor, alpha_mode: str,
+                        kl_target: float) -> Tensor:
+    """What the checkpoint callback minimises (``val/selection``): it must not move with alpha.
+
+    ``val/loss = recon + kl + alpha * C`` weighs C by the *current* alpha; in constrained mode
+    alpha rises during training, so later epochs would look worse for that alone.
+
+    - constrained: -ELBO for an epoch whose validation C meets ``kl_target`` (the best ELBO among
+      feasible epochs wins); else INFEASIBLE + 100 * (C - kl_target) - ELBO (the least violation,
+      then the ELBO, as ``sweep_objective.constrained_elbo``).
+    - fixed: val/loss, the objective the run minimises, whose alpha never changes.
+    Scalars in (nats per image), scalar out.
+    """
+    if alpha_mode == "fixed":
+        return loss
+    excess = kl_consistency - kl_target
+    penalty = torch.where(excess > 0, INFEASIBLE + VIOLATION_PENALTY * excess, torch.zeros_like(excess))
+    return penalty - elbo

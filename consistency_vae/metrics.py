@@ -5,9 +5,9 @@ processes, so a split of the data over ranks or batches gives the same mean as o
 (evaluation must use ``datamodule.UnpaddedDistributedSampler``: padded duplicates would count
 twice). Per-example maths lives in plain functions beside them.
 
-Sampling is tied to the data, not to the batching: ``fixed_noise`` draws one eps row per test
-image from a seed, so KL(z'||z) and the ELBO of an image are the same whatever the batch size
-or number of processes.
+Per-example loss terms come from the model's own forward (``ConsistencyVAE.forward``) with the
+eps rows of ``noise.eval_noise``: one row per image, so KL(z'||z) and the ELBO of an image are the
+same whatever the batch size or number of processes, in training, callbacks and ``evaluate``.
 """
 
 import math
@@ -25,31 +25,6 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active if Var_x E_q[z_
 # softplus temporary of the same size), whatever K and the batch are.
 IWAE_MAX_ELEMENTS = 2**22
 MIN_K_SHORTCUT = 64  # fewer samples per image: the dense decoder is as fast as the exact shortcut
-
-
-def fixed_noise(n: int, latent_dim: int, seed: int = 0) -> Tensor:
-    """(n, latent_dim) standard normal draws, one row per image, the same on every machine."""
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def vae_terms(model: nn.Module, x: Tensor, eps: Tensor) -> dict[str, Tensor]:
-    """Per-example terms of ``ConsistencyVAE.forward`` with the noise given: (B,) each.
-
-    The same maths as the model (x' is the decoder mean at z = mu + sigma * eps), but with eps
-    passed in, so that an image's values do not depend on where it sits in a batch.
-    Also returns mu, logvar, mu_prime, logvar_prime (B, D) and x_prime (B, 1, 28, 28).
-    """
-    mu, logvar = model.encode(x)  # (B, D)
-    z = mu + (0.5 * logvar).exp() * eps.to(mu)
-    logits = model.decoder(z)
-    x_prime = torch.sigmoid(logits)
-    mu_prime, logvar_prime = model.encode(x_prime)
-    recon = losses.bernoulli_nll(logits, x)
-    kl = losses.kl_to_standard_normal(mu, logvar)
-    return {"recon": recon, "kl": kl,
-            "kl_consistency": losses.consistency_kl(mu_prime, logvar_prime, mu, logvar),
-            "elbo": -(recon + kl), "mu": mu, "logvar": logvar, "mu_prime": mu_prime,
-            "logvar_prime": logvar_prime, "x_prime": x_prime}
 
 
 class LossTerms(Metric):

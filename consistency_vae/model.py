@@ -9,27 +9,37 @@ Design choices the paper leaves open, made explicit here:
 - Terms are sums over pixels / latent dims, means over the batch, so ``alpha`` does not depend on
   the dataset size or batch size.
 - ``alpha_mode: constrained`` treats alpha as a Lagrange multiplier for KL(z'||z) <= kl_target
-  (see ``constraint.py``); alpha then lives in a buffer, so checkpoints keep and resume it.
+  (see ``constraint.py``); alpha then lives in a buffer, so checkpoints keep and resume it. Under
+  DDP the update uses the constraint averaged over all ranks, so alpha is the same on every rank.
+- ``alpha_mode: fixed``: the hyper-parameter is the weight. The ``alpha`` buffer stays in the
+  state_dict (old checkpoints load), but a checkpoint's value never overrides ``model.alpha``.
+- Checkpoints are chosen by ``val/selection`` (``constraint.selection_criterion``), which does
+  not move with alpha: -val/elbo among epochs whose val KL(z'||z) meets kl_target (constrained),
+  val/loss at the fixed alpha (fixed).
+- Evaluation noise is ``noise.eval_noise``: one eps row per image, whatever the batching.
 """
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
 import torch
 from lightning import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from consistency_vae import losses
-from consistency_vae.constraint import dual_ascent_step
+from consistency_vae.constraint import dual_ascent_step, selection_criterion
 from consistency_vae.errors import ConfigError
 from consistency_vae.networks import MLPDecoder, MLPEncoder
+from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator  # noqa: F401 (re-export)
 
 TERMS = ("loss", "recon", "kl", "kl_consistency", "elbo")
+KL_C = TERMS.index("kl_consistency")
 STAGES = ("val", "test")
-TRAIN_NOISE, EVAL_NOISE = 0, 1  # first key of seeded_generator: training and evaluation streams
 
 EncoderFactory = Callable[[int], nn.Module]  # latent_dim -> module returning (mu, logvar)
 DecoderFactory = Callable[[int], nn.Module]  # latent_dim -> module returning logits
@@ -75,12 +85,15 @@ class ConsistencyVAE(LightningModule):
         self.save_hyperparameters()  # under the CLI: the encoder/decoder class_path configs
         self.encoder = encoder(latent_dim)
         self.decoder = decoder(latent_dim)
-        # alpha and the constraint estimate are state: saved in checkpoints, reduced by nobody.
+        # alpha and the constraint estimate are state, saved in checkpoints. They are buffers, which
+        # DDP broadcasts from rank 0 before every forward: harmless, as every rank computes the same
+        # values (the constraint is all-reduced first, see training_step).
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.register_buffer("constraint_avg", torch.tensor(float("nan")))
-        # running sums of the training terms over the epoch (not saved: rebuilt every epoch)
-        self.register_buffer("train_sums", torch.zeros(len(TERMS)), persistent=False)
-        self.register_buffer("train_batches", torch.zeros(()), persistent=False)
+        # Plain tensors, not buffers (DDP would overwrite them with rank 0's): the epoch's sums of
+        # TERMS and its batch count (len(TERMS) + 1,), and non-finite steps not yet reported ().
+        self._train_sums: Tensor | None = None
+        self._bad_steps: Tensor | None = None
         self.eval_metrics = nn.ModuleDict({
             stage: MetricCollection({t: MeanMetric() for t in TERMS}, prefix=f"{stage}/")
             for stage in STAGES
@@ -95,10 +108,18 @@ class ConsistencyVAE(LightningModule):
         """(B, latent_dim) -> decoder mean x' in [0, 1], (B, 1, 28, 28)."""
         return torch.sigmoid(self.decoder(z))
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Every loss term per example, shape (B,) each, plus the latent statistics."""
+    def forward(self, x: Tensor, noise: Tensor | torch.Generator | None = None) -> dict[str, Tensor]:
+        """Every loss term per example, shape (B,) each, plus the latent statistics and x'.
+
+        ``noise``: the eps of z = mu + sigma * eps, either given, (B, latent_dim) (evaluation:
+        ``noise.eval_noise`` rows of these images), or drawn from a generator (training) or from
+        the global RNG (None). Training, evaluation, callbacks and ``evaluate`` all use this forward.
+        """
         mu, logvar = self.encoder(x)  # (B, D)
-        z = losses.reparameterize(mu, logvar, generator)  # (B, D)
+        if isinstance(noise, Tensor):
+            z = mu + (0.5 * logvar).exp() * noise.to(mu)  # (B, D)
+        else:
+            z = losses.reparameterize(mu, logvar, noise)  # (B, D)
         logits = self.decoder(z)  # (B, 1, 28, 28)
         recon = losses.bernoulli_nll(logits, x)
         kl = losses.kl_to_standard_normal(mu, logvar)
@@ -111,43 +132,84 @@ class ConsistencyVAE(LightningModule):
             kl_consistency = losses.consistency_kl(mu_prime, logvar_prime, mu, logvar)
         return {"recon": recon, "kl": kl, "kl_consistency": kl_consistency,
                 "elbo": -(recon + kl), "loss": recon + kl + self.alpha * kl_consistency,
-                "mu": mu, "logvar": logvar, "mu_prime": mu_prime, "logvar_prime": logvar_prime}
+                "mu": mu, "logvar": logvar, "mu_prime": mu_prime, "logvar_prime": logvar_prime,
+                "x_prime": x_prime}
 
     @property
     def _is_plain_vae(self) -> bool:
         return self.hparams.alpha_mode == "fixed" and self.hparams.alpha == 0
 
     # --- training ---------------------------------------------------------------------------
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def on_train_start(self) -> None:
+        self._bad_steps = torch.zeros((), device=self.device)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, _ = batch
         # eps depends on (seed, step, rank) only, not on what drew from the global RNG before,
         # which Lightning does not restore on resume: a resumed run draws what an unbroken one would.
         seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         out = self(x, seeded_generator(x.device, TRAIN_NOISE, seed, self.global_step, self.global_rank))
         terms = {t: out[t].mean() for t in TERMS}
-        self._check_finite(terms)
-        if self.hparams.alpha_mode == "constrained":
-            self._update_alpha(terms["kl_consistency"].detach())
-        # self.log costs ~0.5 ms a call on CPU, a tenth of a step of the 2-D MLP: sum the terms
-        # in one tensor every step, and call self.log only every log_every_n_steps.
-        self.train_sums += torch.stack([terms[t].detach() for t in TERMS])
-        self.train_batches += 1
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            step_values = {f"train/{t}": v.detach() for t, v in terms.items()}
-            if self.hparams.alpha_mode == "constrained":
+        values = torch.stack([terms[t].detach() for t in TERMS])  # (len(TERMS),)
+        self._bad_steps = self._bad_steps + (~values.isfinite().all()).float()  # on the device: no sync
+        every = self._finite_check_every()
+        check = every > 0 and (self.global_step + 1) % every == 0
+        constrained = self.hparams.alpha_mode == "constrained"
+        if constrained or (check and self.trainer.world_size > 1):
+            # One small collective: [KL(z'||z), non-finite steps] summed over ranks. Every rank then
+            # updates alpha from the same mean constraint, and stops at the same step (a rank that
+            # raised alone would leave the others waiting in the gradient all-reduce forever).
+            packet = self._sum_over_ranks(torch.stack([values[KL_C], self._bad_steps]))
+            bad_total, constraint = packet[1], packet[0] / self.trainer.world_size
+        else:
+            bad_total, constraint = self._bad_steps, values[KL_C]
+        if check:
+            self._raise_if_nonfinite(bad_total, every, terms)
+        if constrained:
+            self._update_alpha(constraint)
+        # self.log costs ~0.5 ms a call on CPU, a tenth of a step of the 2-D MLP: sum the terms in
+        # one tensor every step, and call self.log only at the steps Lightning writes to the
+        # loggers (its own condition; with global_step % N it wrote values up to N - 1 steps old).
+        self._train_sums = self._train_sums + torch.cat([values, values.new_ones(1)])
+        if self.trainer._logger_connector.should_update_logs:
+            step_values = {f"train/{t}": v for t, v in zip(TERMS, values, strict=True)}
+            if constrained:
                 step_values |= {"train/alpha": self.alpha, "train/constraint": self.constraint_avg}
             self.log_dict(step_values, on_step=True, on_epoch=False)
-        return terms["loss"]
+        return {"loss": terms["loss"], "terms": values}  # terms: this rank's, for callbacks
 
     def on_train_epoch_start(self) -> None:
-        self.train_sums.zero_()
-        self.train_batches.zero_()
+        self._train_sums = torch.zeros(len(TERMS) + 1, device=self.device)
 
     def on_train_epoch_end(self) -> None:
-        means = self.train_sums / self.train_batches.clamp(min=1)  # (len(TERMS),)
+        # Means over every batch of every rank: sums and counts reduced, then divided.
+        packet = self._sum_over_ranks(torch.cat([self._train_sums, self._bad_steps.view(1)]))
+        self._raise_if_nonfinite(packet[-1], self._finite_check_every())
+        means = packet[:len(TERMS)] / packet[len(TERMS)].clamp(min=1)  # (len(TERMS),)
+        # Identical on every rank already; sync_dist (a mean of equal values, exact) only keeps
+        # Lightning from warning about unsynced epoch-level logs.
         self.log_dict({f"train/{t}_epoch": v for t, v in zip(TERMS, means, strict=True)},
                       on_step=False, on_epoch=True, sync_dist=True)
-        self.log("train/alpha_epoch", self.alpha, on_step=False, on_epoch=True)
+        self.log("train/alpha_epoch", self.alpha, on_step=False, on_epoch=True, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Between two checks (on a GPU) a non-finite step may be pending: never save its state.
+        if self._bad_steps is not None and self._trainer is not None \
+                and self._trainer.state.fn == TrainerFn.FITTING:
+            self._raise_if_nonfinite(self._sum_over_ranks(self._bad_steps.clone()),
+                                     self._finite_check_every())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Fixed mode: ``model.alpha`` is the weight, whatever the checkpoint's buffer says (the
+        key stays, so every checkpoint loads). Constrained mode: the multiplier is state; it resumes."""
+        state = checkpoint.get("state_dict", {})
+        if self.hparams.alpha_mode != "fixed" or "alpha" not in state:
+            return
+        saved, wanted = float(state["alpha"]), float(self.hparams.alpha)
+        if saved != wanted:
+            _say(f"consistency-vae: the checkpoint was trained at alpha={saved:g}; this model uses "
+                 f"model.alpha={wanted:g} (fixed mode: the hyper-parameter is the weight)")
+        state["alpha"] = torch.tensor(wanted, dtype=state["alpha"].dtype)
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
         ema = self.hparams.constraint_ema
@@ -157,13 +219,41 @@ class ConsistencyVAE(LightningModule):
         self.constraint_avg = avg
         self.alpha = dual_ascent_step(self.alpha, avg, self.hparams.kl_target, self.hparams.alpha_lr)
 
-    def _check_finite(self, terms: dict[str, Tensor]) -> None:
-        if not torch.isfinite(terms["loss"]):
-            values = ", ".join(f"{t}={v.item():.4g}" for t, v in terms.items())
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {self.current_epoch}, global step {self.global_step}: "
-                f"{values}. The weights are from the last good step; no checkpoint of this state "
-                "is written. Lower model.lr or check the input data.")
+    def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
+        """Sum over DDP ranks, in place (a no-op on one process); every rank gets the same bits.
+        A bare all_reduce: Lightning's strategy.reduce adds a barrier, a host sync on a GPU."""
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def _finite_check_every(self) -> int:
+        """Steps between non-finite checks. Reading a device flag on the host is free on a CPU, so
+        every step there; on a GPU it stalls the queue, so only at the steps where Lightning syncs
+        anyway to log (log_every_n_steps; 0: never), at epoch ends and before each checkpoint."""
+        return 1 if self.device.type == "cpu" else self.trainer.log_every_n_steps
+
+    def _raise_if_nonfinite(self, bad_total: Tensor, every: int,
+                            terms: dict[str, Tensor] | None = None) -> None:
+        """Raise NonFiniteLossError on every rank alike if any rank saw a non-finite loss since the
+        last check (``bad_total`` is already summed over ranks). One host sync."""
+        if not bool(bad_total > 0):
+            return
+        where = f"epoch {self.current_epoch}, global step {self.global_step}"
+        if every == 1:
+            when, kept = f"at {where}", "The weights are from the last good step"
+        else:  # on a GPU, where a check per step would stall the device queue
+            checked = f"checked every {every} steps" if every else "checked at epoch ends"
+            when, kept = f"in the steps up to {where} ({checked})", "The weights may hold those steps"
+        mine = self._bad_steps > 0
+        if self.trainer.world_size > 1:
+            when += (f" on rank {self.global_rank} of {self.trainer.world_size}" if mine
+                     else f": on another rank (this is rank {self.global_rank}, whose loss was finite)")
+        values = ""
+        if mine and terms is not None and every == 1:
+            values = ": " + ", ".join(f"{t}={v.item():.4g}" for t, v in terms.items())
+        raise NonFiniteLossError(
+            f"non-finite loss {when}{values}. {kept}; no checkpoint of this state is written. "
+            "Lower model.lr or check the input data.")
 
     # --- validation and test ----------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -174,16 +264,31 @@ class ConsistencyVAE(LightningModule):
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> None:
         x, _ = batch
-        # Fixed noise per global batch: the evaluation sampler deals whole batches round-robin
-        # (datamodule.UnpaddedDistributedSampler), so batch b holds the same images, and gets the
-        # same eps, on 1 or N processes, in every run and after a resume.
-        global_batch = batch_idx * self.trainer.world_size + self.global_rank
-        out = self(x, seeded_generator(x.device, EVAL_NOISE, global_batch))
+        # One eps row per image, the same as evaluate's and the callbacks' (noise.eval_noise). The
+        # evaluation sampler deals whole batches round-robin (datamodule.UnpaddedDistributedSampler),
+        # so this rank's batch batch_idx is global batch batch_idx * world + rank, whose first
+        # image is that times the loader's batch size, on 1 or N processes.
+        loader = self.trainer.test_dataloaders if stage == "test" else self.trainer.val_dataloaders
+        batch_size = getattr(loader, "batch_size", None)
+        if batch_size is None:
+            raise ConfigError(f"{stage} needs one DataLoader with a batch_size (images are matched to "
+                              f"their noise by index), got {type(loader).__name__}")
+        start = (batch_idx * self.trainer.world_size + self.global_rank) * batch_size
+        out = self(x, eval_noise(start, len(x), self.hparams.latent_dim))
         metrics = self.eval_metrics[stage]
         for t in TERMS:
             metrics[t].update(out[t])  # per-example values: the mean is over the whole split
         for t in TERMS:  # the progress bar shows the two numbers under study
             self.log(f"{stage}/{t}", metrics[t], prog_bar=t in ("elbo", "kl_consistency"))
+
+    def on_validation_epoch_end(self) -> None:
+        # The checkpoint criterion (constraint.selection_criterion): it does not move with alpha.
+        val = self.eval_metrics["val"]
+        if val["loss"].update_count == 0:
+            return
+        self.log("val/selection", selection_criterion(
+            val["elbo"].compute(), val["kl_consistency"].compute(), val["loss"].compute(),
+            self.hparams.alpha_mode, self.hparams.kl_target))
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
@@ -194,11 +299,9 @@ class ConsistencyVAE(LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def seeded_generator(device: torch.device, *keys: int) -> torch.Generator:
-    """A generator seeded from non-negative integer keys alone, hashed by numpy's SeedSequence
-    (nearby keys give unrelated streams)."""
-    seed = int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(seed)
+@rank_zero_only
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr) -> None:

@@ -15,8 +15,8 @@ from torch.distributions import Normal, kl_divergence
 
 from consistency_vae import callbacks, figures
 from consistency_vae.datamodule import MNISTDataModule
-from consistency_vae.metrics import fixed_noise
 from consistency_vae.model import ConsistencyVAE
+from consistency_vae.noise import eval_noise
 
 
 def read_png(path) -> np.ndarray:
@@ -61,7 +61,7 @@ def test_test_set_consistency_is_logged_once_per_epoch(fitted):
     model, (x, _) = fitted.model.eval(), (fitted.dm.test_set.images, None)
     with torch.no_grad():
         mu, logvar = model.encode(x)
-        z = mu + (0.5 * logvar).exp() * fixed_noise(len(x), 3)
+        z = mu + (0.5 * logvar).exp() * eval_noise(0, len(x), 3)
         mu_p, logvar_p = model.encode(model.decode(z))
         kl = kl_divergence(Normal(mu_p, (0.5 * logvar_p).exp()), Normal(mu, (0.5 * logvar).exp()))
     assert float(rows[-1]["test/kl_consistency"]) == pytest.approx(kl.sum(-1).mean().item(), rel=1e-4)

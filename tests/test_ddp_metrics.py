@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from consistency_vae import metrics
 from consistency_vae.datamodule import InMemoryImages, UnpaddedDistributedSampler, load_split
 from consistency_vae.model import ConsistencyVAE
+from consistency_vae.noise import eval_noise
 from tests.float32 import F32_REL, approx_f32
 
 N_IMAGES, WORLD, LATENT, IWAE_K = 301, 2, 3, 4
@@ -26,11 +27,11 @@ def make_model() -> ConsistencyVAE:
 @torch.no_grad()
 def shard_metrics(model, images, indices, iwae_seed):
     """Update the metrics with one shard, in batches of 50; return them (not yet computed)."""
-    noise = metrics.fixed_noise(N_IMAGES, LATENT)
+    noise = eval_noise(0, N_IMAGES, LATENT)
     terms, active, iwae = metrics.LossTerms(), metrics.ActiveUnits(LATENT), metrics.IWAELogLikelihood(IWAE_K)
     generator = torch.Generator().manual_seed(iwae_seed)
     for batch in torch.as_tensor(indices).split(50):
-        out = metrics.vae_terms(model, images[batch], noise[batch])
+        out = model(images[batch], noise[batch])
         terms.update(out)
         active.update(out["mu"])
         iwae.update(model, images[batch], generator)

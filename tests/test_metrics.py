@@ -10,6 +10,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from consistency_vae import losses, metrics
 from consistency_vae.model import ConsistencyVAE
+from consistency_vae.noise import eval_noise
 from tests.float32 import approx_f32
 
 
@@ -37,10 +38,10 @@ def reference_log_weights(model, x, eps):
 
 
 @torch.no_grad()
-def test_vae_terms_equal_the_model_forward_with_the_same_noise(model, images):
+def test_forward_with_given_noise_equals_the_forward_drawing_it(model, images):
     out = model(images, torch.Generator().manual_seed(3))
     eps = torch.randn(len(images), 3, generator=torch.Generator().manual_seed(3))
-    terms = metrics.vae_terms(model, images, eps)
+    terms = model(images, eps)
     for t in metrics.TERMS:
         torch.testing.assert_close(terms[t], out[t])
     # and KL(z'||z) against torch.distributions
@@ -52,11 +53,11 @@ def test_vae_terms_equal_the_model_forward_with_the_same_noise(model, images):
 @pytest.mark.parametrize("splits", [[64], [1, 63], [10, 20, 34]])
 @torch.no_grad()
 def test_loss_terms_are_dataset_means_whatever_the_batches(model, images, splits):
-    eps = metrics.fixed_noise(len(images), 3)
-    whole = metrics.vae_terms(model, images, eps)
+    eps = eval_noise(0, len(images), 3)
+    whole = model(images, eps)
     metric = metrics.LossTerms()
     for x, e in zip(images.split(splits), eps.split(splits), strict=True):
-        metric.update(metrics.vae_terms(model, x, e))
+        metric.update(model(x, e))
     result = metric.compute()
     # other batch sizes run other float32 GEMM kernels: equal to float32 precision (tests/float32.py)
     for t in metrics.TERMS:
@@ -64,9 +65,9 @@ def test_loss_terms_are_dataset_means_whatever_the_batches(model, images, splits
     assert result["elbo"].item() == approx_f32(-(result["recon"] + result["kl"]).item(), latent_dim=3)
 
 
-def test_fixed_noise_is_seeded_and_per_image():
-    a, b = metrics.fixed_noise(100, 2, seed=0), metrics.fixed_noise(100, 2, seed=0)
-    assert torch.equal(a, b) and not torch.equal(a, metrics.fixed_noise(100, 2, seed=1))
+def test_eval_noise_is_seeded_and_per_image():
+    a, b = eval_noise(0, 100, 2, seed=0), eval_noise(0, 100, 2, seed=0)
+    assert torch.equal(a, b) and not torch.equal(a, eval_noise(0, 100, 2, seed=1))
     assert abs(a.mean()) < 0.3 and 0.7 < a.std() < 1.3
 
 
@@ -132,7 +133,7 @@ def test_iwae_with_one_sample_is_the_elbo_in_expectation(model, images):
     x = images[:16].repeat(200, 1, 1, 1)  # 200 independent draws of z per image
     g = torch.Generator().manual_seed(0)
     iwae1 = metrics.iwae_log_likelihood(model, x, k=1, generator=g).double()  # (3200,)
-    elbo = metrics.vae_terms(model, x, torch.randn(len(x), 3, generator=g))["elbo"].double()
+    elbo = model(x, torch.randn(len(x), 3, generator=g))["elbo"].double()
     standard_error = math.sqrt(iwae1.var() / len(x) + elbo.var() / len(x))
     assert abs(iwae1.mean() - elbo.mean()) < 4 * standard_error
 
@@ -141,7 +142,7 @@ def test_iwae_with_one_sample_is_the_elbo_in_expectation(model, images):
 def test_iwae_rises_with_k_and_bounds_the_elbo_from_above(model, images):
     g = torch.Generator().manual_seed(1)
     means = [metrics.iwae_log_likelihood(model, images, k, g).mean().item() for k in (1, 10, 1000)]
-    elbo = metrics.vae_terms(model, images, metrics.fixed_noise(len(images), 3))["elbo"].mean().item()
+    elbo = model(images, eval_noise(0, len(images), 3))["elbo"].mean().item()
     assert means[0] < means[1] < means[2], means
     assert means[2] > elbo
 
