@@ -79,18 +79,40 @@ def test_grid_files_cover_alpha_by_three_seeds(sweep_file):
     assert sorted(proposed) == sorted(itertools.product(ALPHAS, [0, 1, 2]))
 
 
+def search(config: dict, method: str, runs: int) -> list[float]:
+    """Run ``runs`` proposals of ``method`` through propose(), each finished with a synthetic
+    metric that peaks at alpha = 0.3; return each proposal's distance to 0.3 in decades."""
+    import numpy as np
+
+    config, done = {**config, "method": method}, []
+    metric, bounds = config["metric"]["name"], config["parameters"]["model.alpha"]
+    state = np.random.get_state()
+    np.random.seed(0)  # the engine draws its candidates from numpy's global generator
+    try:
+        for i in range(runs):
+            alpha = propose(config, done)["model.alpha"]
+            assert bounds["min"] <= alpha <= bounds["max"]
+            assert isinstance(alpha, float)  # a plain float for JSON, not a numpy scalar
+            done.append({"id": str(i), "status": "finished",
+                         "params": {"model.alpha": alpha, "seed_everything": 0},
+                         "history": [{metric: -100.0 - 10 * math.log10(alpha / 0.3) ** 2}]})
+    finally:
+        np.random.set_state(state)
+    return [abs(math.log10(run["params"]["model.alpha"] / 0.3)) for run in done]
+
+
 def test_bayes_file_searches_alpha_on_a_log_scale_and_learns_from_finished_runs():
     config = load_sweep(ROOT / "sweeps/alpha_bayes.yaml")
     alpha = config["parameters"]["model.alpha"]
     assert alpha["distribution"] == "log_uniform_values" and 0 < alpha["min"] < 1 < alpha["max"]
-    metric = config["metric"]["name"]
-    # finished runs with their metric history, as the runner feeds them back
-    runs = [{"id": str(i), "status": "finished", "params": {"model.alpha": a, "seed_everything": 0},
-             "history": [{metric: -100.0 - 10 * abs(math.log10(a / 0.3))}]}
-            for i, a in enumerate([0.02, 0.1, 1.0, 5.0, 20.0])]
-    params = propose(config, runs)
-    assert alpha["min"] <= params["model.alpha"] <= alpha["max"] and params["seed_everything"] == 0
-    assert isinstance(params["model.alpha"], float)  # a plain float for JSON, not a numpy scalar
+    assert config["metric"]["goal"] == "maximize"
+    # W&B's engine, fed the finished runs as the runner feeds them: the proposals close in on the
+    # optimum. Random search over the same range stays ~0.9 decades away on average (the mean
+    # distance of a uniform point in [-2, 1.48] from -0.52); measured with seeds 0-4: bayes 0.015-0.046,
+    # random 0.77-0.93.
+    bayes, random = search(config, "bayes", 20), search(config, "random", 20)
+    assert statistics.mean(bayes[10:]) < 0.2 < 0.5 < statistics.mean(random[10:])
+    assert min(bayes[10:]) < 0.05
 
 
 def test_build_command_equals_what_wandb_agent_runs(tmp_path, monkeypatch):
