@@ -1,0 +1,112 @@
+"""The training curves of a run: every logged quantity per epoch, for train, val and test.
+
+``TrainingCurves`` draws them at the end of training from the run's metrics record
+(``run_record.merged_rows``, so a resumed run shows all its epochs), and sends the figure where
+the other figures go (``callbacks.log_figure``: W&B, TensorBoard, ``figures/`` in the run folder).
+It knows no metric names: each ``stage/name`` key is one panel (the loss terms, KL(z'||z),
+``val/selection``...), with a line per stage. Train values are the epoch means (``*_epoch``);
+a key logged only per step shows its last value of each epoch. ``alpha`` gets a panel only when
+it moved (the constrained mode).
+"""
+
+import math
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from consistency_vae import run_record
+from consistency_vae.callbacks import log_figure
+
+STAGES = ("train", "val", "test")
+FIRST = ("loss", "recon", "kl", "elbo", "kl_consistency", "alpha")  # panel order; others follow, sorted
+LOG_SCALE = ("kl_consistency",)  # spans orders of magnitude between alpha = 0 and alpha > 0
+LABELS = {"kl_consistency": "kl_consistency: KL(z'||z)", "kl": "kl: KL(q(z|x) || p(z))",
+          "recon": "recon: -log p(x|z)"}
+STYLE = {"train": ("tab:blue", "-"), "val": ("tab:orange", "--"), "test": ("tab:green", ":")}
+
+Curves = dict[str, dict[str, dict[int, float]]]  # name -> stage -> epoch -> value
+
+
+def epoch_curves(rows: list[dict[str, str]]) -> Curves:
+    """Metrics-record rows (CSVLogger's: ``epoch``, ``step``, ``stage/name`` columns) -> curves."""
+    keys = set().union(*rows) if rows else set()
+    curves: Curves = {}
+    for row in rows:
+        if "epoch" not in row:
+            continue
+        epoch = int(float(row["epoch"]))
+        for key, value in row.items():
+            stage, _, name = key.partition("/")
+            if stage not in STAGES or not name or name.endswith("_step"):
+                continue
+            if name.endswith("_epoch"):
+                name = name[: -len("_epoch")]
+            elif f"{key}_epoch" in keys:  # the per-step value of a term that has an epoch mean
+                continue
+            curves.setdefault(name, {}).setdefault(stage, {})[epoch] = float(value)
+    alpha = {v for points in curves.get("alpha", {}).values() for v in points.values()}
+    if len(alpha) <= 1:  # a fixed alpha: a flat line says nothing
+        curves.pop("alpha", None)
+    return curves
+
+
+def curves_figure(curves: Curves, title: str = "") -> Figure:
+    """One panel per quantity, epochs 1..N on x (the value after that epoch), a line per stage."""
+    names = [n for n in FIRST if n in curves] + sorted(n for n in curves if n not in FIRST)
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows + 0.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        for stage in STAGES:
+            points = curves[name].get(stage)
+            if points:
+                epochs = sorted(points)
+                colour, line = STYLE[stage]
+                ax.plot([e + 1 for e in epochs], [points[e] for e in epochs], line, color=colour,
+                        marker="o", markersize=3, label=stage)
+        positive = all(v > 0 for points in curves[name].values() for v in points.values())
+        if name in LOG_SCALE and positive:
+            ax.set_yscale("log")
+        ax.set(title=LABELS.get(name, name), xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(names):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+class TrainingCurves(Callback):
+    """At the end of training: ``figures/training_curves_epochNN.png`` and the same figure in W&B."""
+
+    name = "training_curves"
+
+    @rank_zero_only
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        folder = run_record.run_folder(trainer)
+        if folder is None:
+            if not trainer.fast_dev_run:  # fast_dev_run replaces the loggers: nothing to read
+                rank_zero_warn("TrainingCurves reads the CSVLogger's metrics: make it the first "
+                               "trainer.logger, or drop TrainingCurves from trainer.callbacks")
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()  # the last epoch's rows may still be buffered
+        curves = epoch_curves(run_record.merged_rows(folder))
+        if not curves:
+            return
+        epoch = max(trainer.current_epoch - 1, 0)  # the fit loop has moved past the last epoch
+        dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "")
+        title = f"{dataset}, alpha={float(pl_module.alpha):.3g}: training curves".lstrip(", ")
+        fig = curves_figure(curves, title)
+        log_figure(trainer, self.name, fig, epoch)
+        fig.clf()  # frees the artists now; Figure objects are never registered with pyplot
