@@ -1,0 +1,83 @@
+"""The verdicts the README quotes: summary.recommend (which alpha to use) and summary.constrained_rows
+(does the constrained mode meet epsilon, and beat the best fixed alpha that does), on hand-made
+records whose answers are worked out in the comments."""
+
+import pytest
+
+from consistency_vae.summary import TOLERANCE, constrained_rows, recommend
+
+
+def sweep_row(dataset, alpha, elbo, kl):
+    return {"dataset": dataset, "alpha": alpha, "elbo_mean": elbo, "kl_consistency_mean": kl}
+
+
+def test_recommend_picks_the_most_consistent_alpha_within_the_elbo_budget():
+    rows = [sweep_row("mnist", 0.0, -100.0, 3.0), sweep_row("mnist", 0.3, -100.5, 1.5),
+            sweep_row("mnist", 2.0, -101.0, 0.8),  # exactly 1 nat below the VAE: still allowed
+            sweep_row("mnist", 3.0, -101.25, 0.5),  # the most consistent, but 1.25 nats below
+            sweep_row("fashion_mnist", 1.0, -240.0, 0.9),  # 10 nats below its VAE: none qualifies
+            sweep_row("cifar", 1.0, -1.0, 0.1)]  # no VAE baseline for it: not judged
+    got = recommend(rows, {"mnist": -100.0, "fashion_mnist": -230.0}, budget=1.0)
+    assert got == {"mnist": {"alpha": 2.0, "kl_consistency": 0.8, "elbo": -101.0, "elbo_budget_nats": 1.0}}
+    # a larger budget admits alpha = 3
+    assert recommend(rows, {"mnist": -100.0}, budget=1.5)["mnist"]["alpha"] == 3.0
+
+
+def record(model, kl_target, alpha_init, seed, kl, elbo, alpha=None, setting="paper", dataset="mnist"):
+    return {"dataset": dataset, "setting": setting, "model": model, "kl_target": kl_target,
+            "alpha_init": alpha_init, "seed": seed, "kl_consistency": kl, "elbo": elbo,
+            "alpha": alpha_init if alpha is None else alpha}
+
+
+FIXED = [  # (alpha, [(kl, elbo) per seed]) of the fixed-alpha runs, epsilon-free (kl_target None)
+    (0.3, [(1.50, -100.0), (1.60, -100.4)]),  # KL 1.55: meets neither epsilon
+    (1.0, [(1.00, -102.5), (1.15, -103.5)]),  # KL 1.075 <= 1.1 x 1.0; ELBO -103
+    (3.0, [(0.50, -104.0), (0.56, -105.0)]),  # KL 0.53 <= 1.1 x 0.5 (and x 1.0); ELBO -104.5
+]
+
+
+@pytest.fixture
+def records():
+    fixed = [record("consistency" if a else "vae", None, a, s, kl, elbo)
+             for a, seeds in FIXED for s, (kl, elbo) in enumerate(seeds)]
+    constrained = [
+        record("constrained", 1.0, 1.0, 0, 1.05, -101.0, alpha=2.0),  # KL 1.065: meets 1.0
+        record("constrained", 1.0, 1.0, 1, 1.08, -103.0, alpha=2.2),  # ELBO -102
+        record("constrained", 0.5, 1.0, 0, 0.60, -104.0, alpha=5.0),  # KL 0.65 > 0.55: misses 0.5
+        record("constrained", 0.5, 1.0, 1, 0.70, -104.0, alpha=6.0),
+    ]
+    other = [record("consistency", None, 1.0, 0, 0.01, -50.0, setting="d20"),  # another setting:
+             record("constrained", 1.0, 1.0, 0, 0.9, -60.0, setting="d20")]  # its own row
+    return fixed + constrained + other
+
+
+def test_constrained_rows_compare_each_epsilon_with_the_best_fixed_alpha_meeting_it(records):
+    assert TOLERANCE == 1.10  # "within 10% of epsilon or below it": the cases sit on either side
+    rows = {(r["setting"], r["kl_target"]): r for r in constrained_rows(records)}
+    assert sorted(rows) == [("d20", 1.0), ("paper", 0.5), ("paper", 1.0)]
+
+    one = rows[("paper", 1.0)]  # fixed alphas meeting 1.1 nats: 1 (ELBO -103) and 3 (-104.5)
+    assert one["best_fixed_alpha"] == 1.0
+    assert one["constrained_kl_consistency"]["mean"] == pytest.approx(1.065)
+    assert one["constrained_elbo"]["mean"] == pytest.approx(-102.0)
+    assert one["constrained_alpha"]["mean"] == pytest.approx(2.1)
+    assert one["fixed_elbo"]["mean"] == pytest.approx(-103.0)
+    assert one["meets_target"] is True and one["elbo_at_least_best_fixed"] is True
+
+    half = rows[("paper", 0.5)]  # only alpha 3 meets 0.55 nats; the constrained runs miss it
+    assert half["best_fixed_alpha"] == 3.0 and half["fixed_kl_consistency"]["mean"] == pytest.approx(0.53)
+    assert half["constrained_kl_consistency"]["mean"] == pytest.approx(0.65)  # > TOLERANCE x 0.5
+    assert half["constrained_elbo"]["n"] == 2  # its own two runs, not the epsilon = 1 ones
+    assert half["meets_target"] is False and half["elbo_at_least_best_fixed"] is True  # -104 >= -104.5
+
+    d20 = rows[("d20", 1.0)]  # its only fixed run is alpha 1 with KL 0.01; its own ELBO is higher
+    assert d20["best_fixed_alpha"] == 1.0 and d20["fixed_elbo"]["mean"] == -50.0
+    assert d20["meets_target"] is True and d20["elbo_at_least_best_fixed"] is False
+
+
+def test_no_fixed_alpha_meeting_epsilon_gives_no_comparison(records):
+    strict = [r for r in records if r["setting"] == "paper" and r["model"] != "constrained"]
+    strict.append(record("constrained", 0.1, 1.0, 0, 0.09, -110.0, alpha=9.0))
+    (row,) = constrained_rows(strict)
+    assert row["best_fixed_alpha"] is None and "fixed_elbo" not in row
+    assert row["meets_target"] is True and row["elbo_at_least_best_fixed"] is None
