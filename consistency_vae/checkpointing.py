@@ -128,8 +128,8 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, pickle_hint: s
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as err:  # noqa: BLE001 - RuntimeError, UnpicklingError, EOFError...: all unusable
-        raise CheckpointError(f"cannot read checkpoint {path}: {describe_load_failure(err, pickle_hint)}"
-                              ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: "
+                              f"{describe_load_failure(err, pickle_hint, path)}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "pytorch-lightning_version" not in ckpt:
         found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a Lightning checkpoint (found {found}): give a .ckpt "
@@ -137,16 +137,34 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, pickle_hint: s
     return ckpt
 
 
-def describe_load_failure(err: Exception, pickle_hint: str = PICKLE_HINT) -> str:
-    """torch.load's multi-paragraph error -> one line: what is wrong and the fix."""
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (since torch 1.6); it starts so
+
+
+def describe_load_failure(err: Exception, pickle_hint: str = PICKLE_HINT,
+                          path: str | Path | None = None) -> str:
+    """torch.load's multi-paragraph error -> one line: what is wrong and the fix. With ``path``,
+    a file that does not start as a zip archive is "not a checkpoint at all" (a config, a log, a
+    download's HTML page), told apart from a damaged (truncated or corrupted) checkpoint."""
     text = " ".join(str(err).split())
     if "Unsupported global" in text:  # a readable file that stores arbitrary Python objects
         what = text.split("Unsupported global:")[1].split(" was not")[0].strip()
         return f"it stores the Python object {what}, which safe loading refuses; {pickle_hint}"
+    if path is not None and (head := _first_bytes(path)) is not None and not head.startswith(ZIP_MAGIC):
+        shown = "is empty" if not head else f"starts with {head[:16]!r}"
+        return (f"it is not a checkpoint at all (torch checkpoints are zip archives; this file "
+                f"{shown}): give the path of a .ckpt file, e.g. RUN/checkpoints/last.ckpt")
     detail = text.split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
     detail = detail.split(". ")[0][:120]  # the first sentence; the rest is advice on weights_only
-    return (f"the file is truncated or corrupted ({type(err).__name__}: {detail}); copy it "
-            "again, or use another checkpoint (e.g. last.ckpt)")
+    return (f"a damaged checkpoint: the file is truncated or corrupted ({type(err).__name__}: "
+            f"{detail}); copy it again, or use another checkpoint (e.g. last.ckpt)")
+
+
+def _first_bytes(path: str | Path, n: int = 64) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return None
 
 
 def read_checkpoint_shapes(path: str | Path, model_class: type) -> dict[str, tuple[int, ...]]:

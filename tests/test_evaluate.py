@@ -93,7 +93,7 @@ def other_lightning_checkpoint(path: Path) -> None:
     (None, "does not exist"),
     (lambda p, ok: p.mkdir(), "does not exist or is not a file"),
     (lambda p, ok: p.write_bytes(ok.read_bytes()[: ok.stat().st_size // 2]), "truncated or corrupted"),
-    (lambda p, ok: p.write_bytes(b"not a checkpoint at all"), "truncated or corrupted"),
+    (lambda p, ok: p.write_bytes(b"not a checkpoint at all"), "is not a checkpoint at all"),
     (lambda p, ok: torch.save({"weights": torch.zeros(3)}, p), "is not a Lightning checkpoint"),
     (lambda p, ok: torch.save(torch.zeros(3), p), "is not a Lightning checkpoint"),
     (lambda p, ok: torch.save({"state_dict": Fraction(1, 3)}, p), "if you trust the file, pass --allow"),
