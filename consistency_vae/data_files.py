@@ -8,6 +8,10 @@ Sources, tried in order:
    Debian package ``dataset-fashion-mnist`` (``apt-get download`` + ``dpkg -x``, no install).
 
 Every file is checked by the md5 of its uncompressed IDX bytes before anything trains on it.
+A run (``fit``/``test``...) fetches only into the checkout's ``data/`` folder (``DEFAULT_DATA_DIR``,
+where `make data` and the tests put it); a missing file anywhere else stops the run with its path
+and the ``consistency-vae data`` command that fetches it, rather than a silent 53 MB download into
+a mistyped folder.
 """
 
 import gzip
@@ -25,6 +29,8 @@ from consistency_vae.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # the checkout's data/
+TRAIN_IMAGES = 60_000  # the training file of both datasets; validation is taken out of it
 SPLITS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -61,7 +67,30 @@ def md5(path: Path) -> str:
 
 
 def fix_command(data_dir: str | Path, dataset: str) -> str:
-    return f"consistency-vae data --dataset {dataset} --data_dir {data_dir}  (or: make data)"
+    make = "  (or: make data)" if _is_default(data_dir) else ""
+    return f"consistency-vae data --dataset {dataset} --data_dir {data_dir}{make}"
+
+
+def _is_default(data_dir: str | Path) -> bool:
+    return Path(data_dir).resolve() == DEFAULT_DATA_DIR.resolve()
+
+
+def prepare_for_run(data_dir: str | Path, dataset: str) -> Path:
+    """What a run calls: ``prepare`` in the default data folder; elsewhere, verified files or a
+    DataError naming the folder and the command that fetches into it (a typo costs nothing)."""
+    if _is_default(data_dir):
+        return prepare(data_dir, dataset)
+    folder = raw_dir(data_dir, dataset)
+    if folder.is_dir():
+        _gunzip_present(folder)
+    if not any((folder / name).is_file() for name in SPLITS):
+        where = Path(data_dir).resolve()
+        raise DataError(
+            f"no {spec_for(dataset).folder} files in {folder} (data.data_dir={data_dir}, that is {where}); "
+            f"a run downloads only into {DEFAULT_DATA_DIR}. Fetch them into {where} with: "
+            f"{fix_command(where, dataset)}, or use the default folder: --data.data_dir={DEFAULT_DATA_DIR}")
+    verify(data_dir, dataset)  # a partial or corrupted set: names the file
+    return folder
 
 
 def verify(data_dir: str | Path, dataset: str) -> None:

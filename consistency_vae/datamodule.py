@@ -159,7 +159,7 @@ class MNISTDataModule(LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
 
     def prepare_data(self) -> None:
-        data_files.prepare(self.hparams.data_dir, self.hparams.dataset)
+        data_files.prepare_for_run(self.hparams.data_dir, self.hparams.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
