@@ -16,6 +16,7 @@ import torch
 from lightning import Trainer
 
 from consistency_vae import losses
+from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder
@@ -61,7 +62,8 @@ def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: in
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(prog="consistency-vae bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="consistency-vae bench", description=__doc__.split("\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side (after 1 warm-up)")
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])

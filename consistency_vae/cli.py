@@ -17,7 +17,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from consistency_vae import checkpointing, run_folders, run_record
+from consistency_vae import checkpointing, cli_checks, cli_help, run_folders, run_record
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError, UserError
 from consistency_vae.model import ConsistencyVAE, NonFiniteLossError
@@ -35,6 +35,29 @@ class ConsistencyCLI(LightningCLI):
 
     _output: tuple[Path, Path | None] = (Path("runs"), None)  # (save_dir, run folder if known)
     _ckpt_shapes: dict | None = None  # parameter shapes of the --ckpt_path file, once read
+    _config_files: list[str] = []  # the --config files of the command line
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand != "fit":
+            parser.add_argument("--wandb", type=bool, default=False,
+                                help="also log to W&B, as a new W&B run; else only into the "
+                                     "checkpoint's run folder")
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        """``--help``: the short help (cli_help); ``--help=all``: LightningCLI's full one."""
+        argv = sys.argv[1:] if args is None else list(args)
+        self._config_files = cli_help.config_files(argv)
+        if not cli_help.wants_short_help(argv):
+            self.config = parser.parse_args(cli_help.full_help_argv(argv))
+            return
+        rest = [a for a in argv if a not in cli_help.HELP_FLAGS]
+        self.config = parser.parse_args(rest)  # the values the given --config and flags lead to
+        sub = rest[0]
+        print(cli_help.subcommand_help(self._subcommand_parsers[sub], self.config[sub],
+                                       f"consistency-vae {sub}", bool(self._config_files)))
+        sys.exit(0)
 
     def _parse_ckpt_path(self) -> None:
         """Runs right after parsing, where Lightning reads the checkpoint's hyperparameters into
@@ -42,6 +65,10 @@ class ConsistencyCLI(LightningCLI):
         (see run_folders.resolve), and an unreadable or non-Lightning file fails in one line."""
         subcommand, ckpt = self.config.get("subcommand"), None
         if subcommand:
+            cli_checks.refuse_overlay_alone(self._config_files)
+            if subcommand != "fit":  # evaluating is not a new run (see run_folders.evaluation_output)
+                run_folders.evaluation_output(subcommand, self.config[subcommand])
+            cli_checks.refuse_wandb_online_without_key(self.config[subcommand])
             self._output = run_folders.resolve(subcommand, self.config[subcommand])
             ckpt = self.config[subcommand].get("ckpt_path")
             if ckpt and ckpt not in CKPT_ALIASES:
@@ -113,6 +140,7 @@ class ConsistencyCLI(LightningCLI):
             print(f"consistency-vae: could not write the run's record in {folder}: {err}", file=sys.stderr)
 
     def before_fit(self) -> None:
+        cli_checks.refuse_empty_epochs(self.datamodule, self.trainer)  # before any work
         self.trainer.callbacks.append(run_record.RecordRunStart())  # status and W&B id, at setup
         self._check_ckpt_path()
         # best + last + one being written, each with the weights and Adam's two moments
@@ -131,11 +159,16 @@ class ConsistencyCLI(LightningCLI):
         self._check_ckpt_path()
         self._check_output()
 
+    def after_predict(self) -> None:
+        for path in cli_checks.save_predictions(self.trainer, self.datamodule):
+            print(f"consistency-vae: predictions written to {path}")
+
     def after_fit(self) -> None:
         """Test the best checkpoint and print where it is with its test ELBO and KL(z'||z)."""
         trainer = self.trainer
         if trainer.interrupted or trainer.fast_dev_run:
             return
+        cli_checks.refuse_untrained(trainer)  # no "Done" for a fit that trained no step
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best,
@@ -161,6 +194,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> Consistenc
         MNISTDataModule,
         args=args,
         run=run,
+        parser_class=cli_help.ProjectParser,  # parse errors: a short usage, the error last
         parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_callback=SaveConfigEverywhere,  # config.yaml in the run folder, and in W&B
         save_config_kwargs={"overwrite": False},
@@ -178,17 +212,20 @@ def cli_main(args: list[str] | None = None) -> None:
     extra = _extra_commands()
     if argv and argv[0] in extra:
         return extra[argv[0]](argv[1:])
-    if not argv or argv[0] in ("-h", "--help"):
-        print("consistency-vae: {fit,validate,test,predict} (LightningCLI) or "
-              f"{{{','.join(extra)}}}. Run 'consistency-vae COMMAND --help'.")
-        if not argv:
-            return
-    if argv and argv[0] in LIGHTNING_COMMANDS:
+    if not argv or argv[0] in ("-h", "--help", *cli_help.FULL_HELP_FLAGS):
+        print(cli_help.top_help(extra))
+        return
+    evaluation_with_wandb = any(a.startswith("--wandb") and a != "--wandb=false" for a in argv)
+    if argv[0] == "fit" or evaluation_with_wandb:  # test/validate/predict log to W&B only if asked
         ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, rather than a hang or a crash
     try:
         lightning_cli(None if args is None else argv)
     except (UserError, NonFiniteLossError) as err:
         sys.exit(f"consistency-vae: error: {err}")
+    except Exception as err:  # a library's refusal that is really a configuration error
+        if (message := cli_checks.describe_library_error(err)) is None:
+            raise
+        sys.exit(f"consistency-vae: error: {message}")
     except SIGTERMException:  # Lightning stopped at a batch boundary; the checkpoint callback saved
         print("consistency-vae: stopped by SIGTERM; continue with the same command plus "
               "--ckpt_path last", file=sys.stderr)

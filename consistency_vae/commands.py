@@ -58,6 +58,13 @@ def reproduce_main(argv: list[str]) -> None:
     reproduce.main(argv)
 
 
+def runs_main(argv: list[str]) -> None:
+    """consistency-vae runs: the run folders in a table (setting, epochs, status, test numbers)."""
+    from consistency_vae import runs
+
+    runs.main(argv)
+
+
 COMMANDS = {
     "data": data_main,
     "sweep": sweep_main,
@@ -65,4 +72,5 @@ COMMANDS = {
     "bench": bench_main,
     "evaluate": evaluate_main,
     "reproduce": reproduce_main,
+    "runs": runs_main,
 }

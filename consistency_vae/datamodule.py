@@ -135,6 +135,7 @@ class MNISTDataModule(LightningDataModule):
         split_seed: seed of the train/validation split; fixed so every run sees the same split.
         on_device: keep the tensors on the training device (the GPU, when there is one).
         subset: use only the first ``subset`` train/val/test images (quick runs and tests).
+        predict_split: the split that ``predict`` encodes: ``train``, ``val`` or ``test``.
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class MNISTDataModule(LightningDataModule):
         split_seed: int = 0,
         on_device: bool = True,
         subset: int | None = None,
+        predict_split: Literal["train", "val", "test"] = "test",
     ):
         super().__init__()
         data_files.spec_for(dataset)  # unknown names fail here, before any work
@@ -197,7 +199,8 @@ class MNISTDataModule(LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)
+        split = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        return self._eval_loader(split[self.hparams.predict_split])
 
     def _eval_loader(self, dataset: InMemoryImages) -> DataLoader:
         sampler = None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 
 METRIC_DOCS = {  # key -> what it is, for the printed table and the README
@@ -196,7 +197,8 @@ def format_table(results: dict) -> str:
 
 def main(argv: list[str]) -> None:
     """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
-    p = argparse.ArgumentParser(prog="consistency-vae evaluate", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="consistency-vae evaluate", description=main.__doc__,
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--ckpt_path", required=True, help="a .ckpt written by `consistency-vae fit`")
     p.add_argument("--output", required=True, help="folder for metrics.json and the PNGs")
     p.add_argument("--data.dataset", dest="dataset", choices=["mnist", "fashion_mnist"],

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from consistency_vae.experiments import Run, run_dir, train_all
 
+from consistency_vae.commands import DefaultsHelpFormatter
+
 SECONDS_PER_EPOCH = 5.0  # per run, 2-D MLP, one thread, 2 runs at once on 2 cores: 25 epochs took ~125 s
 
 
@@ -62,7 +64,8 @@ def evaluate_all(runs: list[Run], runs_dir: Path, iwae_k: int, iwae_images: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="consistency-vae reproduce", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="consistency-vae reproduce", description=__doc__.split("\n")[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--output", default="results", help="where summary.md, .json and figures go")
     parser.add_argument("--runs_dir", default="runs/reproduce")
     parser.add_argument("--data_dir", default="data")

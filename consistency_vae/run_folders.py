@@ -173,3 +173,21 @@ def check_writable(folder: Path, need_bytes: int = 0) -> None:
         raise UserError(f"output folder {folder} has {free / 2**20:.1f} MiB free, but the checkpoints "
                         f"of this run need about {need_bytes / 2**20:.1f} MiB: free some space, or write "
                         "elsewhere with --trainer.default_root_dir=DIR")
+
+
+def evaluation_output(subcommand: str, config: Namespace) -> None:
+    """Point test/validate/predict at the checkpoint's run folder (in place): evaluating is not a
+    new run. The first (versioned) logger writes into ``RUN/SUBCOMMAND/version_K`` of the run that
+    holds ``--ckpt_path`` (``RUN/checkpoints/*.ckpt``), and W&B is dropped unless ``--wandb``."""
+    loggers = config.trainer.get("logger")
+    if not config.get("wandb") and isinstance(loggers, list | Namespace):
+        kept = [lg for lg in (loggers if isinstance(loggers, list) else [loggers])
+                if str(lg.get("class_path", "")).rsplit(".", 1)[-1] != "WandbLogger"]
+        config.trainer.logger = kept
+    logger = versioned_logger(config.trainer)
+    ckpt = config.get("ckpt_path")
+    if logger is None or not ckpt or not Path(ckpt).is_file():  # no file: the aliases and errors
+        return
+    run = Path(ckpt).resolve().parent
+    run = run.parent if run.name == "checkpoints" else run
+    logger.save_dir, logger.name, logger.version = str(run), subcommand, None

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.tracking import RUN_INFO_ENV
 
@@ -75,6 +76,34 @@ def build_command(sweep_config: dict, params: dict, interpreter: str = sys.execu
         else:
             argv.append(chunk)
     return argv
+
+
+def check_against_cli(sweep_file: str | Path, sweep_config: dict, extra: list[str]) -> None:
+    """Parse the first proposed run's command with this project's CLI (``--print_config``, which
+    builds nothing) before any run starts: a misspelt parameter (``model.alpah``) fails here, in one
+    line, not in every run's log. Commands that do not run ``python -m consistency_vae`` are left
+    alone. The test suite does the same for the shipped files (tests/test_sweeps.py)."""
+    import contextlib
+    import io
+
+    argv = build_command(sweep_config, propose(sweep_config, []))
+    if sweep_config.get("program") != "consistency_vae" or "consistency_vae" not in argv:
+        return
+    from consistency_vae.cli import lightning_cli
+
+    args = [*argv[argv.index("consistency_vae") + 1:], *extra, "--print_config"]
+    err, code = io.StringIO(), None
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            lightning_cli(args)
+        except SystemExit as exit_:
+            code = exit_.code
+    if code in (0, None):
+        return
+    said = [line for line in err.getvalue().splitlines() if line.startswith(("did you mean", "error:"))]
+    raise ConfigError(f"sweep file {sweep_file}: the CLI refuses its runs' command, nothing was run: "
+                      f"{' '.join(said) or code}. Each parameter must be a key of "
+                      "`consistency-vae fit --help` (e.g. model.alpha)")
 
 
 def _plain(value):
@@ -262,7 +291,8 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
 
 def main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
-    parser = argparse.ArgumentParser(prog="consistency-vae sweep", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="consistency-vae sweep", description=main.__doc__,
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/alpha_mnist.yaml")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (cores are split)")
     parser.add_argument("--count", type=int, default=None,
@@ -274,6 +304,8 @@ def main(argv: list[str]) -> None:
                              "e.g. --extra-args --trainer.max_epochs=2")
     args = parser.parse_args(argv)
     try:
+        check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
+                          [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
         result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args)
     except UserError as err:
         sys.exit(f"consistency-vae sweep: error: {err}")

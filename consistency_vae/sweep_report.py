@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
 
 # Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better)
@@ -155,7 +156,8 @@ def _cell(mean: float, std: float) -> str:
 
 def main(argv: list[str]) -> None:
     """consistency-vae sweep-report: alpha_sweep.csv and alpha_tradeoff.png from a sweep's runs."""
-    parser = argparse.ArgumentParser(prog="consistency-vae sweep-report", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="consistency-vae sweep-report", description=main.__doc__,
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("runs_dir", help="the sweep's --runs_dir (default of the sweep: runs)")
     parser.add_argument("--output", default="results", help="folder for the CSV and the figure")
     args = parser.parse_args(argv)

@@ -62,8 +62,9 @@ def test_ddp_trains_and_its_test_metrics_match_one_process(tmp_path, data_dir):
     for name, flags in {"one": ["--trainer.devices=1", "--trainer.accelerator=cpu"], "two": DDP}.items():
         code, log = run(tmp_path, *cli_args("test", data_dir, tmp_path / name, *flags, f"--ckpt_path={last}"))
         assert code == 0, log
-        (folder,) = [p for p in (tmp_path / "runs" / RUN_NAME).iterdir() if p.name != "version_0"
-                     and p.name not in {r["folder"] for r in results.values()}]
+        # evaluation is not a new run: it writes into the checkpoint's run folder, test/version_K
+        (folder,) = [p for p in (run_dir / "test").iterdir()
+                     if p.name not in {r["folder"] for r in results.values()}]
         results[name] = {"folder": folder.name, "metrics": read_test_metrics(folder / "metrics.csv"),
                          "shards": shards(tmp_path / name)}
 

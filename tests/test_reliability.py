@@ -102,7 +102,7 @@ def workdir(finished_run, tmp_path, monkeypatch, data_dir) -> list[str]:
     ("fit", ["--model.alpah=1"], "alpah"),
     ("fit", ["--config", "missing.yaml"], "File does not exist: "),
     ("fit", [csv_only(0)], "version_0 already holds a run (epoch=0-step=4.ckpt, last.ckpt in checkpoints/)"),
-    ("test", [csv_only(0), f"--ckpt_path={RUN}/version_0/checkpoints/last.ckpt"],
+    ("test", [csv_only(0)],  # with a --ckpt_path of the run, test writes into version_0/test/ instead
      "version_0 holds the logs of a run (metrics.csv, config.yaml, hparams.yaml), which `test` would"),
 ], ids=["negative-alpha", "text-alpha", "typo-key", "missing-config", "finished-run", "test-into-run"])
 def test_bad_input_fails_fast_and_changes_nothing(workdir, tmp_path, capsys, command, flags, expected):
