@@ -8,11 +8,28 @@ import argparse
 import logging
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default, also for options without a help text (where
+    argparse's ArgumentDefaultsHelpFormatter shows none)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.default not in (None, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # argparse prints no line for a None help
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def data_main(argv: list[str]) -> None:
     """consistency-vae data: fetch and verify the datasets (what `make data` runs)."""
     from consistency_vae import data_files
 
-    parser = argparse.ArgumentParser(prog="consistency-vae data", description=data_main.__doc__)
+    parser = argparse.ArgumentParser(prog="consistency-vae data", description=data_main.__doc__,
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--dataset", choices=[*data_files.DATASETS, "all"], default="all")
     parser.add_argument("--data_dir", default="data")
     args = parser.parse_args(argv)
