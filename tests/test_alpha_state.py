@@ -15,6 +15,10 @@ from consistency_vae.cli import cli_main
 from consistency_vae.model import ConsistencyVAE
 from tests.cli_runs import BASE, RUN_NAME, csv_only
 
+
+def csv_rows(path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
 TINY = ["--data.subset=512", "--data.eval_batch_size=512", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", "--trainer.callbacks=[]",
         "--trainer.callbacks+=consistency_vae.checkpointing.AtomicModelCheckpoint",
@@ -40,7 +44,7 @@ def test_fit_from_a_checkpoint_trains_at_the_new_fixed_alpha(one_epoch_run, tmp_
     assert "the checkpoint was trained at alpha=1; this model uses model.alpha=3" in capsys.readouterr().err
     run = tmp_path / "runs" / RUN_NAME / "version_1"
     assert yaml.safe_load((run / "hparams.yaml").read_text())["alpha"] == 3.0
-    epoch_rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/alpha_epoch")]
+    epoch_rows = [r for r in csv_rows(run / "metrics.csv") if r.get("train/alpha_epoch")]
     assert [(int(r["epoch"]), float(r["train/alpha_epoch"])) for r in epoch_rows] == [(1, 3.0)]
     saved = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
     assert saved["hyper_parameters"]["alpha"] == 3.0 and saved["state_dict"]["alpha"].item() == 3.0

@@ -14,6 +14,10 @@ from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.model import TERMS, ConsistencyVAE, NonFiniteLossError
 
 
+def csv_rows(path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -55,7 +59,7 @@ def test_step_rows_of_metrics_csv_hold_that_steps_values(tmp_path, data_dir, eve
                           log_every_n_steps=every, limit_val_batches=0, enable_checkpointing=False)
     torch.manual_seed(0)
     trainer.fit(ConsistencyVAE(), datamodule=MNISTDataModule(data_dir=str(data_dir), subset=1024))
-    rows = [r for r in csv.DictReader(open(tmp_path / "log/version_0/metrics.csv")) if r["train/loss"]]
+    rows = [r for r in csv_rows(tmp_path / "log/version_0/metrics.csv") if r["train/loss"]]
     # Lightning writes step rows where (step + 1) % every == 0; each must hold its own step's terms
     assert [int(r["step"]) for r in rows] == [s for s in range(7) if (s + 1) % every == 0]
     for row in rows:

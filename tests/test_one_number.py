@@ -15,6 +15,10 @@ from consistency_vae.evaluate import evaluate_checkpoint
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.noise import BLOCK, eval_noise, eval_noise_at
 
+
+def csv_rows(path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
 # float32 terms of ~100 nats summed over 512 images in other batch sizes (other GEMM kernels):
 # a few 1e-7 relative per image, 1e-5 relative covers the sums with room to spare.
 REL = 1e-5
@@ -29,7 +33,8 @@ def test_eval_noise_rows_do_not_depend_on_the_slice(start, n):
 
 def test_eval_noise_is_seeded_standard_normal():
     a = eval_noise(0, 4000, 2, seed=0)
-    assert torch.equal(a, eval_noise(0, 4000, 2, seed=0)) and not torch.equal(a, eval_noise(0, 4000, 2, seed=1))
+    assert torch.equal(a, eval_noise(0, 4000, 2, seed=0))
+    assert not torch.equal(a, eval_noise(0, 4000, 2, seed=1))
     assert abs(a.mean()) < 0.05 and abs(a.std() - 1) < 0.05  # 8000 draws: 4 standard errors
 
 
@@ -55,7 +60,7 @@ def fitted(tmp_path_factory, data_dir):
                                         figures=False, progress=False, device="cpu")
     finally:
         torch.set_num_threads(threads)
-    rows = [r for r in csv.DictReader(open(root / "log/version_0/metrics.csv"))
+    rows = [r for r in csv_rows(root / "log/version_0/metrics.csv")
             if r.get("test/kl_consistency") and not r.get("test/loss")]  # the callback's rows
     return tested, evaluated, rows
 
