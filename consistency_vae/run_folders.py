@@ -191,3 +191,10 @@ def evaluation_output(subcommand: str, config: Namespace) -> None:
     run = Path(ckpt).resolve().parent
     run = run.parent if run.name == "checkpoints" else run
     logger.save_dir, logger.name, logger.version = str(run), subcommand, None
+
+
+def is_evaluation_folder(folder: Path) -> bool:
+    """``RUN/test/version_K`` and the like (see evaluation_output): an evaluation of a run, with its
+    own config.yaml and metrics.csv, but not a run."""
+    return (folder.parent.name in ("validate", "test", "predict")
+            and (folder.parent.parent / "config.yaml").is_file())

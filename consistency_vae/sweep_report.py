@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from consistency_vae import run_folders
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
 
@@ -63,7 +64,8 @@ def find_runs(runs_dir: Path) -> list[dict]:
         folders = [Path(run["run_dir"]) for m in manifests for run in json.loads(m.read_text())["runs"]
                    if run["status"] == "finished" and run.get("run_dir")]
     else:
-        folders = [p.parent for p in runs_dir.rglob("config.yaml") if (p.parent / "metrics.csv").is_file()]
+        folders = [p.parent for p in runs_dir.rglob("config.yaml") if (p.parent / "metrics.csv").is_file()
+                   and not run_folders.is_evaluation_folder(p.parent)]
     runs = [r for r in (read_run(f) for f in sorted(set(folders))) if r is not None]
     if not runs:
         raise ConfigError(f"no finished runs with test metrics under {runs_dir}: give the --runs_dir "

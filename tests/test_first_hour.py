@@ -231,3 +231,13 @@ def test_the_sweep_runner_refuses_a_misspelt_parameter_before_the_first_run(tmp_
     assert not (tmp_path / "runs").exists()  # no run was launched
     sweep.check_against_cli(ROOT / "sweeps/alpha_mnist.yaml",  # a shipped file passes
                             sweep.load_sweep(ROOT / "sweeps/alpha_mnist.yaml"), [])
+
+
+def test_an_evaluation_folder_is_not_counted_as_a_run(trained, data_dir, monkeypatch):
+    from consistency_vae.sweep_report import find_runs
+
+    monkeypatch.chdir(trained.parents[2])
+    cli_main(["test", "--config", BASE, "--data.data_dir", str(data_dir), *TINY,
+              f"--ckpt_path={trained / 'checkpoints/last.ckpt'}"])
+    assert (trained / "test").is_dir()  # RUN/test/version_K: its own config.yaml and metrics.csv
+    assert [r["run_dir"] for r in find_runs(trained.parents[1])] == [str(trained)]
