@@ -79,7 +79,8 @@ def assert_same_result(resumed: Path, unbroken: Path) -> None:
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, equal_nan=True)
     expected = read_test_metrics(unbroken / "metrics.csv")
     assert {"test/elbo", "test/kl_consistency", "test/loss"} <= set(expected)
-    assert read_test_metrics(resumed / "metrics.csv") == pytest.approx(expected, rel=1e-6)
+    # the same weights, bit for bit, through the same computation on the same machine: equal
+    assert read_test_metrics(resumed / "metrics.csv") == expected
 
 
 @pytest.mark.slow
