@@ -215,6 +215,8 @@ def cli_main(args: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", *cli_help.FULL_HELP_FLAGS):
         print(cli_help.top_help(extra))
         return
+    if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
+        sys.exit(cli_help.unknown_command(argv[0], [*LIGHTNING_COMMANDS, *extra]))
     evaluation_with_wandb = any(a.startswith("--wandb") and a != "--wandb=false" for a in argv)
     if argv[0] == "fit" or evaluation_with_wandb:  # test/validate/predict log to W&B only if asked
         ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, rather than a hang or a crash

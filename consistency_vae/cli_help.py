@@ -135,7 +135,10 @@ class ProjectParser(LightningArgumentParser):
             return super().error(message, ex)  # raises: jsonargparse handles it itself
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        hint = [f"usage: {prog} [--config FILE ...] [--KEY VALUE ...]   ({prog} --help lists the keys)"]
+        if getattr(parser, "_subcommands_action", None) is not None:  # the top level: no command
+            hint = [f"usage: {prog} COMMAND [options]   ({prog} --help lists the commands)"]
+        else:
+            hint = [f"usage: {prog} [--config FILE ...] [--KEY VALUE ...]   ({prog} --help lists the keys)"]
         actions = {a.dest: a for a in parser._actions if a.option_strings}
         key = _key_of(message)
         if key and key not in actions:
@@ -170,3 +173,10 @@ def top_help(commands: dict) -> str:
     lines += ["", "consistency-vae COMMAND --help shows a command's options with their defaults; "
               "consistency-vae fit --help=all, every Lightning option."]
     return "\n".join(lines)
+
+
+def unknown_command(name: str, commands: list[str]) -> str:
+    close = difflib.get_close_matches(name, commands, n=1)
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    return (f"consistency-vae: error: unknown command {name!r}: {guess}the commands are "
+            f"{', '.join(commands)} (consistency-vae --help says what each does)")

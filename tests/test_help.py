@@ -73,3 +73,11 @@ DEFAULTS = [("data", "--dataset", "all"), ("data", "--data_dir", "data"),
 def test_project_commands_show_their_defaults(capsys, command, option, default):
     text = printed_help(capsys, command, "--help")
     assert f"(default: {default})" in option_line(text, option)
+
+
+def test_an_unknown_command_is_one_line_naming_the_commands():
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fti"])
+    message = str(exit_.value.code)
+    assert message.startswith("consistency-vae: error: unknown command 'fti': did you mean 'fit'?")
+    assert all(name in message for name in ["predict", *COMMANDS]) and "\n" not in message
