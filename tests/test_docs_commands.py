@@ -158,7 +158,8 @@ def test_docs_command_runs(doc, command, tmp_path, data_dir):
     if (why := skip_reason(command)) is not None:
         pytest.skip(why)
     clone = fresh_clone(tmp_path, data_dir)
-    needs_run = "--ckpt_path" in command or command.startswith("consistency-vae sweep-report")
+    needs_run = "--ckpt_path" in command or command.startswith(("consistency-vae sweep-report",
+                                                                 "consistency-vae runs"))
     if needs_run:  # something to resume, test, evaluate or report on
         run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml"))
     run(clone, as_argv(command))
