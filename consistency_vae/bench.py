@@ -26,7 +26,6 @@ FIT_OVER_PLAIN_TARGET = 1.15  # Lightning's bookkeeping may cost at most 15% ove
 OVERHEAD_TARGET = 1.5  # the consistency term (a second encoder pass) at most 50% more per epoch
 
 
-
 def lightning_epochs(dm: MNISTDataModule, alpha: float, epochs: int, accelerator: str) -> list[float]:
     timer = EpochTimer()
     trainer = Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
@@ -104,7 +103,8 @@ def verdict(name: str, value: float, target: float, paired: list[float]) -> str:
     return line
 
 
-def report(fit_1: list[float], plain_1: list[float], fit_0: list[float]) -> tuple[dict[str, float], list[str]]:
+def report(fit_1: list[float], plain_1: list[float],
+           fit_0: list[float]) -> tuple[dict[str, float], list[str]]:
     """The timed epochs of each side (warm-up dropped) -> (the medians and ratios, the lines to print)."""
     med = {"fit_alpha1": statistics.median(fit_1), "plain_alpha1": statistics.median(plain_1),
            "fit_alpha0": statistics.median(fit_0)}

@@ -133,5 +133,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     elif rows:
         print(table(rows))
     else:
-        print(f"consistency-vae runs: no run folders under {root} (folders with config.yaml and checkpoints/)")
+        print(f"consistency-vae runs: no run folders under {root} (none holds config.yaml and "
+              "checkpoints/): train one with `consistency-vae fit`")
     return rows

@@ -28,8 +28,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def moments(rows: list[dict]) -> list[tuple[int, int, tuple[str, ...]]]:
-    return [(int(r["epoch"]), int(r["step"]), tuple(sorted(k for k, v in r.items() if v and k not in ("epoch", "step"))))
-            for r in rows]
+    """(epoch, step, the keys with a value) of each row."""
+    return [(int(r["epoch"]), int(r["step"]),
+             tuple(sorted(k for k, v in r.items() if v and k not in ("epoch", "step")))) for r in rows]
 
 
 def test_merged_record_keeps_each_moment_once_the_resumed_attempts_where_they_overlap(tmp_path):

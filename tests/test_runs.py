@@ -31,8 +31,8 @@ def make_run(folder, *, alpha=1.0, mode="fixed", kl_target=1.0, latent_dim=2, se
 
 @pytest.fixture
 def runs_dir(tmp_path):
-    per_epoch = [{"epoch": e, "step": 7 * e + 6, "test/elbo": -100.0 + e, "test/kl_consistency": 1.0 / (e + 1)}
-                 for e in range(3)]
+    per_epoch = [{"epoch": e, "step": 7 * e + 6, "test/elbo": -100.0 + e,
+                  "test/kl_consistency": 1.0 / (e + 1)} for e in range(3)]
     final = {"epoch": 3, "step": 21, "test/elbo": -101.5, "test/kl_consistency": 0.75, "test/loss": 102.0}
     make_run(tmp_path / "mnist_alpha1.0_seed0/version_0", status="finished", rows=[*per_epoch, final])
     make_run(tmp_path / "mnist_alpha0.0_seed1/version_0", alpha=0.0, seed=1, done=1, status="interrupted",
