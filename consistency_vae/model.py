@@ -35,7 +35,7 @@ from consistency_vae import losses
 from consistency_vae.constraint import dual_ascent_step, selection_criterion
 from consistency_vae.errors import ConfigError
 from consistency_vae.networks import MLPDecoder, MLPEncoder
-from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator  # noqa: F401 (re-export)
+from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator
 
 TERMS = ("loss", "recon", "kl", "kl_consistency", "elbo")
 KL_C = TERMS.index("kl_consistency")
@@ -46,7 +46,8 @@ DecoderFactory = Callable[[int], nn.Module]  # latent_dim -> module returning lo
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf; training stops before the bad step touches the weights."""
+    """The loss became NaN or inf; training stops on every rank. On a CPU, before the bad step
+    touches the weights; on a GPU, at the next check (see ``_finite_check_every``)."""
 
 
 class ConsistencyVAE(LightningModule):
@@ -142,6 +143,8 @@ class ConsistencyVAE(LightningModule):
     # --- training ---------------------------------------------------------------------------
     def on_train_start(self) -> None:
         self._bad_steps = torch.zeros((), device=self.device)
+        # also here: a run resumed mid-epoch (SIGTERM checkpoint) gets no on_train_epoch_start
+        self._train_sums = torch.zeros(len(TERMS) + 1, device=self.device)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, _ = batch
