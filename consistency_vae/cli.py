@@ -17,7 +17,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from consistency_vae import checkpointing, cli_checks, cli_help, run_folders, run_record
+from consistency_vae import checkpointing, cli_checks, cli_help, run_folders, run_name, run_record
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError, UserError
 from consistency_vae.model import ConsistencyVAE, NonFiniteLossError
@@ -25,6 +25,7 @@ from consistency_vae.tracking import SaveConfigEverywhere, ensure_wandb_mode, fi
 
 # Absolute interpolation paths (${data.dataset}) keep working under the fit/test/... subcommands.
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+run_name.register()  # ${run_name:...} names the run folder in configs/mnist.yaml
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 CKPT_ALIASES = ("last", "best", "hpc", "registry")
