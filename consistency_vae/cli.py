@@ -36,6 +36,7 @@ class ConsistencyCLI(LightningCLI):
 
     _output: tuple[Path, Path | None] = (Path("runs"), None)  # (save_dir, run folder if known)
     _ckpt_shapes: dict | None = None  # parameter shapes of the --ckpt_path file, once read
+    _run_start: run_record.RecordRunStart | None = None  # fit's; knows whether training began
     _config_files: list[str] = []  # the --config files of the command line
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
@@ -130,7 +131,9 @@ class ConsistencyCLI(LightningCLI):
             self._record_run(status)
 
     def _record_run(self, status: str) -> None:
-        folder = run_record.run_folder(self.trainer) if run_folders.is_main_process() else None
+        if self._run_start is None or not self._run_start.started:  # refused before training began
+            return
+        folder = run_record.run_folder(self.trainer)
         if folder is None or not folder.is_dir():
             return
         done = self.trainer.fit_loop.epoch_progress.current.processed  # whole epochs trained
@@ -142,7 +145,8 @@ class ConsistencyCLI(LightningCLI):
 
     def before_fit(self) -> None:
         cli_checks.refuse_empty_epochs(self.datamodule, self.trainer)  # before any work
-        self.trainer.callbacks.append(run_record.RecordRunStart())  # status and W&B id, at setup
+        self._run_start = run_record.RecordRunStart()  # status and W&B id into the run folder, at setup
+        self.trainer.callbacks.append(self._run_start)
         self._check_ckpt_path()
         # best + last + one being written, each with the weights and Adam's two moments
         weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())

@@ -130,13 +130,17 @@ def run_folder(trainer: Trainer) -> Path | None:
 class RecordRunStart(Callback):
     """At the start of ``fit``, once the loggers have made the run folder: status ``running`` and
     the W&B run id into it, so that even a SIGKILLed run's folder says which W&B run to resume.
-    The CLI adds it to every fit; it has no arguments and no config entry."""
+    The CLI adds it to every fit; it has no arguments and no config entry. ``started``: this
+    process wrote the status (rank zero, once training set up), so the CLI writes the end too."""
+
+    started = False
 
     @rank_zero_only
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         folder = run_folder(trainer)
         if stage != "fit" or folder is None:
             return
+        self.started = True
         write_status(folder, "running", max_epochs=trainer.max_epochs)
         ids = [lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger) and lg.version]
         if ids:
