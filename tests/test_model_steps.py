@@ -1,5 +1,7 @@
 """The training step, in one process: step logs carry their own step's values, and the non-finite
-check keeps its guarantee when it runs only every N steps (as on a GPU, to avoid a host sync)."""
+check keeps its guarantee when it runs only every N steps (as on a GPU, to avoid a host sync), with
+no tensor read back to Python in between. The GPU's N (log_every_n_steps) is forced here on a CPU
+by overriding ``_finite_check_every``; the CPU default is a check at every step."""
 
 import csv
 import math
@@ -111,3 +113,45 @@ def test_nonfinite_loss_is_caught_at_its_own_step_on_a_cpu(tmp_path, data_dir):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 0, global step 5: loss=nan"):
         fit_poisoned(tmp_path, data_dir, model, [], enable_checkpointing=False)
     assert all(p.isfinite().all() for p in model.parameters())  # raised before the bad step's update
+
+
+class CountHostReads(CheckedEvery):
+    """Counts, per global step, the tensor-to-Python reads inside training_step: each one is a
+    host-device sync on a GPU (bool(t), t.item(), t.tolist(), float(t), int(t))."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads: dict[int, int] = {}
+
+    def training_step(self, batch, batch_idx):
+        step, count = self.global_step, [0]
+        originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+        def counting(name):
+            def read(tensor, *args, **kwargs):
+                count[0] += 1
+                return originals[name](tensor, *args, **kwargs)
+            return read
+
+        try:
+            for name in HOST_READS:
+                setattr(torch.Tensor, name, counting(name))
+            return super().training_step(batch, batch_idx)
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+            self.reads[step] = count[0]
+
+
+HOST_READS = ("__bool__", "item", "tolist", "__float__", "__int__")
+
+
+@pytest.mark.parametrize("alpha_mode", ["fixed", "constrained"])
+def test_training_step_reads_nothing_back_between_checks(tmp_path, data_dir, alpha_mode):
+    # checks every 4 steps (as on a GPU with log_every_n_steps=4): steps 3 and 7 may read, no other
+    model = CountHostReads(alpha_mode=alpha_mode)
+    trainer = trainer_for(tmp_path, 8, [], logger=False, limit_val_batches=0, enable_checkpointing=False,
+                          log_every_n_steps=4)
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), subset=2048))
+    assert sorted(model.reads) == list(range(8))
+    assert {s: n for s, n in model.reads.items() if n} == {3: 1, 7: 1}  # one read: the check's bool
