@@ -84,11 +84,12 @@ class ConsistencyCLI(LightningCLI):
         except SystemExit as err:  # its hyperparameters are not ConsistencyVAE's
             raise CheckpointError(f"--ckpt_path {ckpt} holds the hyperparameters of another model: pass a "
                                   ".ckpt written by `consistency-vae fit`") from err
-        if subcommand and self.config[subcommand].model.alpha != alpha:
+        if subcommand == "fit" and self.config[subcommand].model.alpha != alpha:
             # Lightning let the checkpoint's alpha override the config's, which has already named
             # the run folder (alpha${model.alpha}): the config's wins, so the folder, hparams.yaml,
             # the logs and the new checkpoints all say the alpha that is trained (the module's
             # on_load_checkpoint says so when it replaces the checkpoint's fixed alpha).
+            # test/validate/predict evaluate the checkpoint as it was trained: its alpha stays.
             self.config[subcommand].model.alpha = alpha
 
     def _check_ckpt_path(self) -> None:
