@@ -1,6 +1,7 @@
 """``consistency-vae sweep``: run a W&B sweep file on this machine, with W&B's own engine.
 
     consistency-vae sweep sweeps/alpha_mnist.yaml [--parallel N] [--count N] [--runs_dir DIR]
+                          [--index I | --only NAME=V1,V2 | --list]
                           [--extra-args --trainer.max_epochs=5 ...]
 
 The same file drives ``wandb sweep`` + ``wandb agent`` online. Offline, the parts that matter are
@@ -15,16 +16,14 @@ Every run is a subprocess logging to W&B offline (unless WANDB_MODE is set), in 
 after the sweep, so ``wandb sync DIR/wandb/offline-run-*`` uploads them together. A failed run is
 reported with its exit code and last log lines, and the sweep goes on. ``DIR/sweep-NAME/`` holds
 ``manifest.json`` (each run's params, command, status, run folder) and one log per run; running the
-same command again continues the sweep: finished runs are kept, failed grid points are retried.
+same command again continues the sweep: finished runs are kept, failed grid points are retried,
+cut-off ones resume. Runners started twice, or on many machines sharing DIR (``--index I`` runs
+grid point I: a SLURM array), claim each grid point before training it (sweep_runner.py).
 """
 
 import argparse
-import json
-import os
 import platform
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -32,9 +31,7 @@ import yaml
 
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
-from consistency_vae.tracking import RUN_INFO_ENV
-
-TAIL_LINES = 15  # log lines shown for a failed run
+from consistency_vae.sweep_store import SweepStore, run_key
 
 
 # --- the sweep file and wandb's command building (pure) ---------------------------------------
@@ -142,151 +139,49 @@ def metric_history(metrics_csv: Path, metric: str) -> list[dict]:
         return [{metric: float(row[metric])} for row in csv.DictReader(f) if row.get(metric)]
 
 
-# --- running ------------------------------------------------------------------------------
-class Manifest:
-    """``DIR/sweep-NAME/manifest.json``: the sweep file and one entry per run, rewritten atomically."""
+def grid_points(sweep_config: dict) -> list[dict]:
+    """Every point of a grid sweep, in the order W&B's engine proposes them: ``--index I`` is
+    the I-th. (``next_runs`` with no runs yet, asked for more than the grid holds.)"""
+    from sweeps import next_runs
 
-    def __init__(self, folder: Path, sweep_file: str, sweep_config: dict):
-        self.folder = folder
-        self.path = folder / "manifest.json"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "logs").mkdir(exist_ok=True)
-        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        # runs cut off by a crash of this runner are neither finished nor retryable as such
-        self.runs = [r if r["status"] != "running" else {**r, "status": "killed"}
-                     for r in old.get("runs", [])]
-        self.earlier = len(self.runs)  # runs of earlier invocations
-        self.sweep_file, self.sweep_config = sweep_file, sweep_config
-
-    def known_runs(self) -> list[dict]:
-        """What the engine is told: a grid point that failed in an earlier invocation is tried
-        again (the user may have fixed the cause); within one invocation, as in a W&B sweep, not."""
-        if self.sweep_config["method"] != "grid":
-            return self.runs
-        return [r for r in self.runs[:self.earlier] if r["status"] == "finished"] + self.runs[self.earlier:]
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"sweep_file": self.sweep_file, "sweep": self.sweep_config,
-                                   "runs": self.runs}, indent=1))
-        tmp.replace(self.path)
+    if sweep_config["method"] != "grid":
+        raise ConfigError(f"only a grid sweep has numbered points, not a {sweep_config['method']} search")
+    proposals = next_runs(sweep_config, [], validate=True, n=10**6)
+    return [{k: _plain(v["value"]) for k, v in p.config.items()} for p in proposals if p is not None]
 
 
-def _child_env(sweep_name: str, threads: int, run_info: Path) -> dict:
-    env = dict(os.environ)
-    env.pop("WANDB_SERVICE", None)  # as wandb agent does: each run starts its own wandb service
-    env.setdefault("WANDB_MODE", "offline")  # the user's choice wins (online, disabled)
-    env.setdefault("WANDB_RUN_GROUP", sweep_name)  # W&B groups the runs once synced
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # parallel runs share the cores
-        env[name] = str(threads)
-    env[RUN_INFO_ENV] = str(run_info)
-    return env
+def select(points: list[dict], only: dict[str, list] | None) -> list[tuple[int, dict]]:
+    """(index, params) of the grid points whose values are among ``only[name]`` for each name."""
+    for name in only or {}:
+        if points and name not in points[0]:
+            raise ConfigError(f"--only {name}: not a parameter of this sweep; its parameters are "
+                              f"{sorted(points[0])}")
+    return [(i, p) for i, p in enumerate(points)
+            if all(p[name] in values for name, values in (only or {}).items())]
 
 
-def _tail(path: Path, n: int = TAIL_LINES) -> str:
-    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
-    return "\n".join("    " + line for line in lines[-n:])
-
-
-def _finish(run: dict, proc: subprocess.Popen, folder: Path, metric: str | None) -> None:
-    """Fill a run's entry once its process has ended."""
-    run["exit_code"] = proc.returncode
-    run["status"] = "finished" if proc.returncode == 0 else "failed"
-    run["seconds"] = round(time.time() - run["started"], 1)
-    info_path = folder / "logs" / f"{run['id']}.json"
-    if info_path.is_file():
-        run.update(json.loads(info_path.read_text()))
-    if metric and run.get("run_dir"):
-        run["history"] = metric_history(Path(run["run_dir"]) / "metrics.csv", metric)
-
-
-def _report(run: dict, index: str, metric: str | None, folder: Path) -> None:
-    params = " ".join(f"{k}={v}" for k, v in run["params"].items())
-    if run["status"] == "finished":
-        value = run["history"][-1][metric] if metric and run.get("history") else None
-        shown = f"{metric} {value:.4g}, " if value is not None else ""
-        print(f"{index} finished in {run['seconds']:.0f} s: {params} ({shown}run folder "
-              f"{run.get('run_dir')})", flush=True)
-    else:
-        print(f"{index} FAILED with exit code {run['exit_code']} after {run['seconds']:.0f} s: "
-              f"{params}\n  last lines of {run['log']}:\n{_tail(Path(run['log']))}", flush=True)
-
-
-def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs_dir: str = "runs",
-              extra_args: list[str] | None = None) -> dict:
-    """Propose, launch and collect runs until ``count`` have run or the grid is done."""
-    from wandb.env import get_agent_max_initial_failures
-    from wandb.wandb_agent import Agent
-
-    if parallel < 1 or (count is not None and count < 1):
-        raise ConfigError(f"--parallel and --count must be >= 1, got {parallel} and {count}")
+def list_points(sweep_file: str, runs_dir: str, extra_args: list[str], only: dict | None) -> None:
+    """Print each grid point with its index (for ``--index`` / ``sbatch --array``) and status."""
     config = load_sweep(sweep_file)
-    name = config.get("name") or Path(sweep_file).stem
-    manifest = Manifest(Path(runs_dir) / f"sweep-{name}", sweep_file, config)
-    if "run_cap" in config:  # W&B's cap on the sweep's runs, earlier invocations included
-        left = config["run_cap"] - len(manifest.runs)
-        if left <= 0:
-            print(f"sweep {name}: its run_cap of {config['run_cap']} runs is reached ({manifest.path})")
-            return {"manifest": str(manifest.path), "finished": 0, "failed": 0}
-        count = min(count or left, left)
-    if config["method"] != "grid" and count is None:
-        raise ConfigError(f"a {config['method']} search never ends by itself: give --count N")
-    metric = (config.get("metric") or {}).get("name")
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    # as `wandb agent` stops a broken command (WANDB_AGENT_MAX_INITIAL_FAILURES, default 5)
-    max_initial_failures = get_agent_max_initial_failures(Agent.MAX_INITIAL_FAILURES)
-    extra = [f"--trainer.default_root_dir={runs_dir}", *(extra_args or [])]
-    running: dict[str, tuple[dict, subprocess.Popen]] = {}
-    launched, exhausted, outcomes = 0, False, []
-    print(f"sweep {name} ({config['method']}): up to {count or 'all grid'} runs, {parallel} at a time, "
-          f"{threads} thread(s) each; manifest {manifest.path}", flush=True)
-    try:
-        while running or (not exhausted and (count is None or launched < count)):
-            while (len(running) < parallel and not exhausted and (count is None or launched < count)
-                   and not (len(outcomes) >= max_initial_failures and not any(outcomes))):
-                params = propose(config, manifest.known_runs())
-                if params is None:
-                    exhausted = True
-                    break
-                run_id = f"{len(manifest.runs) + 1:04d}"
-                log = manifest.folder / "logs" / f"{run_id}.log"
-                run = {"id": run_id, "params": params, "status": "running", "log": str(log),
-                       "command": build_command(config, params) + extra, "started": time.time()}
-                manifest.runs.append(run)
-                launched += 1
-                with log.open("w") as out:
-                    proc = subprocess.Popen(run["command"], stdout=out, stderr=subprocess.STDOUT,
-                                            env=_child_env(name, threads, log.with_suffix(".json")))
-                running[run_id] = (run, proc)
-                print(f"[{launched}{'/' + str(count) if count else ''}] started run {run_id}: "
-                      + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
-                manifest.save()
-            if len(outcomes) >= max_initial_failures and not any(outcomes) and not running:
-                print(f"sweep {name}: the first {len(outcomes)} runs all failed, stopping (as wandb "
-                      "agent does): fix the command shown in their logs", flush=True)
-                break
-            time.sleep(0.5)
-            for run_id, (run, proc) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[run_id]
-                _finish(run, proc, manifest.folder, metric)
-                outcomes.append(run["status"] == "finished")
-                _report(run, f"[run {run_id}]", metric, manifest.folder)
-                manifest.save()
-    except KeyboardInterrupt:
-        for run, proc in running.values():
-            proc.terminate()
-            proc.wait()
-            run.update(status="killed", exit_code=proc.returncode,
-                       seconds=round(time.time() - run["started"], 1))
-        manifest.save()
-        raise
-    finished = sum(outcomes)
-    print(f"sweep {name}: {finished} of {len(outcomes)} runs finished"
-          f"{f', {len(outcomes) - finished} failed' if finished < len(outcomes) else ''}; "
-          f"manifest {manifest.path}", flush=True)
-    return {"manifest": str(manifest.path), "finished": finished, "failed": len(outcomes) - finished}
+    store = SweepStore(Path(runs_dir) / f"sweep-{config.get('name') or Path(sweep_file).stem}",
+                       sweep_file, config)
+    records, points = store.records(), select(grid_points(config), only)
+    for i, params in points:
+        state, latest = store.state(run_key(params, extra_args), records)
+        shown = "finished" if state == "finished" else latest["status"] if latest else "-"
+        print(f"{i:4d}  {shown:9s} " + " ".join(f"{k}={v}" for k, v in params.items()))
+    print(f"{len(points)} grid points: sbatch --array=0-{len(points) - 1} runs them all")
+
+
+def parse_only(items: list[str]) -> dict[str, list]:
+    """``["seed_everything=0,1", "data.dataset=mnist"]`` -> ``{"seed_everything": [0, 1], ...}``."""
+    out = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--only {item!r}: write NAME=V1,V2, e.g. --only seed_everything=0,1")
+        out[name] = [yaml.safe_load(v) for v in values.split(",")]
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -298,15 +193,27 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--count", type=int, default=None,
                         help="runs to launch (default: the whole grid, or the file's run_cap; "
                              "random/bayes need one of the two)")
+    parser.add_argument("--index", type=int, default=None,
+                        help="run grid point I only (0-based, as --list numbers them): a SLURM array "
+                             "task runs --index $SLURM_ARRAY_TASK_ID")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME=V1,V2",
+                        help="only the grid points with these values, e.g. --only seed_everything=0")
+    parser.add_argument("--list", action="store_true", help="print the grid points and their status")
     parser.add_argument("--runs_dir", default="runs", help="where run folders and wandb/ go")
     parser.add_argument("--extra-args", nargs=argparse.REMAINDER, default=[],
                         help="the rest of the line is added to every run's command, "
                              "e.g. --extra-args --trainer.max_epochs=2")
     args = parser.parse_args(argv)
     try:
+        only = parse_only(args.only)
+        if args.list:
+            return list_points(args.sweep_file, args.runs_dir, args.extra_args, only)
         check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
                           [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
-        result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args)
+        from consistency_vae.sweep_runner import run_sweep
+
+        result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args,
+                           args.index, only)
     except UserError as err:
         sys.exit(f"consistency-vae sweep: error: {err}")
     if result["failed"]:

@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -20,14 +21,20 @@ import pytest
 import yaml
 
 from consistency_vae.cli import cli_main
-from consistency_vae.sweep import Manifest, build_command, load_sweep, propose
+from consistency_vae.run_name import run_name
+from consistency_vae.sweep import build_command, grid_points, load_sweep, propose
 from consistency_vae.sweep_objective import ConstrainedELBO, constrained_elbo
 from consistency_vae.sweep_report import report
+from consistency_vae.sweep_store import SweepStore, run_key
 from tests.conftest import ROOT
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
-GRIDS = [p for p in SWEEPS if yaml.safe_load(p.read_text())["method"] == "grid"]
+ALPHA_GRIDS = [p for p in SWEEPS if p.name.startswith("alpha_")
+               and yaml.safe_load(p.read_text())["method"] == "grid"]
+REPRODUCTION = sorted((ROOT / "sweeps").glob("reproduce_*.yaml"))
 ALPHAS = [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]
+DEFAULTS = {"data.dataset": "mnist", "model.latent_dim": 2, "model.alpha_mode": "fixed",
+            "model.kl_target": 1.0, "model.alpha": 1.0, "seed_everything": 0}  # configs/mnist.yaml
 TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"]
 ids = [p.name for p in SWEEPS]
@@ -40,8 +47,10 @@ def cli_args(sweep_file: Path, params: dict | None = None) -> list[str]:
     return argv[argv.index("consistency_vae") + 1:]
 
 
-def test_sweeps_folder_holds_the_three_files():
-    assert {p.name for p in SWEEPS} >= {"alpha_mnist.yaml", "alpha_fashion_mnist.yaml", "alpha_bayes.yaml"}
+def test_sweeps_folder_holds_the_alpha_and_the_reproduction_files():
+    assert {p.name for p in SWEEPS} >= {"alpha_mnist.yaml", "alpha_fashion_mnist.yaml", "alpha_bayes.yaml",
+                                        "reproduce_fixed.yaml", "reproduce_constrained_2d.yaml",
+                                        "reproduce_constrained_20d.yaml"}
 
 
 # --- schema, engine, command ----------------------------------------------------------------
@@ -70,13 +79,36 @@ def test_a_schema_violation_is_refused_with_its_message(tmp_path):
         load_sweep(bad)
 
 
-@pytest.mark.parametrize("sweep_file", GRIDS, ids=[p.name for p in GRIDS])
+@pytest.mark.parametrize("sweep_file", ALPHA_GRIDS, ids=[p.name for p in ALPHA_GRIDS])
 def test_grid_files_cover_alpha_by_three_seeds(sweep_file):
     config, runs = load_sweep(sweep_file), []
     while (params := propose(config, runs)) is not None:
         runs.append({"id": str(len(runs)), "params": params, "status": "finished"})
     proposed = [(r["params"]["model.alpha"], r["params"]["seed_everything"]) for r in runs]
     assert sorted(proposed) == sorted(itertools.product(ALPHAS, [0, 1, 2]))
+
+
+def test_reproduction_grids_are_the_issues_runs():
+    """Fixed alpha: 2 datasets x 2 latent sizes x 7 alphas x 3 seeds; constrained: 2 epsilons per
+    dataset and latent size, 3 seeds; 25 epochs each."""
+    points = {p.stem: grid_points(load_sweep(p)) for p in REPRODUCTION}
+    fixed = [(p["data.dataset"], p["model.latent_dim"], p["model.alpha"], p["seed_everything"])
+             for p in points["reproduce_fixed"]]
+    assert sorted(fixed) == sorted(itertools.product(["fashion_mnist", "mnist"], [2, 20],
+                                                     [*ALPHAS, 30.0], [0, 1, 2]))
+    for dim in (2, 20):
+        constrained = points[f"reproduce_constrained_{dim}d"]
+        assert {(p["model.latent_dim"], p["model.alpha_mode"]) for p in constrained} == {(dim, "constrained")}
+        assert len({p["model.kl_target"] for p in constrained}) == 2 and len(constrained) == 2 * 2 * 3
+    assert all(p["trainer.max_epochs"] == 25 for ps in points.values() for p in ps)
+
+
+def test_no_two_reproduction_runs_share_a_run_folder_name():
+    names = [run_name(*({**DEFAULTS, **p}[k] for k in DEFAULTS))
+             for f in REPRODUCTION for p in grid_points(load_sweep(f))]
+    assert len(names) == 84 + 12 + 12 == len(set(names))
+    assert "fashion_mnist_z20_constrained_kl4.0_alpha1.0_seed2" in names
+    assert "mnist_alpha1.0_seed0" in names  # the default run's name is unchanged
 
 
 def search(config: dict, method: str, runs: int) -> list[float]:
@@ -155,6 +187,11 @@ def test_every_parameter_is_a_key_the_cli_accepts(sweep_file, capsys, monkeypatc
         for part in key.split("."):
             node = node[part]
         assert node == value, key
+    # the run folder's name is run_name() of the values (what test_reproduction_... relies on)
+    model = printed["model"]
+    expected = run_name(printed["data"]["dataset"], model["latent_dim"], model["alpha_mode"],
+                        model["kl_target"], model["alpha"], printed["seed_everything"])
+    assert [lg["init_args"]["name"] for lg in printed["trainer"]["logger"]] == [expected] * 2
 
 
 def test_a_misspelt_parameter_is_refused_by_the_cli(capsys, monkeypatch):
@@ -213,8 +250,9 @@ def logged_rows(tmp_path_factory, data_dir):
     cache = {}
 
     def rows(sweep_file: Path) -> list[dict]:
-        args = cli_args(sweep_file)
-        key = tuple(a for a in args if not a.startswith(("--model.alpha", "--seed_everything")))
+        args = cli_args(sweep_file)  # one run per distinct command, whatever its parameters
+        params = tuple(f"--{p}=" for p in load_sweep(sweep_file)["parameters"])
+        key = tuple(a for a in args if not a.startswith(params))
         if key not in cache:
             out = tmp_path_factory.mktemp("metric_run")
             cwd = os.getcwd()
@@ -265,22 +303,33 @@ def test_constrained_elbo_refuses_a_non_positive_budget():
 
 
 # --- the runner's bookkeeping (no training) --------------------------------------------------
+def recorded(store: SweepStore, params: dict, status: str, **fields) -> dict:
+    """A run record as a runner leaves it."""
+    record = store.new_record(params, run_key(params, []), [])
+    record.update(status=status, **fields)
+    store.save(record)
+    return record
+
+
 def test_rerun_retries_failed_grid_points_but_one_invocation_does_not(tmp_path):
     config = load_sweep(ROOT / "sweeps/alpha_mnist.yaml")
-    first = Manifest(tmp_path, "sweeps/alpha_mnist.yaml", config)
-    point = {"model.alpha": 0.0, "seed_everything": 0}
-    first.runs.append({"id": "0001", "params": point, "status": "failed"})
-    assert propose(config, first.known_runs()) != point  # same invocation: not retried
-    first.runs.append({"id": "0002", "params": {"model.alpha": 0.0, "seed_everything": 1},
-                       "status": "running"})
-    first.save()
-    second = Manifest(tmp_path, "sweeps/alpha_mnist.yaml", config)  # the user runs the command again
-    assert [r["status"] for r in second.runs] == ["failed", "killed"]  # a run cut off is not "running"
-    assert propose(config, second.known_runs()) == point  # failed earlier: tried again
+    first = SweepStore(tmp_path, "sweeps/alpha_mnist.yaml", config)
+    point, cut = {"model.alpha": 0.0, "seed_everything": 0}, {"model.alpha": 0.0, "seed_everything": 1}
+    recorded(first, point, "failed", ended=first.started)
+    assert first.state(run_key(point, []))[0] == "failed here"  # same invocation: not retried
+    # a run whose runner died (a pid that no longer runs on this host) is not "running"
+    recorded(first, cut, "running", runner={"host": socket.gethostname(), "pid": 2**22 + 7})
+    second = SweepStore(tmp_path, "sweeps/alpha_mnist.yaml", config)  # the user runs the command again
+    assert [r["status"] for r in second.records()] == ["failed", "killed"]
+    assert second.state(run_key(point, []))[0] == "todo"  # failed earlier: tried again
+    assert second.state(run_key(cut, []))[0] == "todo"
+    manifest = json.loads(second.manifest.read_text())
+    assert [r["params"] for r in manifest["runs"]] == [point, cut]
+    assert second.state(run_key(point, ["--trainer.max_epochs=5"]))[1] is None  # another run
 
 
 def test_a_command_that_always_fails_stops_the_sweep_as_wandb_agent_does(tmp_path, monkeypatch, capsys):
-    from consistency_vae.sweep import run_sweep
+    from consistency_vae.sweep_runner import run_sweep
 
     config = yaml.safe_load((ROOT / "sweeps/alpha_mnist.yaml").read_text())
     config["command"] = ["${env}", "false", "${args}"]  # exits 1 at once, whatever the arguments
@@ -296,13 +345,12 @@ def test_a_command_that_always_fails_stops_the_sweep_as_wandb_agent_does(tmp_pat
 
 
 def test_run_cap_counts_the_runs_of_earlier_invocations(tmp_path, capsys):
-    from consistency_vae.sweep import run_sweep
+    from consistency_vae.sweep_runner import run_sweep
 
     config = load_sweep(ROOT / "sweeps/alpha_bayes.yaml")
-    previous = Manifest(tmp_path / "runs" / f"sweep-{config['name']}", "sweeps/alpha_bayes.yaml", config)
-    previous.runs = [{"id": f"{i:04d}", "params": {"model.alpha": 1.0, "seed_everything": 0},
-                      "status": "finished"} for i in range(config["run_cap"])]
-    previous.save()
+    previous = SweepStore(tmp_path / "runs" / f"sweep-{config['name']}", "sweeps/alpha_bayes.yaml", config)
+    for _ in range(config["run_cap"]):
+        recorded(previous, {"model.alpha": 1.0, "seed_everything": 0}, "finished")
     result = run_sweep(str(ROOT / "sweeps/alpha_bayes.yaml"), runs_dir=str(tmp_path / "runs"))
     assert result["finished"] == result["failed"] == 0
     assert f"run_cap of {config['run_cap']} runs is reached" in capsys.readouterr().out

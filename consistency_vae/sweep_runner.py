@@ -1,0 +1,220 @@
+"""The offline sweep runner behind ``consistency-vae sweep`` and ``make reproduce``.
+
+Each run is a subprocess running the command wandb's own code builds (``sweep.build_command``),
+with the CPU threads split between the runs at once. Grid points are claimed before they train
+(``consistency_vae.claims``), so two runners on one runs folder, on one machine or on many that
+share it, never train the same point twice; a point whose earlier attempt was cut off resumes
+from its last.ckpt. Records, logs and the manifest live in ``RUNS_DIR/sweep-NAME/``
+(``consistency_vae.sweep_store``).
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from consistency_vae import claims
+from consistency_vae.errors import ConfigError
+from consistency_vae.sweep import build_command, grid_points, load_sweep, metric_history, propose, select
+from consistency_vae.sweep_store import SweepStore, run_key
+from consistency_vae.tracking import RUN_INFO_ENV
+
+TAIL_LINES = 15  # log lines shown for a failed run
+
+
+def _child_env(sweep_name: str, threads: int, run_info: Path) -> dict:
+    env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # as wandb agent does: each run starts its own wandb service
+    env.setdefault("WANDB_MODE", "offline")  # the user's choice wins (online, disabled)
+    env.setdefault("WANDB_RUN_GROUP", sweep_name)  # W&B groups the runs once synced
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # parallel runs share the cores
+        env[name] = str(threads)
+    env[RUN_INFO_ENV] = str(run_info)
+    return env
+
+
+def _tail(path: Path, n: int = TAIL_LINES) -> str:
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return "\n".join("    " + line for line in lines[-n:])
+
+
+def _finish(run: dict, proc: subprocess.Popen, folder: Path, metric: str | None) -> None:
+    """Fill a run's record once its process has ended."""
+    run["exit_code"] = proc.returncode
+    run["status"] = "finished" if proc.returncode == 0 else "failed"
+    run["ended"] = time.time()
+    run["seconds"] = round(run["ended"] - run["started"], 1)
+    info_path = folder / "logs" / f"{run['id']}.json"
+    if info_path.is_file():
+        run.update(json.loads(info_path.read_text()))
+    if metric and run.get("run_dir"):
+        run["history"] = metric_history(Path(run["run_dir"]) / "metrics.csv", metric)
+
+
+def _report(run: dict, index: str, metric: str | None) -> None:
+    params = " ".join(f"{k}={v}" for k, v in run["params"].items())
+    if run["status"] == "finished":
+        value = run["history"][-1][metric] if metric and run.get("history") else None
+        shown = f"{metric} {value:.4g}, " if value is not None else ""
+        print(f"{index} finished in {run['seconds']:.0f} s: {params} ({shown}run folder "
+              f"{run.get('run_dir')})", flush=True)
+    else:
+        print(f"{index} FAILED with exit code {run['exit_code']} after {run['seconds']:.0f} s: "
+              f"{params}\n  last lines of {run['log']}:\n{_tail(Path(run['log']))}", flush=True)
+
+
+def resume_args(latest: dict | None) -> list[str]:
+    """``--ckpt_path last`` when an earlier attempt of the same grid point was cut off (or failed)
+    after writing a last.ckpt, and its folder is the one ``last`` finds (the newest of its name)."""
+    if not latest or latest["status"] == "finished" or not latest.get("run_dir"):
+        return []
+    folder = Path(latest["run_dir"])
+    newest = max((d for d in folder.parent.glob("version_*") if (d / "checkpoints/last.ckpt").is_file()),
+                 key=lambda d: int(d.name.split("_")[1]) if d.name.split("_")[1].isdigit() else -1,
+                 default=None)
+    return ["--ckpt_path", "last"] if newest is not None and newest.resolve() == folder.resolve() else []
+
+
+class GridQueue:
+    """The grid points still to train, each handed out once it is claimed for this runner."""
+
+    def __init__(self, store: SweepStore, todo: list[tuple[int, dict]], extra_args: list[str]):
+        self.store, self.todo, self.extra_args = store, list(todo), extra_args
+        self.skipped = {"finished": 0, "failed here": 0, "claimed": 0}
+
+    def next(self) -> tuple[int, dict, str, Path, dict | None] | None:
+        """(index, params, key, claim file, latest earlier attempt) of the next point, or None."""
+        while self.todo:
+            index, params = self.todo.pop(0)
+            key = run_key(params, self.extra_args)
+            if (state := self.store.state(key)[0]) != "todo":
+                self.skipped[state] += 1
+                continue
+            path = self.store.claim_path(key)
+            if not claims.claim(path, {"key": key}):
+                self.skipped["claimed"] += 1  # another runner trains it now
+                continue
+            state, latest = self.store.state(key)  # again, now that it is ours: it may have ended
+            if state != "todo":
+                claims.release(path)
+                self.skipped[state] += 1
+                continue
+            return index, params, key, path, latest
+        return None
+
+
+def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs_dir: str = "runs",
+              extra_args: list[str] | None = None, index: int | None = None,
+              only: dict[str, list] | None = None) -> dict:
+    """Propose, claim, launch and collect runs until ``count`` have run or the grid is done.
+
+    ``index``: only grid point ``index`` (a SLURM array task); ``only``: the grid points whose
+    parameters take the given values (``{"seed_everything": [0]}``).
+    """
+    from wandb.env import get_agent_max_initial_failures
+    from wandb.wandb_agent import Agent
+
+    if parallel < 1 or (count is not None and count < 1):
+        raise ConfigError(f"--parallel and --count must be >= 1, got {parallel} and {count}")
+    config = load_sweep(sweep_file)
+    name = config.get("name") or Path(sweep_file).stem
+    store = SweepStore(Path(runs_dir) / f"sweep-{name}", sweep_file, config)
+    user_extra = list(extra_args or [])
+    queue = None
+    if config["method"] == "grid":
+        points = select(grid_points(config), only)
+        if index is not None:
+            points = [(i, p) for i, p in points if i == index]
+            if not points:
+                raise ConfigError(f"--index {index}: {sweep_file} has no such grid point; `consistency-vae "
+                                  f"sweep {sweep_file} --list` shows them, numbered from 0")
+        queue = GridQueue(store, points, user_extra)
+    elif index is not None or only:
+        raise ConfigError(f"--index and --only pick grid points; {sweep_file} is a {config['method']} search")
+    if "run_cap" in config:  # W&B's cap on the sweep's runs, earlier invocations included
+        left = config["run_cap"] - len(store.records())
+        if left <= 0:
+            print(f"sweep {name}: its run_cap of {config['run_cap']} runs is reached ({store.manifest})")
+            return {"manifest": str(store.manifest), "finished": 0, "failed": 0}
+        count = min(count or left, left)
+    if queue is None and count is None:
+        raise ConfigError(f"a {config['method']} search never ends by itself: give --count N")
+    metric = (config.get("metric") or {}).get("name")
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    # as `wandb agent` stops a broken command (WANDB_AGENT_MAX_INITIAL_FAILURES, default 5)
+    max_initial_failures = get_agent_max_initial_failures(Agent.MAX_INITIAL_FAILURES)
+    extra = [f"--trainer.default_root_dir={runs_dir}", *user_extra]
+    running: dict[str, tuple[dict, subprocess.Popen, Path | None]] = {}
+    launched, exhausted, outcomes, beat = 0, False, [], time.time()
+    print(f"sweep {name} ({config['method']}): up to {count or 'all grid'} runs, {parallel} at a time, "
+          f"{threads} thread(s) each; records in {store.folder}", flush=True)
+    try:
+        while running or (not exhausted and (count is None or launched < count)):
+            while (len(running) < parallel and not exhausted and (count is None or launched < count)
+                   and not (len(outcomes) >= max_initial_failures and not any(outcomes))):
+                if queue is not None:
+                    picked = queue.next()
+                    if picked is None:
+                        exhausted = True
+                        break
+                    _, params, key, claim, latest = picked
+                else:
+                    params, claim, latest = propose(config, store.records()), None, None
+                    if params is None:
+                        exhausted = True
+                        break
+                    key = run_key(params, user_extra)
+                run = store.new_record(params, key, user_extra)
+                resume = resume_args(latest)
+                run["command"] = build_command(config, params) + extra + resume
+                if resume:
+                    run["resumes"] = latest["id"]
+                store.save(run)
+                launched += 1
+                with open(run["log"], "w") as out:
+                    env = _child_env(name, threads, Path(run["log"]).with_suffix(".json"))
+                    proc = subprocess.Popen(run["command"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                running[run["id"]] = (run, proc, claim)
+                print(f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
+                      f"{' (resuming run ' + latest['id'] + ')' if resume else ''}: "
+                      + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
+            if len(outcomes) >= max_initial_failures and not any(outcomes) and not running:
+                print(f"sweep {name}: the first {len(outcomes)} runs all failed, stopping (as wandb "
+                      "agent does): fix the command shown in their logs", flush=True)
+                break
+            time.sleep(0.5)
+            if time.time() - beat > claims.HEARTBEAT_S:  # tell other hosts these runs are alive
+                beat = time.time()
+                for run, _, claim in running.values():
+                    store.heartbeat(run)
+                    if claim:
+                        claims.heartbeat(claim)
+            for run_id, (run, proc, claim) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[run_id]
+                _finish(run, proc, store.folder, metric)
+                store.save(run)  # the outcome first, then the claim: no one retrains a finished run
+                if claim:
+                    claims.release(claim)
+                outcomes.append(run["status"] == "finished")
+                _report(run, f"[run {run_id}]", metric)
+    except KeyboardInterrupt:
+        for run, proc, claim in running.values():
+            proc.terminate()
+            proc.wait()
+            run.update(status="killed", exit_code=proc.returncode, ended=time.time(),
+                       seconds=round(time.time() - run["started"], 1))
+            store.save(run)
+            if claim:
+                claims.release(claim)
+        raise
+    finished = sum(outcomes)
+    skipped = {k: v for k, v in (queue.skipped if queue else {}).items() if v}
+    print(f"sweep {name}: {finished} of {len(outcomes)} runs finished"
+          f"{f', {len(outcomes) - finished} failed' if finished < len(outcomes) else ''}"
+          f"{'; grid points skipped: ' + str(skipped) if skipped else ''}; manifest {store.manifest}",
+          flush=True)
+    return {"manifest": str(store.manifest), "finished": finished, "failed": len(outcomes) - finished,
+            "skipped": skipped}

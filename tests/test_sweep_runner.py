@@ -1,0 +1,188 @@
+"""The sweep runner's claims: two runners on one runs folder never train the same run twice.
+
+The runs here are a stand-in command (a few lines of Python that write down their arguments and
+sleep), so the runner's bookkeeping is tested in seconds; tests/test_sweeps.py runs real ones.
+"""
+
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from consistency_vae import claims
+from consistency_vae.errors import ConfigError
+from consistency_vae.sweep import main as sweep_main
+from consistency_vae.sweep_runner import resume_args, run_sweep
+from consistency_vae.sweep_store import SweepStore, run_key
+from tests.conftest import ROOT
+
+DEAD_PID = 2**22 + 7  # above the default pid_max of 2**22: never a running process
+RECORDER = """import os, sys, time
+with open(os.environ["TRAINED_LOG"], "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+time.sleep(float(os.environ.get("TRAIN_SECONDS", "0")))
+"""
+
+
+@pytest.fixture
+def grid(tmp_path, monkeypatch):
+    """A grid sweep over a = 1..8 whose runs write their arguments into trained.log."""
+    recorder = tmp_path / "recorder.py"
+    recorder.write_text(RECORDER)
+    sweep_file = tmp_path / "grid.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "grid", "method": "grid", "parameters": {"a": {"values": list(range(1, 9))}},
+        "command": ["${env}", "${interpreter}", str(recorder), "${args}"]}))
+    log = tmp_path / "trained.log"
+    monkeypatch.setenv("TRAINED_LOG", str(log))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+    def trained() -> list[str]:
+        """The --a=N of every run that ran, in order."""
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return [next(w for w in line.split() if w.startswith("--a=")) for line in lines]
+
+    return {"file": sweep_file, "runs": tmp_path / "runs", "log": log, "trained": trained}
+
+
+# --- claim files ----------------------------------------------------------------------------
+def test_a_claim_is_held_until_released(tmp_path):
+    path = tmp_path / "claims" / "k"
+    assert claims.claim(path) and not claims.claim(path)  # ours, and live: not twice
+    held = json.loads(path.read_text())
+    assert held["host"] == socket.gethostname() and held["pid"] == os.getpid()
+    claims.release(path)
+    assert not path.exists() and claims.claim(path)
+
+
+@pytest.mark.parametrize(("host", "age_s", "taken_over"), [
+    ("same", 0, True),  # this host, a pid that no longer runs
+    ("other", 0, False),  # another host, touched just now: alive as far as we can tell
+    ("other", claims.STALE_S + 5, True),  # another host, no heartbeat for STALE_S
+])
+def test_a_stale_claim_is_taken_over_and_a_live_one_is_not(tmp_path, host, age_s, taken_over):
+    path = tmp_path / "k"
+    holder = {"host": socket.gethostname() if host == "same" else "node-elsewhere", "pid": DEAD_PID}
+    path.write_text(json.dumps(holder))
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+    assert claims.claim(path) is taken_over
+    assert json.loads(path.read_text())["pid"] == (os.getpid() if taken_over else DEAD_PID)
+    claims.release(path)  # only our own claim is deleted
+    assert path.exists() is (not taken_over)
+
+
+def _claim_in_child(path: str, results, done) -> None:
+    results.put(claims.claim(Path(path)))
+    done.wait(30)  # alive until every process has tried: a winner that exits leaves a stale claim
+
+
+def test_many_processes_taking_over_one_stale_claim_give_it_to_one(tmp_path):
+    path = tmp_path / "k"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": DEAD_PID}))
+    ctx = multiprocessing.get_context("fork")
+    results, done = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_claim_in_child, args=(str(path), results, done)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    won = sorted(results.get(timeout=30) for _ in procs)
+    done.set()
+    for p in procs:
+        p.join(30)
+    assert won == [False] * 7 + [True]
+
+
+# --- runners ----------------------------------------------------------------------------------
+def test_two_runners_started_at_once_train_each_grid_point_once(grid):
+    command = [sys.executable, "-m", "consistency_vae", "sweep", str(grid["file"]), "--parallel", "2",
+               "--runs_dir", str(grid["runs"])]
+    env = {**os.environ, "TRAIN_SECONDS": "1.5"}
+    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(grid["trained"]()) == [f"--a={a}" for a in range(1, 9)], outs  # each exactly once
+    records = json.loads((grid["runs"] / "sweep-grid/manifest.json").read_text())["runs"]
+    assert len(records) == 8 and {r["status"] for r in records} == {"finished"}
+    assert len({r["runner"]["pid"] for r in records}) == 2, outs  # both runners did take part
+    assert not list((grid["runs"] / "sweep-grid/claims").iterdir())  # every claim given back
+    # the same command once more: everything is finished, nothing trains
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and len(grid["trained"]()) == 8
+    assert "0 of 0 runs finished; grid points skipped: {'finished': 8}" in again.stdout
+
+
+def test_a_point_claimed_by_a_live_runner_is_left_to_it(grid, capsys):
+    store = SweepStore(grid["runs"] / "sweep-grid", str(grid["file"]), {})
+    other = store.claim_path(run_key({"a": 3}, []))
+    other.write_text(json.dumps({"host": "node-elsewhere", "pid": 1}))  # fresh: that node trains it
+    result = run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]))
+    assert result["finished"] == 7 and result["skipped"] == {"claimed": 1}
+    assert "--a=3" not in grid["trained"]()
+
+
+def test_index_runs_one_grid_point_and_only_once(grid, capsys):
+    result = run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), index=2)
+    assert result["finished"] == 1 and grid["trained"]() == ["--a=3"]  # W&B's order: a = 1, 2, 3, ...
+    again = run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), index=2)
+    assert again["finished"] == 0 and again["skipped"] == {"finished": 1} and len(grid["trained"]()) == 1
+    with pytest.raises(ConfigError, match=r"--index 8: .* has no such grid point; .*--list"):
+        run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), index=8)
+    sweep_main([str(grid["file"]), "--list", "--runs_dir", str(grid["runs"])])
+    out = capsys.readouterr().out
+    assert "   2  finished  a=3" in out and "   0  -         a=1" in out
+    assert "8 grid points: sbatch --array=0-7 runs them all" in out
+
+
+def test_only_restricts_the_grid(grid):
+    result = run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), only={"a": [2, 5]})
+    assert result["finished"] == 2 and sorted(grid["trained"]()) == ["--a=2", "--a=5"]
+    with pytest.raises(ConfigError, match=r"--only b: not a parameter of this sweep; its parameters are"):
+        run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), only={"b": [1]})
+
+
+def test_a_run_cut_off_with_a_last_checkpoint_resumes_it(grid):
+    folder = grid["runs"] / "x_a1" / "version_0"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints/last.ckpt").write_bytes(b"")
+    store = SweepStore(grid["runs"] / "sweep-grid", str(grid["file"]), {})
+    cut = store.new_record({"a": 1}, run_key({"a": 1}, []), [])
+    cut.update(runner={"host": socket.gethostname(), "pid": DEAD_PID}, run_dir=str(folder))
+    store.save(cut)  # still "running", but its runner is gone: killed
+    run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), only={"a": [1, 2]})
+    lines = grid["log"].read_text().splitlines()
+    assert lines[0].startswith("--a=1 ") and lines[0].endswith("--ckpt_path last")
+    assert "--ckpt_path" not in lines[1]
+    assert json.loads((grid["runs"] / "sweep-grid/attempts/0002.json").read_text())["resumes"] == "0001"
+
+
+def test_resume_args_pick_only_the_newest_folder_of_the_name(tmp_path):
+    def version(n: int) -> Path:
+        (tmp_path / f"run/version_{n}/checkpoints").mkdir(parents=True)
+        (tmp_path / f"run/version_{n}/checkpoints/last.ckpt").write_bytes(b"")
+        return tmp_path / f"run/version_{n}"
+
+    v0 = version(0)
+    assert resume_args({"status": "killed", "run_dir": str(v0)}) == ["--ckpt_path", "last"]
+    assert resume_args({"status": "finished", "run_dir": str(v0)}) == []
+    version(1)  # a newer run of the same name: `last` would resume that one, so start afresh
+    assert resume_args({"status": "failed", "run_dir": str(v0)}) == []
+
+
+def test_the_slurm_array_script_runs_the_task_s_grid_point(grid):
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "4", "PYTHON": sys.executable,
+           "RUNS_DIR": str(grid["runs"])}
+    done = subprocess.run(["bash", "scripts/sweep_array.sbatch", str(grid["file"])], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert grid["trained"]() == ["--a=5"]
+    missing = subprocess.run(["bash", "scripts/sweep_array.sbatch", str(grid["file"])], cwd=ROOT,
+                             env={k: v for k, v in env.items() if k != "SLURM_ARRAY_TASK_ID"},
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "sbatch --array=0-N" in missing.stderr
