@@ -53,10 +53,14 @@ agent: data  ## one more agent for a sweep: make agent SWEEP_ID=entity/project/i
 	@test -n "$(SWEEP_ID)" || { echo "make agent: give SWEEP_ID=entity/project/id (make sweep prints it)"; exit 1; }
 	@source $(VENV)/bin/activate && $(WANDB) agent $(AGENT_COUNT) $(SWEEP_ID)
 
-SEEDS ?= 3
-EPOCHS ?= 25
+# The reproduction is three sweep files (sweeps/reproduce_*.yaml: 108 runs of 25 epochs), run by
+# the same runner as `consistency-vae sweep`, then every run evaluated into results/. Empty SEEDS
+# and EPOCHS: the files' own (3 seeds, 25 epochs). Runs trained elsewhere (make agent, SLURM):
+# $(CLI) reproduce --from-runs DIR (docs/scaling.md).
+SEEDS ?=
+EPOCHS ?=
 reproduce: data  ## the paper's experiment and ours into results/; quicker: make reproduce SEEDS=1 EPOCHS=5
-	$(CLI) reproduce --seeds $(SEEDS) --epochs $(EPOCHS) $(ARGS)
+	$(CLI) reproduce $(if $(SEEDS),--seeds $(SEEDS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check consistency_vae tests

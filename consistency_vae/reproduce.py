@@ -1,60 +1,91 @@
 """`consistency-vae reproduce` (`make reproduce`): the paper's experiment and ours, end to end.
 
-    make reproduce                       # 3 seeds x 25 epochs, everything below
+    make reproduce                       # the three sweeps of sweeps/reproduce_*.yaml, 108 runs
     make reproduce SEEDS=1 EPOCHS=5      # a quicker version
+    consistency-vae reproduce --from-runs DIR   # only evaluate and summarise runs trained elsewhere
 
-Trains, for MNIST and Fashion-MNIST, the plain VAE (alpha = 0) and the consistency VAE
-(alpha = 1) in the paper's setting (784-400-2 MLP, 25 epochs) and in a higher-capacity one
-(20-D latent); an alpha sweep; and the constrained mode (KL(z'||z) <= kl_target, beyond the
-paper). Then it evaluates every last checkpoint (the paper reports "after 25 epochs") and writes
-``results/``: summary.json, summary.md and the figures. Interrupted? Run it again: finished runs
-and evaluations are kept, unfinished runs resume.
+The reproduction is a set of sweep files, run by the same runner as any sweep
+(``consistency-vae sweep``, sweep_runner.py): for MNIST and Fashion-MNIST, 2-D and 20-D latents,
+fixed alpha in {0, 0.1, 0.3, 1, 3, 10, 30} (``reproduce_fixed.yaml``) and the constrained mode at
+two epsilons per setting (``reproduce_constrained_2d.yaml``, ``..._20d.yaml``), 3 seeds, 25 epochs.
+Then every finished run's last.ckpt is evaluated (the paper reports "after 25 epochs"; a run whose
+last.ckpt is an earlier epoch stops the reproduction with its name) and ``results/`` is written:
+summary.json, summary.md and the figures. Interrupted? Run it again: finished runs and evaluations
+are kept, cut-off runs resume, failed ones are tried again.
 """
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
-from consistency_vae.experiments import Run, run_dir, train_all
-
 from consistency_vae.commands import DefaultsHelpFormatter
+from consistency_vae.errors import UserError
+from consistency_vae.reproduction_runs import Run, check_last_epochs, from_folders, from_records
 
+SWEEPS = ["sweeps/reproduce_fixed.yaml", "sweeps/reproduce_constrained_2d.yaml",
+          "sweeps/reproduce_constrained_20d.yaml"]
 SECONDS_PER_EPOCH = 5.0  # per run, 2-D MLP, one thread, 2 runs at once on 2 cores: 25 epochs took ~125 s
 
 
-def plan(seeds: int, datasets: list[str], sweep_alphas: list[float], sweep_seeds: int,
-         kl_target: float, d20_seeds: int) -> list[Run]:
-    """Every run of the reproduction, most important first."""
-    main = [Run(d, "paper", s, alpha=a) for d in datasets for a in (0.0, 1.0) for s in range(seeds)]
-    constrained = [Run(d, "paper", s, alpha=1.0, kl_target=kl_target) for d in datasets
-                   for s in range(seeds)]
-    sweep = [Run(d, "paper", s, alpha=a) for a in sweep_alphas for d in datasets for s in range(sweep_seeds)]
-    d20 = [Run(d, "d20", s, alpha=a) for d in datasets for a in (0.0, 1.0) for s in range(d20_seeds)]
-    if "mnist" in datasets and d20_seeds:  # beyond 2-D: constrained against a fixed-alpha sweep
-        constrained += [Run("mnist", "d20", s, alpha=1.0, kl_target=kl_target) for s in range(d20_seeds)]
-        sweep += [Run("mnist", "d20", 0, alpha=a) for a in sweep_alphas]
-    return main + constrained + sweep + d20
+def sweep_arguments(args) -> tuple[list[str], dict[str, list]]:
+    """The quick options as the runner's extra arguments and its grid filter."""
+    extra = [f"--trainer.max_epochs={args.epochs}"] if args.epochs else []
+    extra += [f"--data.subset={args.subset}"] if args.subset else []
+    extra += [f"--data.data_dir={args.data_dir}"] if args.data_dir != "data" else []
+    only = {"seed_everything": list(range(args.seeds))} if args.seeds else {}
+    if args.datasets:
+        only["data.dataset"] = list(args.datasets)
+    return extra, only
 
 
-def evaluate_all(runs: list[Run], runs_dir: Path, iwae_k: int, iwae_images: int | None,
-                 data_dir: str) -> dict[Run, dict]:
-    """Evaluate each finished run's last.ckpt into its folder's eval/metrics.json (kept if there)."""
+def train(args) -> tuple[list[Run], int]:
+    """Run the reproduction's sweeps; return the finished runs of this setting and the failures."""
+    from consistency_vae import data_files
+    from consistency_vae.sweep import grid_points, load_sweep, select
+    from consistency_vae.sweep_runner import run_sweep
+    from consistency_vae.sweep_store import SweepStore, run_key
+
+    os.environ.setdefault("WANDB_MODE", "disabled")  # WANDB_MODE=offline or online keeps W&B
+    for name in args.datasets or data_files.DATASETS:
+        data_files.prepare(args.data_dir, name)
+    extra, only = sweep_arguments(args)
+    stores, todo = [], 0
+    for sweep_file in args.sweeps:
+        config = load_sweep(sweep_file)
+        store = SweepStore(Path(args.runs_dir) / f"sweep-{config['name']}", sweep_file, config)
+        records = store.records()
+        points = select(grid_points(config), only)
+        todo += sum(store.state(run_key(p, extra), records)[0] != "finished" for _, p in points)
+        stores.append((store, {run_key(p, extra) for _, p in points}))
+    epochs = args.epochs or 25
+    fraction = min(1.0, (args.subset or 50_000) / 50_000)
+    minutes = todo * epochs * SECONDS_PER_EPOCH * fraction / args.parallel / 60
+    print(f"reproduce: {todo} runs to train ({epochs} epochs each), expected about {minutes:.0f} min on "
+          f"a 2-core CPU, then evaluation.", flush=True)
+    failed = 0
+    for sweep_file in args.sweeps:
+        failed += run_sweep(sweep_file, args.parallel, runs_dir=args.runs_dir, extra_args=extra,
+                            only=only)["failed"]
+    runs = [run for store, keys in stores
+            for run in from_records([r for r in store.records() if r.get("key") in keys])]
+    return sorted(runs, key=lambda r: r.order), failed
+
+
+def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str) -> dict[Run, dict]:
+    """Evaluate each run's last.ckpt into its folder's eval/metrics.json (kept if there)."""
     from consistency_vae.evaluate import evaluate_checkpoint
 
     results, start = {}, time.perf_counter()
     for i, run in enumerate(runs, 1):
-        folder = run_dir(runs_dir, run)
-        out = folder / "eval"
+        out = run.folder / "eval"
         if (out / "metrics.json").is_file():
             results[run] = json.loads((out / "metrics.json").read_text())
             continue
-        if not (folder / "DONE").is_file():
-            print(f"  evaluate: {run.name} did not finish training; left out")
-            continue
-        figures = run.setting == "paper" and run.kl_target is None and run.alpha in (0.0, 1.0) \
-            and run.seed == 0
-        results[run] = evaluate_checkpoint(folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
+        figures = run.setting == "paper" and run.model in ("vae", "consistency") and run.seed == 0
+        results[run] = evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
                                            iwae_images=iwae_images, data_dir=data_dir,
                                            figures=figures, progress=False)
         print(f"[eval {i}/{len(runs)}] {run.name}: KL(z'||z) {results[run]['kl_consistency']:.3f}, "
@@ -67,37 +98,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="consistency-vae reproduce", description=__doc__.split("\n")[0],
                                      formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--output", default="results", help="where summary.md, .json and figures go")
-    parser.add_argument("--runs_dir", default="runs/reproduce")
+    parser.add_argument("--runs_dir", default="runs/reproduce", help="the sweeps' runs and records")
+    parser.add_argument("--from-runs", dest="from_runs", default=None, metavar="DIR",
+                        help="train nothing: evaluate and summarise the run folders gathered under DIR "
+                             "(from `make agent` or SLURM jobs on other machines)")
     parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the main comparison")
-    parser.add_argument("--epochs", type=int, default=25, help="25 in the paper")
+    parser.add_argument("--sweeps", nargs="+", default=SWEEPS, help="the reproduction's sweep files")
+    parser.add_argument("--seeds", type=int, default=None, help="the first N seeds only (files: 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (files: 25, the paper's)")
     parser.add_argument("--subset", type=int, default=None, help="first N train/val/test images only")
-    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
-    parser.add_argument("--sweep_alphas", type=float, nargs="*", default=[0.1, 0.3, 3.0, 10.0])
-    parser.add_argument("--sweep_seeds", type=int, default=1)
-    parser.add_argument("--d20_seeds", type=int, default=2, help="seeds of the 20-D setting (0: skip)")
-    parser.add_argument("--kl_target", type=float, default=1.0, help="epsilon of the constrained runs")
+    parser.add_argument("--datasets", nargs="+", default=None, help="e.g. mnist (files: both)")
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
     parser.add_argument("--iwae_k", type=int, default=1000)
     parser.add_argument("--iwae_images", type=int, default=1000, help="test images for IWAE (all: 0)")
     args = parser.parse_args(argv)
 
-    from consistency_vae import data_files, summary
+    from consistency_vae import summary
 
-    for name in args.datasets:
-        data_files.prepare(args.data_dir, name)
-    runs = plan(args.seeds, args.datasets, args.sweep_alphas, args.sweep_seeds, args.kl_target,
-                args.d20_seeds)
-    runs_dir = Path(args.runs_dir)
-    todo = [r for r in runs if not (run_dir(runs_dir, r) / "DONE").is_file()]
-    fraction = min(1.0, (args.subset or 50_000) / 50_000)
-    minutes = len(todo) * args.epochs * SECONDS_PER_EPOCH * fraction / max(1, args.parallel) / 60
-    print(f"reproduce: {len(runs)} runs ({len(runs) - len(todo)} already done), {args.epochs} epochs "
-          f"each; expected about {minutes:.0f} min of training on a 2-core CPU, then evaluation.",
-          flush=True)
-    failed = train_all(todo, runs_dir, args.epochs, args.subset, args.data_dir, args.parallel)
-    results = evaluate_all(runs, runs_dir, args.iwae_k, args.iwae_images or None, args.data_dir)
-    summary.write_all(runs, results, runs_dir, Path(args.output), args)
+    try:
+        runs, failed = (from_folders(Path(args.from_runs)), 0) if args.from_runs else train(args)
+        if not runs:
+            raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
+        check_last_epochs(runs)
+    except UserError as err:
+        sys.exit(f"consistency-vae reproduce: error: {err}")
+    results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir)
+    summary.write_all(runs, results, Path(args.output), args)
+    print(f"reproduce: wrote {args.output}/summary.md from {len(runs)} runs")
     if failed:
-        print(f"reproduce: {len(failed)} runs failed and are left out: {[r.name for r in failed]}")
-    print(f"reproduce: wrote {args.output}/summary.md")
+        sys.exit(f"reproduce: {failed} runs failed (their logs: {args.runs_dir}/sweep-*/logs/) and are "
+                 "left out; run the same command again to retry them")

@@ -101,7 +101,7 @@ def constrained_figure(records: list[dict], rows: list[dict]) -> Figure:
             ax.annotate(f"{a:g}", (np.mean([r["kl_consistency"] for r in pts]),
                                    np.mean([r["elbo"] for r in pts])), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")
-        ours = group(records, dataset=d, setting=s, model="constrained")
+        ours = group(records, dataset=d, setting=s, model="constrained", kl_target=eps)
         ax.scatter([r["kl_consistency"] for r in ours], [r["elbo"] for r in ours], marker="*", s=160,
                    c=COLOURS["constrained"], edgecolors="k", label=f"constrained, eps={eps:g}")
         ax.axvline(eps * TOLERANCE, color="0.4", ls="--", lw=1, label="eps + 10%")
@@ -113,7 +113,7 @@ def constrained_figure(records: list[dict], rows: list[dict]) -> Figure:
     return fig
 
 
-def write_all(summary: dict, records: list[dict], runs_dir: Path, output: Path) -> None:
+def write_all(summary: dict, records: list[dict], output: Path) -> None:
     from consistency_vae.sweep_report import tradeoff_figure
 
     datasets = list(summary["results"])
@@ -121,7 +121,7 @@ def write_all(summary: dict, records: list[dict], runs_dir: Path, output: Path) 
     kl_after_training(summary, datasets).savefig(output / "kl_after_training.png")
     for d in datasets:
         by_model = {r["model"]: r for r in group(records, dataset=d, setting="paper", seed=0)}
-        pngs = [runs_dir / by_model[m]["name"] / "version_0/eval/latent_drift.png"
+        pngs = [Path(by_model[m]["folder"]) / "eval/latent_drift.png"
                 for m in ("vae", "consistency") if m in by_model]
         if len(pngs) == 2 and all(p.is_file() for p in pngs):
             stack_pngs(pngs, [f"Plain VAE (alpha = 0), {NAMES.get(d, d)}",

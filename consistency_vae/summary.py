@@ -2,6 +2,8 @@
 
 Every number comes from the runs' own files: each run's ``eval/metrics.json`` (written by
 ``evaluate``) and its metrics record (the per-epoch curves and the epoch times; see run_record).
+Which runs: the reproduction's sweep records, or run folders gathered from other machines
+(reproduction_runs.py).
 """
 
 import json
@@ -10,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from consistency_vae import run_record
-from consistency_vae.experiments import Run, run_dir
+from consistency_vae.reproduction_runs import Run
 from consistency_vae.sweep_report import mean_std
 
 METRICS = ("kl_consistency", "elbo", "iwae_ll", "iwae_gap", "active_units", "probe_accuracy",
@@ -47,11 +49,12 @@ def checkpoint_epoch(path: Path) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
-def record(run: Run, metrics: dict, runs_dir: Path, epochs: int) -> dict:
-    folder = run_dir(runs_dir, run)
+def record(run: Run, metrics: dict) -> dict:
+    folder, epochs = run.folder, run.epochs
     times = [t for t in epoch_curve(folder, epochs, "time/train_epoch_s") if not math.isnan(t)]
-    return {"name": run.name, "dataset": run.dataset, "setting": run.setting, "model": run.model,
-            "alpha_init": run.alpha, "kl_target": run.kl_target, "seed": run.seed,
+    return {"name": run.name, "folder": str(folder), "dataset": run.dataset, "setting": run.setting,
+            "model": run.model, "alpha_init": run.alpha, "kl_target": run.kl_target, "seed": run.seed,
+            "epochs": epochs,
             **{m: float(metrics[m]) for m in METRICS if m in metrics},
             # the median: a shared machine's load spikes hit single epochs
             "train_epoch_s": statistics.median(times) if times else math.nan,
@@ -79,9 +82,13 @@ def paired(records: list[dict], dataset: str, setting: str, fn) -> dict:
 
 
 def comparison(records: list[dict], dataset: str, setting: str) -> dict:
-    out = {model: {m: stats([r[m] for r in group(records, dataset=dataset, setting=setting, model=model)
-                             if m in r]) for m in METRICS}
-           for model in ("vae", "consistency", "constrained")}
+    # the constrained column: the smallest epsilon of the setting (the others: constrained_rows)
+    eps = min((r["kl_target"] for r in group(records, dataset=dataset, setting=setting, model="constrained")),
+              default=None)
+    where = {"vae": {}, "consistency": {}, "constrained": {"kl_target": eps}}
+    out = {model: {m: stats([r[m] for r in group(records, dataset=dataset, setting=setting, model=model,
+                                                  **where[model]) if m in r]) for m in METRICS}
+           for model in where}
     out["kl_ratio"] = paired(records, dataset, setting,
                              lambda v, o: v["kl_consistency"] / o["kl_consistency"])
     out["elbo_diff"] = paired(records, dataset, setting, lambda v, o: o["elbo"] - v["elbo"])
@@ -94,7 +101,7 @@ def constrained_rows(records: list[dict]) -> list[dict]:
     rows = []
     for dataset, setting, eps in sorted({(r["dataset"], r["setting"], r["kl_target"]) for r in records
                                          if r["model"] == "constrained"}):
-        ours = group(records, dataset=dataset, setting=setting, model="constrained")
+        ours = group(records, dataset=dataset, setting=setting, model="constrained", kl_target=eps)
         fixed = [r for r in records if r["dataset"] == dataset and r["setting"] == setting
                  and r["kl_target"] is None]
         by_alpha: dict[float, list[dict]] = {}
@@ -130,20 +137,32 @@ def recommend(sweep_rows: list[dict], vae_elbo: dict[str, float], budget: float 
     return out
 
 
-def write_all(runs: list[Run], results: dict[Run, dict], runs_dir: Path, output: Path, args) -> dict:
+def run_config(runs: list[Run], args) -> dict:
+    """What the summary was made from: seeds, epochs and subset as the runs themselves say."""
+    import yaml
+
+    def one_or_all(values: set):
+        return next(iter(values)) if len(values) == 1 else sorted(values, key=str)
+
+    subsets = {(yaml.safe_load((r.folder / "config.yaml").read_text())["data"].get("subset")) for r in runs}
+    return {"seeds": len({r.seed for r in runs}), "epochs": one_or_all({r.epochs for r in runs}),
+            "subset": one_or_all(subsets), "iwae_k": args.iwae_k, "iwae_images": args.iwae_images,
+            "from_runs": args.from_runs, "sweeps": None if args.from_runs else args.sweeps}
+
+
+def write_all(runs: list[Run], results: dict[Run, dict], output: Path, args) -> dict:
     from consistency_vae import results_figures, summary_md
     from consistency_vae.sweep_report import summarise
 
     output.mkdir(parents=True, exist_ok=True)
-    records = [record(run, metrics, runs_dir, args.epochs) for run, metrics in results.items()]
+    records = [record(run, metrics) for run, metrics in results.items()]
     fixed_paper = [{**r, "alpha": r["alpha_init"]} for r in records
                    if r["setting"] == "paper" and r["kl_target"] is None]
     sweep_rows = summarise(fixed_paper)
     datasets = sorted({r["dataset"] for r in records})
-    settings = sorted({r["setting"] for r in records}, key=["paper", "d20"].index)
+    settings = sorted({r["setting"] for r in records}, key=lambda s: (s != "paper", len(s), s))
     summary = {
-        "config": {k: getattr(args, k) for k in ("seeds", "epochs", "subset", "iwae_k", "iwae_images",
-                                                  "kl_target", "sweep_seeds", "d20_seeds")},
+        "config": run_config(list(results), args),
         "paper": PAPER,
         "results": {d: {s: comparison(records, d, s) for s in settings} for d in datasets},
         "sweep": sweep_rows,
@@ -154,5 +173,5 @@ def write_all(runs: list[Run], results: dict[Run, dict], runs_dir: Path, output:
     summary["recommendation"] = recommend(sweep_rows, vae_elbo)
     (output / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (output / "summary.md").write_text(summary_md.render(summary))
-    results_figures.write_all(summary, records, runs_dir, output)
+    results_figures.write_all(summary, records, output)
     return summary

@@ -93,7 +93,7 @@ def render(summary: dict) -> str:
                    f"{cell(r['constrained_alpha'])} | {'yes' if r['meets_target'] else '**no**'} | "
                    + " | ".join(fixed) + f" | {VERDICT[r['elbo_at_least_best_fixed']]} |")
     early = [r for r in summary["runs"]
-             if r.get("evaluated_epoch") is not None and r["evaluated_epoch"] < cfg["epochs"] - 1]
+             if r.get("evaluated_epoch") is not None and r["evaluated_epoch"] < r["epochs"] - 1]
     if early:
         out += ["", "**Evaluated before the last epoch** (their last.ckpt was an earlier epoch; see the "
                 "note in the README): " + ", ".join(f"{r['name']} (epoch {r['evaluated_epoch']})"

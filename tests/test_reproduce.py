@@ -1,46 +1,79 @@
-"""Slow: the quick form of `make reproduce` on a subset, and its summary against the runs' own files."""
+"""`make reproduce`: the reproduction's sweeps on a tiny subset, its summary against the runs' own
+files, a rerun that trains nothing, the same results from gathered run folders (--from-runs), and
+the refusal to evaluate a run before its last epoch."""
 
-import csv
 import json
 import math
 import statistics
+import subprocess
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
+import torch
+import yaml
 
-from consistency_vae import reproduce
+from consistency_vae import reproduce, run_record
+from consistency_vae.errors import UserError
+from consistency_vae.reproduction_runs import Run, check_last_epochs, from_folders
+from tests.conftest import ROOT
+
+QUICK = ["--datasets", "mnist", "--seeds", "2", "--epochs", "2", "--subset", "1000", "--iwae_k", "5",
+         "--iwae_images", "50", "--parallel", "2"]
+
+
+def trimmed(sweep: str, tmp: Path, **values) -> str:
+    """A copy of a reproduction sweep file with fewer values (the real command, a smaller grid)."""
+    config = yaml.safe_load((ROOT / "sweeps" / sweep).read_text())
+    for name, vals in values.items():
+        config["parameters"][name.replace("__", ".")] = {"values": vals}
+    path = tmp / sweep
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, data_dir):
+    """Alpha 0, 1, 3 at 2-D and one constrained epsilon, 2 seeds, 2 epochs: 8 runs."""
     root = tmp_path_factory.mktemp("reproduce")
-    reproduce.main(["--output", str(root / "results"), "--runs_dir", str(root / "runs"),
-                    "--data_dir", str(data_dir), "--datasets", "mnist", "--seeds", "2", "--epochs", "2",
-                    "--subset", "1000", "--sweep_alphas", "3", "--d20_seeds", "0", "--iwae_k", "5",
-                    "--iwae_images", "50", "--parallel", "2"])
-    return root
+    sweeps = [trimmed("reproduce_fixed.yaml", root, model__latent_dim=[2], model__alpha=[0.0, 1.0, 3.0]),
+              trimmed("reproduce_constrained_2d.yaml", root, model__kl_target=[1.0])]
+    argv = ["--output", str(root / "results"), "--runs_dir", str(root / "runs"), "--data_dir", str(data_dir),
+            "--sweeps", *sweeps, *QUICK]
+    reproduce.main(argv)
+    return {"root": root, "argv": argv}
 
 
-def evaluated(root, name: str) -> dict:
-    return json.loads((root / "runs" / name / "version_0/eval/metrics.json").read_text())
+def summary_of(results: Path) -> dict:
+    return json.loads((results / "summary.json").read_text())
+
+
+def evaluated(run: dict) -> dict:
+    return json.loads((Path(run["folder"]) / "eval/metrics.json").read_text())
 
 
 @pytest.mark.slow
 def test_quick_reproduce_writes_every_result_file(quick):
-    results = quick / "results"
+    results = quick["root"] / "results"
     for name in ("kl_during_training", "kl_after_training", "latent_drift_mnist", "alpha_tradeoff",
                  "constrained"):
         image = mpimg.imread(results / f"{name}.png")
         assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0.01  # a real picture
     assert "# Reproduction" in (results / "summary.md").read_text()
+    runs = summary_of(results)["runs"]
+    assert sorted(r["name"] for r in runs) == sorted(
+        [f"mnist_alpha{a}_seed{s}" for a in (0.0, 1.0, 3.0) for s in (0, 1)]
+        + [f"mnist_constrained_kl1.0_alpha1.0_seed{s}" for s in (0, 1)])
+    assert {r["evaluated_epoch"] for r in runs} == {1}  # 2 epochs: the last is epoch 1
 
 
 @pytest.mark.slow
 def test_summary_numbers_match_the_metrics_files(quick):
-    summary = json.loads((quick / "results/summary.json").read_text())
+    summary = summary_of(quick["root"] / "results")
     c = summary["results"]["mnist"]["paper"]
-    vae = [evaluated(quick, f"mnist_paper_alpha0_seed{s}") for s in (0, 1)]
-    ours = [evaluated(quick, f"mnist_paper_alpha1_seed{s}") for s in (0, 1)]
+    by_name = {r["name"]: r for r in summary["runs"]}
+    vae = [evaluated(by_name[f"mnist_alpha0.0_seed{s}"]) for s in (0, 1)]
+    ours = [evaluated(by_name[f"mnist_alpha1.0_seed{s}"]) for s in (0, 1)]
     for model, runs in (("vae", vae), ("consistency", ours)):
         for m in ("kl_consistency", "elbo", "iwae_ll", "probe_accuracy"):
             values = [r[m] for r in runs]
@@ -48,27 +81,72 @@ def test_summary_numbers_match_the_metrics_files(quick):
             assert c[model][m]["std"] == pytest.approx(statistics.stdev(values))
     ratios = [v["kl_consistency"] / o["kl_consistency"] for v, o in zip(vae, ours, strict=True)]
     assert c["kl_ratio"]["mean"] == pytest.approx(statistics.mean(ratios))
-    diffs = [o["elbo"] - v["elbo"] for v, o in zip(vae, ours, strict=True)]
-    assert c["elbo_diff"]["mean"] == pytest.approx(statistics.mean(diffs))
-    # the markdown shows the same numbers, rounded
-    md = (quick / "results/summary.md").read_text()
+    md = (quick["root"] / "results/summary.md").read_text()
     assert f"{c['kl_ratio']['mean']:.2f} ± {c['kl_ratio']['std']:.2f}" in md
-    assert f"{c['vae']['kl_consistency']['mean']:.3f} ± {c['vae']['kl_consistency']['std']:.3f}" in md
-    # the per-epoch curve (Fig. 3a) has one test KL per training epoch
-    run = next(r for r in summary["runs"] if r["name"] == "mnist_paper_alpha0_seed0")
+    assert summary["config"]["epochs"] == 2 and summary["config"]["subset"] == 1000
+    # the per-epoch curve (Fig. 3a) has one test KL per training epoch, from the run's own log
+    run = by_name["mnist_alpha0.0_seed0"]
+    logged = [float(row["test/kl_consistency"]) for row in run_record.merged_rows(Path(run["folder"]))
+              if "test/kl_consistency" in row and int(float(row["epoch"])) < 2]
     assert len(run["curve"]) == 2 and all(math.isfinite(v) for v in run["curve"])
-    logged = [float(row["test/kl_consistency"]) for row in csv.DictReader(
-        (quick / "runs/mnist_paper_alpha0_seed0/version_0/metrics.csv").open())
-        if row.get("test/kl_consistency")]
-    assert run["curve"] == logged[:2]  # the per-epoch values, not the final test's
+    assert run["curve"] == logged[:2]
 
 
 @pytest.mark.slow
-def test_rerun_keeps_finished_runs(quick, capsys):
-    before = (quick / "runs/mnist_paper_alpha0_seed0/version_0/eval/metrics.json").stat().st_mtime
-    reproduce.main(["--output", str(quick / "results2"), "--runs_dir", str(quick / "runs"),
-                    "--data_dir", "data", "--datasets", "mnist", "--seeds", "2", "--epochs", "2",
-                    "--subset", "1000", "--sweep_alphas", "3", "--d20_seeds", "0", "--iwae_k", "5",
+def test_rerun_trains_nothing_and_keeps_the_evaluations(quick, capsys):
+    runs = summary_of(quick["root"] / "results")["runs"]
+    before = {r["name"]: (Path(r["folder"]) / "eval/metrics.json").stat().st_mtime for r in runs}
+    argv = quick["argv"].copy()
+    argv[argv.index("--output") + 1] = str(quick["root"] / "results2")
+    reproduce.main(argv)
+    assert "reproduce: 0 runs to train" in capsys.readouterr().out
+    assert {r["name"]: (Path(r["folder"]) / "eval/metrics.json").stat().st_mtime for r in runs} == before
+
+
+@pytest.mark.slow
+def test_from_runs_builds_the_same_summary_from_gathered_folders(quick):
+    out = quick["root"] / "results_gathered"
+    reproduce.main(["--from-runs", str(quick["root"] / "runs"), "--output", str(out), "--iwae_k", "5",
                     "--iwae_images", "50"])
-    assert "(7 already done)" in capsys.readouterr().out
-    assert (quick / "runs/mnist_paper_alpha0_seed0/version_0/eval/metrics.json").stat().st_mtime == before
+    ours, theirs = summary_of(quick["root"] / "results"), summary_of(out)
+    assert theirs["results"] == ours["results"] and theirs["constrained"] == ours["constrained"]
+
+
+def fake_run(folder: Path, max_epochs: int, ckpt_epoch: int | None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "seed_everything": 0, "data": {"dataset": "mnist"}, "trainer": {"max_epochs": max_epochs},
+        "model": {"latent_dim": 2, "alpha": 1.0, "alpha_mode": "fixed", "kl_target": 1.0}}))
+    if ckpt_epoch is not None:
+        (folder / "checkpoints").mkdir()
+        torch.save({"epoch": ckpt_epoch}, folder / "checkpoints/last.ckpt")
+    return folder
+
+
+def test_a_run_whose_last_checkpoint_is_not_its_last_epoch_stops_the_reproduction(tmp_path):
+    done = Run.from_folder(fake_run(tmp_path / "a/version_0", 25, 24))
+    early = Run.from_folder(fake_run(tmp_path / "b/version_0", 25, 19))
+    check_last_epochs([done])
+    with pytest.raises(UserError, match=r"1 runs would be evaluated before their last epoch "
+                                        r"\(.*b/version_0: epoch 19 of 0..24\).*resume them"):
+        check_last_epochs([done, early])
+
+
+def test_gathered_folders_count_each_grid_point_once(tmp_path, capsys):
+    fake_run(tmp_path / "machine1/runs/mnist_alpha1.0_seed0/version_0", 25, 24)
+    newer = fake_run(tmp_path / "machine2/runs/mnist_alpha1.0_seed0/version_0", 25, 24)
+    fake_run(tmp_path / "machine2/runs/mnist_alpha1.0_seed0/version_1", 25, None)  # no last.ckpt
+    (run,) = from_folders(tmp_path)
+    assert run.folder == newer and run.model == "consistency" and run.setting == "paper"
+    assert "are the same run; using the newer" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no run folder"):
+        from_folders(tmp_path / "machine1/runs/mnist_alpha1.0_seed0/version_0/checkpoints")
+
+
+def test_make_reproduce_passes_the_quick_options():
+    dry = subprocess.run(["make", "-n", "-o", "data", "reproduce", "SEEDS=1", "EPOCHS=5"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert dry.returncode == 0 and "reproduce --seeds 1 --epochs 5" in dry.stdout, dry.stdout + dry.stderr
+    full = subprocess.run(["make", "-n", "-o", "data", "reproduce"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert full.stdout.strip().endswith("reproduce")  # the sweep files' own seeds and epochs
