@@ -7,35 +7,23 @@ test_cli.py; here every bad input is also checked to leave an existing run untou
 import errno
 import hashlib
 import io
-import math
 import os
 import shutil
-import socket
-import subprocess
-import sys
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, DistributedSampler
+from lightning import Callback
 
 from consistency_vae import run_folders
-from consistency_vae.checkpointing import AtomicModelCheckpoint, NonFiniteWeightsError
 from consistency_vae.cli import cli_main
 from consistency_vae.datamodule import (
-    InMemoryImages,
     MNISTDataModule,
-    ResumableLoader,
     UnpaddedDistributedSampler,
 )
 from consistency_vae.model import ConsistencyVAE, seeded_generator
-from consistency_vae.networks import LOGVAR_BOUND, MLPDecoder, MLPEncoder
-from consistency_vae.tracking import ensure_wandb_mode
-from tests import cli_runs
+from consistency_vae.networks import LOGVAR_BOUND
 from tests.cli_runs import BASE, csv_only, read_test_metrics
 
 RUN = "runs/mnist_alpha1.0_seed0"
@@ -217,73 +205,6 @@ def test_previous_attempt_logs_are_kept_not_overwritten(tmp_path):
     assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "config.yaml").exists()
 
 
-# --- atomic checkpoints and non-finite weights ------------------------------------------------
-class SimulatedKill(BaseException):
-    """What a SIGKILL during a write leaves behind, without killing pytest."""
-
-
-def tiny_model() -> ConsistencyVAE:
-    torch.manual_seed(0)
-    return ConsistencyVAE(encoder=partial(MLPEncoder, hidden_dims=[16]),
-                          decoder=partial(MLPDecoder, hidden_dims=[16]), latent_dim=2)
-
-
-def tiny_loader() -> DataLoader:
-    images = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    return DataLoader(InMemoryImages(images, torch.zeros(64, dtype=torch.long)), batch_size=16,
-                      collate_fn=lambda batch: batch)  # __getitems__ returns the whole batch
-
-
-def train(callback, tmp_path, max_epochs: int, trainer: Trainer | None = None) -> Trainer:
-    trainer = trainer or Trainer(callbacks=[callback], logger=False, enable_progress_bar=False,
-                                 enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
-    trainer.fit_loop.max_epochs = max_epochs
-    trainer.fit(trainer.lightning_module if trainer.lightning_module else tiny_model(), tiny_loader(),
-                tiny_loader())
-    return trainer
-
-
-@pytest.mark.parametrize("checkpoint_class, survives",
-                         [(AtomicModelCheckpoint, True), (ModelCheckpoint, False)])
-def test_a_kill_during_save_leaves_the_previous_last_ckpt(tmp_path, monkeypatch, checkpoint_class, survives):
-    callback = checkpoint_class(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/loss")
-    trainer = train(callback, tmp_path, max_epochs=1)
-    last = tmp_path / "ckpt/last.ckpt"
-    good = last.read_bytes()
-
-    # What Lightning really does: torch.save into a temp file of the system temp folder, then
-    # fsspec's commit, shutil.move, to the target. Across file systems (/tmp on tmpfs) that move
-    # is a copy: a kill during it leaves the target half written.
-    real_move = shutil.move
-
-    def copy_half_then_die(src, dst, *args, **kwargs):
-        if "last" not in Path(dst).name:
-            return real_move(src, dst, *args, **kwargs)
-        data = Path(src).read_bytes()
-        Path(dst).write_bytes(data[: len(data) // 2])
-        raise SimulatedKill
-
-    monkeypatch.setattr(shutil, "move", copy_half_then_die)
-    with pytest.raises(SimulatedKill):
-        train(callback, tmp_path, max_epochs=2, trainer=trainer)
-    # The plain ModelCheckpoint shows what the test guards against: a torn last.ckpt.
-    assert (last.read_bytes() == good) is survives
-    if survives:
-        assert torch.load(last, weights_only=False)["epoch"] == 0  # hparams hold a functools.partial
-
-
-def test_no_checkpoint_of_non_finite_weights(tmp_path):
-    callback = AtomicModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="val/loss")
-    trainer = train(callback, tmp_path, max_epochs=1)
-    before = snapshot(tmp_path / "ckpt")
-    with torch.no_grad():
-        trainer.lightning_module.decoder.net[0].bias[0] = math.inf
-    with pytest.raises(NonFiniteWeightsError, match=r"non-finite weights at epoch 1, global step 4 in "
-                       r"decoder.net.0.bias: not writing .* last good checkpoint is kept \(.*last.ckpt\)"):
-        callback._save_checkpoint(trainer, str(tmp_path / "ckpt/last.ckpt"))
-    assert snapshot(tmp_path / "ckpt") == before
-
-
 def weights_are_finite(path: Path) -> bool:
     state = torch.load(path, weights_only=True)["state_dict"]
     return all(v.isfinite().all() for k, v in state.items() if k.endswith(("weight", "bias")))
@@ -370,82 +291,3 @@ def test_log_variance_is_bounded_for_any_input():
     assert logvar.abs().max() > LOGVAR_BOUND - 1  # the input does push it to the bound
     out = model(x.clamp(0, 1))
     assert all(out[t].isfinite().all() for t in ("loss", "recon", "kl", "kl_consistency"))
-
-
-# --- W&B with credentials but no route to its server: offline, not a 90 s hang and a crash ----------
-@pytest.fixture
-def wandb_key_no_server(tmp_path, monkeypatch):
-    """An API key, no WANDB_MODE, and a W&B server address where nothing listens."""
-    with socket.socket() as s:  # a port that was free a moment ago: connections are refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    for proxy in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):  # the probe would go there
-        monkeypatch.delenv(proxy, raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    return port
-
-
-def test_unreachable_wandb_server_means_offline_with_one_line(wandb_key_no_server, capsys, monkeypatch):
-    assert ensure_wandb_mode() == "offline" and os.environ["WANDB_MODE"] == "offline"
-    message = capsys.readouterr().err.strip()
-    assert f"the W&B server http://127.0.0.1:{wandb_key_no_server} cannot be reached" in message
-    assert "logging to W&B offline" in message and "\n" not in message
-    with socket.socket() as server:  # a server that answers: the mode is left to the user
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
-        monkeypatch.delenv("WANDB_MODE")
-        assert ensure_wandb_mode() is None and "WANDB_MODE" not in os.environ
-
-
-@pytest.mark.slow
-def test_fit_with_a_key_but_no_network_finishes_offline(wandb_key_no_server, tmp_path, data_dir):
-    env = {**cli_runs.ENV, **{k: os.environ[k] for k in ("WANDB_API_KEY", "WANDB_BASE_URL", "HOME")}}
-    del env["WANDB_MODE"]
-    proc = subprocess.run([sys.executable, "-m", "consistency_vae", "fit", "--config", BASE,
-                           f"--data.data_dir={data_dir}", *TINY, "--trainer.max_epochs=1", *CHECKPOINT_ONLY],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "cannot be reached within 3 s (no network?): logging to W&B offline" in proc.stderr
-    assert len(list((tmp_path / "runs/wandb").glob("offline-run-*"))) == 1
-
-
-def test_training_loader_resumes_mid_epoch_where_it_stopped():
-    data = InMemoryImages(torch.arange(40.0).view(40, 1, 1, 1), torch.arange(40))
-    loader = ResumableLoader(data, batch_size=4, drop_last=True, collate_fn=lambda b: b,
-                             sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=3))
-    loader.sampler.set_epoch(2)
-    whole = [y.tolist() for _, y in loader]
-    stopped = iter(loader)
-    seen = [next(stopped)[1].tolist() for _ in range(3)]
-    state = loader.state_dict()
-    assert state == {"epoch": 2, "batches": 3} and seen == whole[:3]
-
-    fresh = ResumableLoader(data, batch_size=4, drop_last=True, collate_fn=lambda b: b,
-                            sampler=DistributedSampler(data, num_replicas=1, rank=0, seed=3))
-    fresh.load_state_dict(state)
-    fresh.sampler.set_epoch(2)
-    assert [y.tolist() for _, y in fresh] == whole[3:]  # the rest of epoch 2, nothing twice
-    assert len([y for _, y in fresh]) == 10  # the next pass is a whole epoch again
-
-
-def test_last_ckpt_is_the_last_epoch_even_when_an_earlier_one_is_best(tmp_path, data_dir):
-    """Lightning 2.6 alone rewrites last.ckpt only with a new best: here the best stays at epoch 0."""
-    import torch
-    from lightning import Trainer
-
-    from consistency_vae.checkpointing import AtomicModelCheckpoint
-    from consistency_vae.datamodule import MNISTDataModule
-    from consistency_vae.model import ConsistencyVAE
-
-    # mode="max" on a falling loss: the first epoch stays the best
-    ckpt = AtomicModelCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="max", save_last=True)
-    model = ConsistencyVAE()
-    trainer = Trainer(max_epochs=3, limit_train_batches=5, limit_val_batches=1, logger=False,
-                      callbacks=[ckpt], enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(data_dir), subset=1000))
-    assert torch.load(ckpt.best_model_path, weights_only=False)["epoch"] == 0
-    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 2

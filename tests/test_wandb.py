@@ -19,6 +19,7 @@ import yaml
 from consistency_vae import tracking
 from consistency_vae.cli import cli_main
 from consistency_vae.tracking import ensure_wandb_mode
+from tests.cli_runs import ENV
 from tests.conftest import ROOT
 
 BASE = str(ROOT / "configs/mnist.yaml")
@@ -240,3 +241,44 @@ def test_credentials_behind_a_reachable_proxy_stay_online(proxy_env, monkeypatch
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert ensure_wandb_mode() is None and "WANDB_MODE" not in os.environ
     assert "offline" not in capsys.readouterr().err
+
+
+# --- W&B with credentials but no route to its server: offline, not a 90 s hang and a crash ----------
+@pytest.fixture
+def wandb_key_no_server(tmp_path, monkeypatch):
+    """An API key, no WANDB_MODE, and a W&B server address where nothing listens."""
+    with socket.socket() as s:  # a port that was free a moment ago: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for proxy in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):  # the probe would go there
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return port
+
+
+def test_unreachable_wandb_server_means_offline_with_one_line(wandb_key_no_server, capsys, monkeypatch):
+    assert ensure_wandb_mode() == "offline" and os.environ["WANDB_MODE"] == "offline"
+    message = capsys.readouterr().err.strip()
+    assert f"the W&B server http://127.0.0.1:{wandb_key_no_server} cannot be reached" in message
+    assert "logging to W&B offline" in message and "\n" not in message
+    with socket.socket() as server:  # a server that answers: the mode is left to the user
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.delenv("WANDB_MODE")
+        assert ensure_wandb_mode() is None and "WANDB_MODE" not in os.environ
+
+
+@pytest.mark.slow
+def test_fit_with_a_key_but_no_network_finishes_offline(wandb_key_no_server, tmp_path, data_dir):
+    env = {**ENV, **{k: os.environ[k] for k in ("WANDB_API_KEY", "WANDB_BASE_URL", "HOME")}}
+    del env["WANDB_MODE"]
+    proc = subprocess.run([sys.executable, "-m", "consistency_vae", "fit", "--config", BASE,
+                           f"--data.data_dir={data_dir}", "--data.subset=512", *TINY],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cannot be reached within 3 s (no network?): logging to W&B offline" in proc.stderr
+    assert len(list((tmp_path / "runs/wandb").glob("offline-run-*"))) == 1
