@@ -3,11 +3,11 @@
 The constrained mode solves  min -ELBO  s.t.  C = KL(q(z'|x') || q(z|x)) <= epsilon  through the
 Lagrangian -ELBO + alpha * (C - epsilon); the networks descend it and alpha ascends it. How alpha
 ascends decides whether the constraint is met within a run, and whether one set of defaults serves
-every dataset and latent size. Each rule here is a small ``nn.Module`` whose buffers hold its state
-(so checkpoints keep it and DDP sees the same state on every rank, given the same inputs), called
-once per training step with that step's constraint value (all-reduced by the caller under DDP):
+every dataset and latent size. Each rule here is a small ``nn.Module`` (buffers hold any state of
+its own, so checkpoints keep it, and DDP sees the same state on every rank given the same inputs),
+called once per training step with that step's constraint value (all-reduced under DDP):
 
-    new_alpha = rule(constraint, target)
+    alpha, constraint_avg = rule(alpha, constraint_avg, constraint, target)
 
 - ``DualAscent``: alpha <- max(0, alpha + step * (C_ema - eps)), projected dual ascent on a moving
   average of C (the first release's rule). Its step is in units of alpha per nat: the same step is
@@ -29,66 +29,67 @@ from torch import Tensor, nn
 
 
 class MultiplierRule(nn.Module):
-    """Base: holds alpha (its initial value ``alpha``) and C_ema, the moving average of C."""
+    """Base: the moving average C_ema (factor ``ema``) that every rule keeps and logs.
 
-    def __init__(self, alpha: float = 1.0, ema: float = 0.99):
+    ``forward(alpha, constraint_avg, constraint, target) -> (alpha, constraint_avg)``: the model
+    owns alpha and C_ema (buffers of its own, so checkpoints of every release keep their keys);
+    a rule owns only the extra state it needs (NuPI's xi), as buffers of its own.
+    """
+
+    def __init__(self, ema: float = 0.99):
         super().__init__()
         if not 0 <= ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
         self.ema = ema
-        self.register_buffer("alpha", torch.tensor(float(alpha)))
-        self.register_buffer("constraint_avg", torch.tensor(float("nan")))  # NaN: no step yet
 
-    def _average(self, constraint: Tensor) -> Tensor:
-        avg = torch.where(self.constraint_avg.isnan(), constraint,
-                          self.ema * self.constraint_avg + (1 - self.ema) * constraint)
-        self.constraint_avg = avg  # a new tensor: the caller's loss may still hold the old one
-        return avg
+    def average(self, constraint_avg: Tensor, constraint: Tensor) -> Tensor:
+        """C_ema after this step's C; the first step (C_ema NaN) starts it at C."""
+        return torch.where(constraint_avg.isnan(), constraint,
+                           self.ema * constraint_avg + (1 - self.ema) * constraint)
 
-    def forward(self, constraint: Tensor, target: float) -> Tensor:
+    def forward(self, alpha: Tensor, constraint_avg: Tensor, constraint: Tensor,
+                target: float) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
 
 class DualAscent(MultiplierRule):
     """alpha <- max(0, alpha + step * (C_ema - eps))."""
 
-    def __init__(self, alpha: float = 1.0, step: float = 0.01, ema: float = 0.99):
-        super().__init__(alpha, ema)
+    def __init__(self, step: float = 0.01, ema: float = 0.99):
+        super().__init__(ema)
         self.step = step
 
-    def forward(self, constraint: Tensor, target: float) -> Tensor:
-        avg = self._average(constraint.detach())
-        self.alpha = (self.alpha + self.step * (avg - target)).clamp(min=0.0)
-        return self.alpha
+    def forward(self, alpha, constraint_avg, constraint, target):
+        avg = self.average(constraint_avg, constraint)
+        return (alpha + self.step * (avg - target)).clamp(min=0.0), avg
 
 
 class _LogMultiplier(MultiplierRule):
     """A rule that moves log alpha, kept in [log alpha_min, log alpha_max]."""
 
-    def __init__(self, alpha: float, ema: float, alpha_min: float, alpha_max: float):
-        if not 0 < alpha_min <= alpha <= alpha_max:
-            raise ValueError("need 0 < alpha_min <= alpha <= alpha_max, got "
-                             f"{alpha_min}, {alpha}, {alpha_max}")
-        super().__init__(alpha, ema)
+    def __init__(self, ema: float, alpha_min: float, alpha_max: float):
+        if not 0 < alpha_min < alpha_max:
+            raise ValueError(f"need 0 < alpha_min < alpha_max, got {alpha_min}, {alpha_max}")
+        super().__init__(ema)
         self.log_min, self.log_max = math.log(alpha_min), math.log(alpha_max)
 
-    def _move(self, delta: Tensor) -> Tensor:
-        log_alpha = (self.alpha.log() + delta).clamp(self.log_min, self.log_max)
-        self.alpha = log_alpha.exp()
-        return self.alpha
+    def _move(self, alpha: Tensor, delta: Tensor) -> Tensor:
+        # alpha = 0 (a plain-VAE start) would stay 0 on a log scale: start from the floor instead
+        log_alpha = alpha.clamp(min=math.exp(self.log_min)).log()
+        return (log_alpha + delta).clamp(self.log_min, self.log_max).exp()
 
 
 class GECO(_LogMultiplier):
     """log alpha <- log alpha + rate * (C_ema - eps), alpha in [alpha_min, alpha_max]."""
 
-    def __init__(self, alpha: float = 1.0, rate: float = 1e-3, ema: float = 0.99,
-                 alpha_min: float = 1e-3, alpha_max: float = 1e3):
-        super().__init__(alpha, ema, alpha_min, alpha_max)
+    def __init__(self, rate: float = 1e-3, ema: float = 0.99, alpha_min: float = 1e-3,
+                 alpha_max: float = 1e3):
+        super().__init__(ema, alpha_min, alpha_max)
         self.rate = rate
 
-    def forward(self, constraint: Tensor, target: float) -> Tensor:
-        avg = self._average(constraint.detach())
-        return self._move(self.rate * (avg - target))
+    def forward(self, alpha, constraint_avg, constraint, target):
+        avg = self.average(constraint_avg, constraint)
+        return self._move(alpha, self.rate * (avg - target)), avg
 
 
 class NuPI(_LogMultiplier):
@@ -96,27 +97,26 @@ class NuPI(_LogMultiplier):
 
     ``k_i``: integral gain (per step; the step size of plain ascent on log alpha). ``k_p``:
     proportional gain on the change of xi, the error's moving average with factor ``nu``, which
-    damps the oscillation of a pure integrator. Anti-windup: at a bound, the integral term that
-    would push further out is dropped.
+    damps the oscillation of a pure integrator; xi starts at 0, so the proportional steps add up
+    to k_p * xi_t. Anti-windup: at a bound, the integral step that would push further out is dropped.
     """
 
-    def __init__(self, alpha: float = 1.0, k_i: float = 1e-3, k_p: float = 0.1, nu: float = 0.99,
-                 ema: float = 0.99, alpha_min: float = 1e-3, alpha_max: float = 1e3):
-        super().__init__(alpha, ema, alpha_min, alpha_max)
+    def __init__(self, k_i: float = 1e-3, k_p: float = 0.1, nu: float = 0.99, ema: float = 0.99,
+                 alpha_min: float = 1e-3, alpha_max: float = 1e3):
+        super().__init__(ema, alpha_min, alpha_max)
         if not 0 <= nu < 1:
             raise ValueError(f"nu must be in [0, 1), got {nu}")
         self.k_i, self.k_p, self.nu = k_i, k_p, nu
-        # xi starts at 0, so the proportional steps add up to k_p * xi_t: PI on the filtered error
         self.register_buffer("xi", torch.tensor(0.0))
 
-    def forward(self, constraint: Tensor, target: float) -> Tensor:
-        self._average(constraint.detach())  # kept for logging and checkpoints, as in every rule
-        error = (constraint.detach() - target) / target
+    def forward(self, alpha, constraint_avg, constraint, target):
+        avg = self.average(constraint_avg, constraint)  # kept for logging, as in every rule
+        error = (constraint - target) / target
         previous, xi = self.xi, self.nu * self.xi + (1 - self.nu) * error
-        self.xi = xi
+        self.xi = xi  # a new tensor: nothing that backward needs is changed in place
         integral = self.k_i * error
-        log_alpha = self.alpha.log()
+        log_alpha = alpha.clamp(min=math.exp(self.log_min)).log()
         at_top, at_bottom = log_alpha >= self.log_max, log_alpha <= self.log_min
         integral = torch.where((at_top & (integral > 0)) | (at_bottom & (integral < 0)),
                                torch.zeros_like(integral), integral)
-        return self._move(integral + self.k_p * (xi - previous))
+        return self._move(alpha, integral + self.k_p * (xi - previous)), avg
