@@ -21,12 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+from consistency_vae import claims
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction_runs import Run, check_last_epochs, from_folders, from_records
 
 SWEEPS = ["sweeps/reproduce_fixed.yaml", "sweeps/reproduce_constrained_2d.yaml",
           "sweeps/reproduce_constrained_20d.yaml"]
+WAIT_S = 30.0  # how often to look again at runs that another runner trains or evaluates
 SECONDS_PER_EPOCH = 5.0  # per run, 2-D MLP, one thread, 2 runs at once on 2 cores: 25 epochs took ~125 s
 
 
@@ -69,9 +71,24 @@ def train(args) -> tuple[list[Run], int]:
     for sweep_file in args.sweeps:
         failed += run_sweep(sweep_file, args.parallel, runs_dir=args.runs_dir, extra_args=extra,
                             only=only)["failed"]
+    wait_for_other_runners(stores)
     runs = [run for store, keys in stores
             for run in from_records([r for r in store.records() if r.get("key") in keys])]
     return sorted(runs, key=lambda r: r.order), failed
+
+
+def held_elsewhere(claim: Path) -> bool:
+    held = claims.read(claim)
+    return held is not None and claims.is_alive(*held)
+
+
+def wait_for_other_runners(stores: list) -> None:
+    """Runs of this reproduction that another runner trains right now (the same command started
+    twice, a SLURM task): wait for them, so that the summary has every run."""
+    while busy := [key for store, keys in stores for key in keys
+                   if store.state(key)[0] == "todo" and held_elsewhere(store.claim_path(key))]:
+        print(f"reproduce: waiting for {len(busy)} runs that another runner trains now", flush=True)
+        time.sleep(WAIT_S)
 
 
 def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str) -> dict[Run, dict]:
@@ -80,14 +97,20 @@ def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir
 
     results, start = {}, time.perf_counter()
     for i, run in enumerate(runs, 1):
-        out = run.folder / "eval"
-        if (out / "metrics.json").is_file():
-            results[run] = json.loads((out / "metrics.json").read_text())
-            continue
-        figures = run.setting == "paper" and run.model in ("vae", "consistency") and run.seed == 0
-        results[run] = evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
-                                           iwae_images=iwae_images, data_dir=data_dir,
-                                           figures=figures, progress=False)
+        out, claim = run.folder / "eval", run.folder / "eval.claim"  # one evaluator per run
+        while not (out / "metrics.json").is_file() and not claims.claim(claim):
+            print(f"reproduce: waiting for another runner's evaluation of {run.name}", flush=True)
+            time.sleep(WAIT_S)
+        try:
+            if (out / "metrics.json").is_file():  # kept from an earlier (or another) reproduce
+                results[run] = json.loads((out / "metrics.json").read_text())
+                continue
+            figures = run.setting == "paper" and run.model in ("vae", "consistency") and run.seed == 0
+            results[run] = evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
+                                               iwae_images=iwae_images, data_dir=data_dir,
+                                               figures=figures, progress=False)
+        finally:
+            claims.release(claim)
         print(f"[eval {i}/{len(runs)}] {run.name}: KL(z'||z) {results[run]['kl_consistency']:.3f}, "
               f"ELBO {results[run]['elbo']:.2f}   ({(time.perf_counter() - start) / 60:.1f} min)",
               flush=True)

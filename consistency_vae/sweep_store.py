@@ -91,7 +91,8 @@ class SweepStore:
         return self.folder / "claims" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def state(self, key: str, records: list[dict] | None = None) -> tuple[str, dict | None]:
-        """What to do with a grid point: ("finished" | "failed here" | "todo", its latest attempt).
+        """What to do with a grid point: ("finished" | "failed here" | "todo", an earlier attempt:
+        the finished one, the failed one, or the one to resume from).
 
         "failed here": it failed since this runner started (in this runner or a concurrent one);
         as in a W&B sweep, one invocation does not retry it, the next one does.
@@ -102,7 +103,8 @@ class SweepStore:
         latest = mine[-1] if mine else None
         if latest and latest["status"] == "failed" and latest.get("ended", 0) >= self.started:
             return "failed here", latest
-        return "todo", latest
+        # to resume from: the latest attempt that got as far as a run folder
+        return "todo", next((r for r in reversed(mine) if r.get("run_dir")), latest)
 
     def _record_path(self, run_id: str) -> Path:
         return self.folder / "attempts" / f"{run_id}.json"

@@ -150,3 +150,34 @@ def test_make_reproduce_passes_the_quick_options():
     full = subprocess.run(["make", "-n", "-o", "data", "reproduce"], cwd=ROOT, capture_output=True,
                           text=True, timeout=30)
     assert full.stdout.strip().endswith("reproduce")  # the sweep files' own seeds and epochs
+
+
+def test_a_reproduction_started_twice_waits_for_the_other_runner(tmp_path, monkeypatch, capsys):
+    """The second `make reproduce` neither trains nor evaluates what the first one does now: it
+    waits for it, then reads its results."""
+    from consistency_vae import evaluate
+    from consistency_vae.sweep_store import SweepStore, run_key
+
+    store = SweepStore(tmp_path / "sweep-x", "x.yaml", {})
+    key = run_key({"seed_everything": 0}, [])
+    other = json.dumps({"host": "node-elsewhere", "pid": 1})  # fresh: alive as far as we can tell
+    store.claim_path(key).write_text(other)
+    run = Run.from_folder(fake_run(tmp_path / "mnist_alpha1.0_seed0/version_0", 25, 24))
+    (run.folder / "eval.claim").write_text(other)
+
+    def the_other_runner_finishes(seconds):  # what the other runner does while this one sleeps
+        if store.state(key)[0] != "finished":
+            store.save({**store.new_record({"seed_everything": 0}, key, []), "status": "finished"})
+        store.claim_path(key).unlink(missing_ok=True)
+        (run.folder / "eval").mkdir(exist_ok=True)
+        (run.folder / "eval/metrics.json").write_text(json.dumps({"kl_consistency": 1.0, "elbo": -99.0}))
+
+    monkeypatch.setattr(reproduce.time, "sleep", the_other_runner_finishes)
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated twice"))
+    reproduce.wait_for_other_runners([(store, {key})])
+    assert "waiting for 1 runs that another runner trains now" in capsys.readouterr().out
+    assert store.state(key)[0] == "finished"
+    (run.folder / "eval/metrics.json").unlink()
+    results = reproduce.evaluate_all([run], iwae_k=5, iwae_images=None, data_dir="data")
+    assert results[run]["elbo"] == -99.0 and (run.folder / "eval.claim").exists()  # theirs, left alone
+    assert "waiting for another runner's evaluation of mnist_alpha1.0_seed0" in capsys.readouterr().out

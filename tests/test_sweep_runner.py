@@ -155,11 +155,13 @@ def test_a_run_cut_off_with_a_last_checkpoint_resumes_it(grid):
     cut = store.new_record({"a": 1}, run_key({"a": 1}, []), [])
     cut.update(runner={"host": socket.gethostname(), "pid": DEAD_PID}, run_dir=str(folder))
     store.save(cut)  # still "running", but its runner is gone: killed
+    store.save({**store.new_record({"a": 1}, run_key({"a": 1}, []), []), "status": "failed",
+                "runner": {"host": "elsewhere", "pid": 1}})  # a retry that failed before its folder
     run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), only={"a": [1, 2]})
     lines = grid["log"].read_text().splitlines()
     assert lines[0].startswith("--a=1 ") and lines[0].endswith("--ckpt_path last")
     assert "--ckpt_path" not in lines[1]
-    assert json.loads((grid["runs"] / "sweep-grid/attempts/0002.json").read_text())["resumes"] == "0001"
+    assert json.loads((grid["runs"] / "sweep-grid/attempts/0003.json").read_text())["resumes"] == "0001"
 
 
 def test_resume_args_pick_only_the_newest_folder_of_the_name(tmp_path):
