@@ -188,3 +188,31 @@ def test_the_slurm_array_script_runs_the_task_s_grid_point(grid):
                              env={k: v for k, v in env.items() if k != "SLURM_ARRAY_TASK_ID"},
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "sbatch --array=0-N" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_real_run_cut_off_after_one_epoch_resumes_in_its_own_folder(tmp_path, data_dir):
+    """The runner and `fit --ckpt_path last` together: the second attempt continues the first
+    attempt's folder from its last.ckpt and trains the missing epoch only."""
+    from consistency_vae.summary import checkpoint_epoch
+    from consistency_vae.sweep import build_command, grid_points, load_sweep
+
+    sweep = ROOT / "sweeps/reproduce_constrained_2d.yaml"
+    runs, config = tmp_path / "runs", load_sweep(sweep)
+    params = grid_points(config)[0]
+    extra = [f"--data.data_dir={data_dir}", "--data.subset=512", "--trainer.max_epochs=2",
+             "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
+    first = [*build_command(config, params), f"--trainer.default_root_dir={runs}", *extra,
+             "--trainer.max_epochs=1"]  # stands in for a run killed after its first epoch
+    done = subprocess.run(first, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    folder = runs / "mnist_constrained_kl1.0_alpha1.0_seed0/version_0"
+    store = SweepStore(runs / "sweep-reproduce_constrained_2d", str(sweep), config)
+    cut = store.new_record(params, run_key(params, extra), extra)
+    store.save({**cut, "run_dir": str(folder), "runner": {"host": socket.gethostname(), "pid": DEAD_PID}})
+    result = run_sweep(str(sweep), runs_dir=str(runs), extra_args=extra, index=0)
+    assert result["finished"] == 1
+    (second,) = [r for r in store.records() if r["id"] != cut["id"]]
+    assert second["command"][-2:] == ["--ckpt_path", "last"] and Path(second["run_dir"]) == folder
+    assert checkpoint_epoch(folder / "checkpoints/last.ckpt") == 1  # epochs 0 and 1: both done
+    assert not (folder.parent / "version_1").exists()
