@@ -39,7 +39,7 @@ SKIPS = {  # command prefix -> why it cannot run here
     "sbatch ": "needs a SLURM cluster (tests/test_sweep_runner.py runs the script as one array task)",
     "rsync ": "gathers run folders from other machines",
     "make reproduce": "hours of training (tests/test_reproduce.py runs it on a subset)",
-    "consistency-vae reproduce": "needs the reproduction's runs (tests/test_reproduce.py runs it on a subset)",
+    "consistency-vae reproduce": "needs the reproduction's runs (tests/test_reproduce.py: on a subset)",
     "source .venv/bin/activate": "shell set-up: the tests run the package from the copy",
 }
 
