@@ -10,7 +10,6 @@ import itertools
 import json
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from consistency_vae.run_name import run_name
 from consistency_vae.sweep import build_command, grid_points, load_sweep, propose
 from consistency_vae.sweep_objective import ConstrainedELBO, constrained_elbo
 from consistency_vae.sweep_report import report
-from consistency_vae.sweep_store import SweepStore, run_key
 from tests.conftest import ROOT
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -300,60 +298,6 @@ def test_constrained_elbo_refuses_a_non_positive_budget():
 
     with pytest.raises(ConfigError, match="kl_target > 0"):
         ConstrainedELBO(kl_target=0.0)
-
-
-# --- the runner's bookkeeping (no training) --------------------------------------------------
-def recorded(store: SweepStore, params: dict, status: str, **fields) -> dict:
-    """A run record as a runner leaves it."""
-    record = store.new_record(params, run_key(params, []), [])
-    record.update(status=status, **fields)
-    store.save(record)
-    return record
-
-
-def test_rerun_retries_failed_grid_points_but_one_invocation_does_not(tmp_path):
-    config = load_sweep(ROOT / "sweeps/alpha_mnist.yaml")
-    first = SweepStore(tmp_path, "sweeps/alpha_mnist.yaml", config)
-    point, cut = {"model.alpha": 0.0, "seed_everything": 0}, {"model.alpha": 0.0, "seed_everything": 1}
-    recorded(first, point, "failed", ended=first.started)
-    assert first.state(run_key(point, []))[0] == "failed here"  # same invocation: not retried
-    # a run whose runner died (a pid that no longer runs on this host) is not "running"
-    recorded(first, cut, "running", runner={"host": socket.gethostname(), "pid": 2**22 + 7})
-    second = SweepStore(tmp_path, "sweeps/alpha_mnist.yaml", config)  # the user runs the command again
-    assert [r["status"] for r in second.records()] == ["failed", "killed"]
-    assert second.state(run_key(point, []))[0] == "todo"  # failed earlier: tried again
-    assert second.state(run_key(cut, []))[0] == "todo"
-    manifest = json.loads(second.manifest.read_text())
-    assert [r["params"] for r in manifest["runs"]] == [point, cut]
-    assert second.state(run_key(point, ["--trainer.max_epochs=5"]))[1] is None  # another run
-
-
-def test_a_command_that_always_fails_stops_the_sweep_as_wandb_agent_does(tmp_path, monkeypatch, capsys):
-    from consistency_vae.sweep_runner import run_sweep
-
-    config = yaml.safe_load((ROOT / "sweeps/alpha_mnist.yaml").read_text())
-    config["command"] = ["${env}", "false", "${args}"]  # exits 1 at once, whatever the arguments
-    sweep_file = tmp_path / "broken.yaml"
-    sweep_file.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("WANDB_AGENT_MAX_INITIAL_FAILURES", "2")
-    result = run_sweep(str(sweep_file), parallel=1, runs_dir=str(tmp_path / "runs"))
-    assert result["finished"] == 0 and result["failed"] == 2  # not all 18 grid points
-    out = capsys.readouterr().out
-    assert out.count("FAILED with exit code 1") == 2 and "the first 2 runs all failed" in out
-    manifest = json.loads(Path(result["manifest"]).read_text())
-    assert [r["command"][1:3] for r in manifest["runs"]] == [["false", "--model.alpha=0.0"]] * 2
-
-
-def test_run_cap_counts_the_runs_of_earlier_invocations(tmp_path, capsys):
-    from consistency_vae.sweep_runner import run_sweep
-
-    config = load_sweep(ROOT / "sweeps/alpha_bayes.yaml")
-    previous = SweepStore(tmp_path / "runs" / f"sweep-{config['name']}", "sweeps/alpha_bayes.yaml", config)
-    for _ in range(config["run_cap"]):
-        recorded(previous, {"model.alpha": 1.0, "seed_everything": 0}, "finished")
-    result = run_sweep(str(ROOT / "sweeps/alpha_bayes.yaml"), runs_dir=str(tmp_path / "runs"))
-    assert result["finished"] == result["failed"] == 0
-    assert f"run_cap of {config['run_cap']} runs is reached" in capsys.readouterr().out
 
 
 # --- end to end: the offline sweep, a failed run, the report ------------------------------------
