@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--sweeps", nargs="+", default=SWEEPS, help="the reproduction's sweep files")
     parser.add_argument("--seeds", type=int, default=None, help="the first N seeds only (files: 3)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (files: 25, the paper's)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per run (files: 25, the paper's); with --from-runs, the runs that "
+                             "count (else the most common length)")
     parser.add_argument("--subset", type=int, default=None, help="first N train/val/test images only")
     parser.add_argument("--datasets", nargs="+", default=None, help="e.g. mnist (files: both)")
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
@@ -139,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     from consistency_vae import summary
 
     try:
-        runs, failed = (from_folders(Path(args.from_runs)), 0) if args.from_runs else train(args)
+        if args.from_runs:
+            runs, failed = from_folders(Path(args.from_runs), args.epochs, args.subset), 0
+        else:
+            runs, failed = train(args)
         if not runs:
             raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
         check_last_epochs(runs)

@@ -6,6 +6,7 @@ A run is known by its folder (``RUNS/NAME/version_N``): its ``config.yaml`` says
 """
 
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Run:
     alpha: float
     kl_target: float | None  # set: constrained mode, alpha adapted from its initial value
     epochs: int  # trainer.max_epochs
+    subset: int | None = None  # data.subset: the first N images only (a quick try)
 
     @property
     def name(self) -> str:
@@ -44,7 +46,8 @@ class Run:
     @property
     def point(self) -> tuple:
         """What makes two runs the same grid point."""
-        return (self.dataset, self.latent_dim, self.alpha, self.kl_target, self.seed, self.epochs)
+        return (self.dataset, self.latent_dim, self.alpha, self.kl_target, self.seed, self.epochs,
+                self.subset)
 
     @property
     def order(self) -> tuple:
@@ -60,7 +63,7 @@ class Run:
         return cls(folder=folder, dataset=config["data"]["dataset"], latent_dim=int(model["latent_dim"]),
                    seed=int(config["seed_everything"]), alpha=float(model["alpha"]),
                    kl_target=float(model["kl_target"]) if constrained else None,
-                   epochs=int(config["trainer"]["max_epochs"]))
+                   epochs=int(config["trainer"]["max_epochs"]), subset=config["data"].get("subset"))
 
 
 def from_records(records: list[dict]) -> list[Run]:
@@ -77,9 +80,13 @@ def from_records(records: list[dict]) -> list[Run]:
     return sorted(runs, key=lambda r: r.order)
 
 
-def from_folders(root: Path) -> list[Run]:
+def from_folders(root: Path, epochs: int | None = None, subset: int | None = None) -> list[Run]:
     """Every run folder under ``root`` (gathered from many machines, in any layout) with a
-    last.ckpt; of two folders of the same grid point, the one trained last counts."""
+    last.ckpt; of two folders of the same grid point, the one trained last counts.
+
+    One reproduction is one length of training on one data set: only the runs of ``epochs``
+    and ``subset`` count (default: the most common pair), and the others are named.
+    """
     if not root.is_dir():
         raise UserError(f"--from-runs {root}: no such folder: give the folder the run folders were "
                         "gathered into")
@@ -96,7 +103,16 @@ def from_folders(root: Path) -> list[Run]:
         best[run.point] = run
     if not best:
         raise UserError(f"--from-runs {root}: no run folder (config.yaml and {LAST}) under it")
-    return sorted(best.values(), key=lambda r: r.order)
+    kinds = Counter((r.epochs, r.subset) for r in best.values())
+    kind = (epochs or kinds.most_common(1)[0][0][0], subset if epochs else kinds.most_common(1)[0][0][1])
+    if kind not in kinds:
+        raise UserError(f"--from-runs {root}: no run of {kind[0]} epochs on subset {kind[1]}; the runs "
+                        f"there are (epochs, subset): {dict(kinds)}: give --epochs (and --subset) of one")
+    if len(kinds) > 1:
+        print(f"reproduce: using the {kinds[kind]} runs of {kind[0]} epochs, subset {kind[1]}; left out: "
+              + ", ".join(f"{n} of {e} epochs, subset {s}" for (e, s), n in kinds.items() if (e, s) != kind),
+              file=sys.stderr)
+    return sorted((r for r in best.values() if (r.epochs, r.subset) == kind), key=lambda r: r.order)
 
 
 def check_last_epochs(runs: list[Run]) -> None:

@@ -136,9 +136,15 @@ def test_gathered_folders_count_each_grid_point_once(tmp_path, capsys):
     fake_run(tmp_path / "machine1/runs/mnist_alpha1.0_seed0/version_0", 25, 24)
     newer = fake_run(tmp_path / "machine2/runs/mnist_alpha1.0_seed0/version_0", 25, 24)
     fake_run(tmp_path / "machine2/runs/mnist_alpha1.0_seed0/version_1", 25, None)  # no last.ckpt
+    quick_try = fake_run(tmp_path / "machine2/runs/mnist_alpha0.0_seed0/version_0", 1, 0)
     (run,) = from_folders(tmp_path)
     assert run.folder == newer and run.model == "consistency" and run.setting == "paper"
-    assert "are the same run; using the newer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "are the same run; using the newer" in err
+    assert "using the 1 runs of 25 epochs, subset None; left out: 1 of 1 epochs, subset None" in err
+    assert [r.folder for r in from_folders(tmp_path, epochs=1)] == [quick_try]
+    with pytest.raises(UserError, match=r"no run of 5 epochs on subset None; the runs there are"):
+        from_folders(tmp_path, epochs=5)
     with pytest.raises(UserError, match="no run folder"):
         from_folders(tmp_path / "machine1/runs/mnist_alpha1.0_seed0/version_0/checkpoints")
 
