@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from consistency_vae import figures
+from consistency_vae import datasets, figures
 from consistency_vae.errors import ConfigError
 from consistency_vae.metrics import LossTerms
 from consistency_vae.noise import eval_noise, eval_noise_at, prior_noise
@@ -65,7 +65,7 @@ def latent_drift_figure(model: nn.Module, images: Tensor, labels: Tensor, n_imag
     return figures.latent_drift_figure(
         out["mu"].cpu(), out["logvar"].cpu(), out["mu_prime"].cpu(), out["logvar_prime"].cpu(),
         out["kl_consistency"].cpu(), labels[idx].cpu(), all_mu.cpu(), labels.cpu(), dims, how,
-        figures.CLASS_NAMES.get(dataset), title, images=x.cpu(), images_prime=out["x_prime"].cpu())
+        datasets.class_names(dataset), title, images=x.cpu(), images_prime=out["x_prime"].cpu())
 
 
 def reconstruction_figure(model: nn.Module, images: Tensor, labels: Tensor, seed: int = 0,

@@ -39,6 +39,10 @@ class ConsistencyCLI(LightningCLI):
     _run_start: run_record.RecordRunStart | None = None  # fit's; knows whether training began
     _config_files: list[str] = []  # the --config files of the command line
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # The image shape is the data's (datasets.py): it reaches the networks once, here.
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand != "fit":

@@ -62,14 +62,15 @@ def refuse_empty_epochs(datamodule, trainer) -> None:
     """A batch larger than the training split trains nothing (the incomplete batch is dropped):
     refuse it before any data is loaded, naming the split's size."""
     hp = datamodule.hparams
-    images = data_files.TRAIN_IMAGES - hp.val_size
+    sizes = datamodule.split_sizes()
+    images = sizes["train"]
     if hp.subset:
         images = min(images, hp.subset)
     per_process = images // trainer.world_size
     if hp.batch_size > per_process:
         where = f", {per_process} per process on {trainer.world_size}" if trainer.world_size > 1 else ""
         size = (f"data.subset={hp.subset}" if hp.subset and images == hp.subset
-                else f"{data_files.TRAIN_IMAGES} - data.val_size={hp.val_size}")
+                else f"the training file less {sizes['val']} validation images (data.val_size)")
         raise ConfigError(
             f"data.batch_size={hp.batch_size} is larger than the training split ({images} images: "
             f"{size}{where}), so no step would be trained: use --data.batch_size <= {per_process}")

@@ -74,6 +74,10 @@ def _invocation(action) -> str:
     if action.dest == "print_config":
         return name
     choices = action.choices or getattr(getattr(action, "_typehint", None), "__args__", None)
+    if action.dest == "data.dataset":  # a str checked against the registry, which modules extend
+        from consistency_vae.datasets import list_datasets
+
+        choices = list_datasets()
     if choices and all(isinstance(c, str) for c in choices):  # a Literal: its values
         return f"{name} {{{','.join(choices)}}}"
     return f"{name} {action.dest.rsplit('.', 1)[-1].upper()}"
@@ -96,7 +100,8 @@ def subcommand_help(parser, config: Namespace, prog: str, configs_given: bool) -
               "Trainer (a few of its keys; --help=all lists them all)": []}
     titles = list(groups)
     for action in parser._actions:
-        if not action.option_strings or not _shown(action):
+        if not any(o.startswith("--") for o in action.option_strings) or not _shown(action):
+            # (and a link such as data.image_shape --> model.image_shape: not an option)
             continue
         dest = action.dest
         group = (titles[1] if dest.startswith("model.") else titles[2] if dest.startswith("data.")

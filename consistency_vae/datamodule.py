@@ -1,11 +1,13 @@
-"""One LightningDataModule for MNIST and Fashion-MNIST, served from tensors held in memory.
+"""One LightningDataModule for every registered dataset (datasets.py: MNIST, Fashion-MNIST, your
+own images), served from tensors held in memory.
 
-The whole dataset is one float tensor in [0, 1] (60k x 784 x 4 bytes = 188 MB), moved to the
+The whole dataset is one float tensor in [0, 1] (MNIST: 60k x 784 x 4 bytes = 188 MB), moved to the
 training device in ``setup``. A batch is one indexing operation on that tensor: no per-sample
 PIL conversion, no collate of 128 small tensors, no host-to-device copy per step on a GPU.
 """
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -14,15 +16,16 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from consistency_vae import data_files
+from consistency_vae import data_files, datasets
 from consistency_vae.errors import ConfigError
+from consistency_vae.networks import ImageShape
 
 
 class InMemoryImages(Dataset):
     """(images, labels) tensors; ``__getitems__`` returns a whole batch with one gather."""
 
     def __init__(self, images: Tensor, labels: Tensor):
-        self.images, self.labels = images, labels  # (N, 1, 28, 28) float, (N,) long
+        self.images, self.labels = images, labels  # (N, C, H, W) float, (N,) long
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -112,67 +115,106 @@ def check_eval_batches(images: int, batch_size: int, processes: int, split: str)
 
 def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[Tensor, Tensor]:
     """Verified IDX files -> (images (N, 1, 28, 28) float in [0, 1], labels (N,) long)."""
-    from torchvision.datasets.mnist import read_image_file, read_label_file
-
-    data_files.verify(data_dir, dataset)
-    prefix = "train" if train else "t10k"
-    folder = data_files.raw_dir(data_dir, dataset)
-    images = read_image_file(str(folder / f"{prefix}-images-idx3-ubyte"))  # (N, 28, 28) uint8
-    labels = read_label_file(str(folder / f"{prefix}-labels-idx1-ubyte"))
-    return images.unsqueeze(1).float().div_(255.0), labels.long()
+    images, labels = data_files.load_idx(data_dir, dataset, train)
+    return images.float().div_(255.0), labels
 
 
 class MNISTDataModule(LightningDataModule):
-    """MNIST or Fashion-MNIST: a seeded validation split of the 60k training images, and the
-    official 10k test set.
+    """Any registered dataset (``datasets.list_datasets()``): a seeded validation split of the
+    training images, and the dataset's test set (or, where it has none, a seeded test split held
+    out of the training images, as large as the validation split).
 
     Args:
-        dataset: ``mnist`` or ``fashion_mnist``.
+        dataset: a registered name: ``mnist``, ``fashion_mnist``, or ``images`` (your own, at ``path``).
         data_dir: root of torchvision's layout (``data_dir/MNIST/raw``, ``data_dir/FashionMNIST/raw``).
         batch_size: training batch size.
         eval_batch_size: batch size for validation and test (no gradients, so larger is faster).
-        val_size: images held out of the 60k for validation.
+        val_size: images held out of the training images for validation; None: the dataset's
+            default (10k for MNIST and Fashion-MNIST, else a tenth of the training images).
         split_seed: seed of the train/validation split; fixed so every run sees the same split.
         on_device: keep the tensors on the training device (the GPU, when there is one).
         subset: use only the first ``subset`` train/val/test images (quick runs and tests).
         predict_split: the split that ``predict`` encodes: ``train``, ``val`` or ``test``.
+        path: the folder or .npz/.pt file of ``dataset: images`` (image_files.py).
     """
 
     def __init__(
         self,
-        dataset: Literal["mnist", "fashion_mnist"] = "mnist",
+        dataset: str = "mnist",
         data_dir: str = "data",
         batch_size: int = 128,
         eval_batch_size: int = 1000,
-        val_size: int = 10_000,
+        val_size: int | None = None,
         split_seed: int = 0,
         on_device: bool = True,
         subset: int | None = None,
         predict_split: Literal["train", "val", "test"] = "test",
+        path: str | None = None,
     ):
         super().__init__()
-        data_files.spec_for(dataset)  # unknown names fail here, before any work
+        self.info = datasets.get_dataset(dataset)  # unknown names fail here, before any work
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
-        if not 0 < val_size < 60_000:
-            raise ConfigError(f"data.val_size must be in (0, 60000), got {val_size}")
+        train = (self.info.split_sizes or {}).get("train")
+        if val_size is not None and not (0 < val_size < (train or float("inf"))):
+            raise ConfigError(f"data.val_size must be in (0, {train or 'the training images'}), "
+                              f"got {val_size}")
         self.save_hyperparameters()
         self.train_set = self.val_set = self.test_set = None
 
+    @cached_property
+    def loaded(self) -> datasets.Loaded:
+        """The dataset's images, read once (uint8, on the CPU)."""
+        return self.info.read(self.hparams.data_dir, self.hparams.path)
+
+    @property
+    def image_shape(self) -> ImageShape:
+        """(C, H, W): the registry's, or read from the files. The CLI links it to model.image_shape."""
+        return tuple(self.info.image_shape or self.loaded.train[0].shape[1:])
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.info.class_names or (self.loaded.class_names if self.info.files is None else None)
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images in train/val/test before ``subset``, known without reading the registry's files."""
+        sizes = self.info.split_sizes or {"train": len(self.loaded.train[1]),
+                                          "test": len(self.loaded.test[1]) if self.loaded.test else 0}
+        val = self.val_images(sizes["train"])
+        if sizes.get("test"):
+            return {"train": sizes["train"] - val, "val": val, "test": sizes["test"]}
+        return {"train": sizes["train"] - 2 * val, "val": val, "test": val}
+
+    def val_images(self, train_file: int) -> int:
+        val = self.hparams.val_size or self.info.val_size or max(1, train_file // 10)
+        held = val if self.info.split_sizes or self.loaded.test else 2 * val  # (+ a test split)
+        if not 0 < held < train_file:
+            raise ConfigError(f"data.val_size={val} leaves no training images of the {train_file} in "
+                              f"{self.hparams.dataset}" + ("" if held == val else " (a test split of "
+                              "as many is held out too: the files have none)") + ": lower data.val_size")
+        return val
+
     def prepare_data(self) -> None:
-        data_files.prepare_for_run(self.hparams.data_dir, self.hparams.dataset)
+        if self.info.files is not None:
+            data_files.prepare_for_run(self.hparams.data_dir, self.hparams.dataset)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         hp = self.hparams
         device = self.trainer.strategy.root_device if self.trainer and hp.on_device else "cpu"
-        images, labels = load_split(hp.data_dir, hp.dataset, train=True)
+        loaded = self.loaded
+        images, labels = loaded.train[0].float().div_(255.0), loaded.train[1]  # (N, C, H, W) in [0, 1]
+        val_size = self.val_images(len(labels))
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(hp.split_seed))
-        val_idx, train_idx = perm[: hp.val_size], perm[hp.val_size :]
-        self.split_indices = {"train": train_idx, "val": val_idx}  # rows of the 60k training file
-        test_images, test_labels = load_split(hp.data_dir, hp.dataset, train=False)
+        if loaded.test is None:  # no test file: a seeded test split, then val, out of train
+            test_idx, perm = perm[:val_size], perm[val_size:]
+            test_images, test_labels = images[test_idx], labels[test_idx]
+        else:
+            test_images, test_labels = loaded.test[0].float().div_(255.0), loaded.test[1]
+        val_idx, train_idx = perm[:val_size], perm[val_size:]
+        self.split_indices = {"train": train_idx, "val": val_idx}  # rows of the training file
         n = hp.subset or None
         self.train_set = InMemoryImages(images[train_idx][:n].to(device), labels[train_idx][:n].to(device))
         self.val_set = InMemoryImages(images[val_idx][:n].to(device), labels[val_idx][:n].to(device))

@@ -11,12 +11,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Patch
 
-CLASS_NAMES = {
-    "mnist": [str(d) for d in range(10)],
-    "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Boot"],
-}
 X_COLOUR, X_PRIME_COLOUR = "#1f77b4", "#d62728"  # q(z|x) blue, q(z'|x') red
+
+
+def _pictures(images) -> np.ndarray:
+    """(n, C, H, W) or (n, H, W) in [0, 1] -> (n, H, W) grey or (n, H, W, 3) colour, for imshow."""
+    a = _np(images)
+    if a.ndim == 4:
+        a = a[:, 0] if a.shape[1] == 1 else a.transpose(0, 2, 3, 1)
+    return a
 
 
 def _np(a) -> np.ndarray:
@@ -88,20 +91,21 @@ def latent_drift_figure(mu, logvar, mu_prime, logvar_prime, kl_consistency, labe
     as thumbnails when given. Right: the posterior means of all test images, coloured by class;
     stars mark the images on the left.
     mu, logvar, mu_prime, logvar_prime: (n, D); kl_consistency, labels: (n,);
-    all_mu: (N, D); all_labels: (N,); images, images_prime: (n, 28, 28) or None.
+    all_mu: (N, D); all_labels: (N,); images, images_prime: (n, C, H, W), (n, H, W) or None.
+    class_names: the dataset's (datasets.py), else the label numbers.
     """
-    names = class_names or [str(c) for c in range(10)]
     m, m2 = _xy(mu, dims), _xy(mu_prime, dims)  # (n, 2)
     s, s2 = np.exp(0.5 * _xy(logvar, dims)), np.exp(0.5 * _xy(logvar_prime, dims))
     if dims[0] == dims[1]:
         s[:, 1] = s2[:, 1] = 0.0
     kl, labels = _np(kl_consistency), _np(labels).astype(int)
     pts, all_labels = _xy(all_mu, dims), _np(all_labels).astype(int)
+    names = list(class_names or [])
+    names += [str(c) for c in range(len(names), int(max(all_labels.max(), labels.max())) + 1)]
     axis_names = [f"z{dims[0]}", f"z{dims[1]}" if dims[0] != dims[1] else "(none)"]
     thumbs = None
     if images is not None and images_prime is not None:
-        thumbs = list(zip(_np(images).reshape(-1, 28, 28), _np(images_prime).reshape(-1, 28, 28),
-                          strict=True))
+        thumbs = list(zip(_pictures(images), _pictures(images_prime), strict=True))
 
     n = len(m)
     rows = 1 if n <= 4 else 2
@@ -143,8 +147,8 @@ def latent_drift_figure(mu, logvar, mu_prime, logvar_prime, kl_consistency, labe
 
 
 def image_rows_figure(rows, row_labels: list[str], title: str = "") -> Figure:
-    """Rows of images, one label per row: rows is a list of (n, 28, 28) arrays in [0, 1]."""
-    rows = [_np(r).reshape(len(r), 28, 28) for r in rows]
+    """Rows of images, one label per row: rows is a list of (n, C, H, W) or (n, H, W) in [0, 1]."""
+    rows = [_pictures(r) for r in rows]
     n = max(len(r) for r in rows)
     fig = Figure(figsize=(1.0 * n + 1.2, 1.05 * len(rows) + 0.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -164,13 +168,13 @@ def image_rows_figure(rows, row_labels: list[str], title: str = "") -> Figure:
 
 
 def image_grid_figure(images, ncols: int = 8, title: str = "") -> Figure:
-    """(n, 28, 28) images in [0, 1] as one tiled grayscale picture with a title."""
-    images = _np(images).reshape(-1, 28, 28)
-    nrows = -(-len(images) // ncols)
-    tiles = np.ones((nrows * 29 + 1, ncols * 29 + 1))  # 1-pixel white gaps between tiles
+    """(n, C, H, W) or (n, H, W) images in [0, 1] as one tiled picture with a title."""
+    images = _pictures(images)
+    (h, w), nrows = images.shape[1:3], -(-len(images) // ncols)
+    tiles = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1, *images.shape[3:]))  # 1-pixel gaps
     for i, img in enumerate(images):
         r, c = divmod(i, ncols)
-        tiles[1 + r * 29: 1 + r * 29 + 28, 1 + c * 29: 1 + c * 29 + 28] = img
+        tiles[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = img
     fig = Figure(figsize=(0.6 * ncols + 0.4, 0.6 * nrows + 0.7), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()

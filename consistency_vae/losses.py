@@ -71,3 +71,26 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
     """z = mu + sigma * eps with eps ~ N(0, I); ``generator`` fixes eps for evaluation."""
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + (0.5 * logvar).exp() * eps
+
+
+def reverse_consistency_kl(mu_prime: Tensor, logvar_prime: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL( q(z|x) || q(z'|x') ): the paper's consistency KL with its arguments swapped. Shape (B,)."""
+    return gaussian_kl(mu, logvar, mu_prime, logvar_prime)
+
+
+def jeffreys_divergence(mu_prime: Tensor, logvar_prime: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """Symmetric KL: KL(q'||q) + KL(q||q') = 1/2 sum_d [(var' + dmu^2)/var + (var + dmu^2)/var' - 2].
+
+    The log-variances cancel. Shape (B,).
+    """
+    var_prime, var, dmu2 = logvar_prime.exp(), logvar.exp(), (mu_prime - mu).pow(2)
+    return 0.5 * ((var_prime + dmu2) / var + (var + dmu2) / var_prime - 2.0).sum(-1)
+
+
+def wasserstein2_squared(mu_prime: Tensor, logvar_prime: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """Squared 2-Wasserstein distance between diagonal Gaussians, shape (B,):
+
+    W2^2 = ||mu' - mu||^2 + sum_d (sigma'_d - sigma_d)^2   (the trace term for commuting covariances).
+    """
+    sigma_gap = (0.5 * logvar_prime).exp() - (0.5 * logvar).exp()
+    return ((mu_prime - mu).pow(2) + sigma_gap.pow(2)).sum(-1)

@@ -33,16 +33,18 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from consistency_vae import losses
 from consistency_vae.constraint import dual_ascent_step, selection_criterion
+from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
 from consistency_vae.errors import ConfigError
-from consistency_vae.networks import MLPDecoder, MLPEncoder
+from consistency_vae.networks import MNIST_SHAPE, ImageShape, MLPDecoder, MLPEncoder
 from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator
 
 TERMS = ("loss", "recon", "kl", "kl_consistency", "elbo")
 KL_C = TERMS.index("kl_consistency")
 STAGES = ("val", "test")
 
-EncoderFactory = Callable[[int], nn.Module]  # latent_dim -> module returning (mu, logvar)
-DecoderFactory = Callable[[int], nn.Module]  # latent_dim -> module returning logits
+# (latent_dim, image_shape) -> module returning (mu, logvar), or Bernoulli logits (B, C, H, W)
+EncoderFactory = Callable[[int, ImageShape], nn.Module]
+DecoderFactory = Callable[[int, ImageShape], nn.Module]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -54,7 +56,8 @@ class ConsistencyVAE(LightningModule):
     """VAE with the consistency loss of "Towards Consistent Variational Auto-Encoding".
 
     Args:
-        encoder: class (or partial) taking ``latent_dim``; in YAML, ``class_path`` + ``init_args``.
+        encoder: class (or partial) taking ``latent_dim, image_shape``; in YAML, ``class_path`` +
+            ``init_args``.
         decoder: likewise, returning Bernoulli logits.
         latent_dim: size of z. 2 as in the paper's figures.
         alpha: weight of KL(q(z'|x') || q(z|x)), >= 0. 0 is the plain VAE. In constrained mode,
@@ -66,6 +69,11 @@ class ConsistencyVAE(LightningModule):
         constraint_ema: moving-average factor of the constraint estimate (constrained mode only).
         consistency_grad_through_decoder: let the consistency gradient reach the decoder via x'.
         lr: Adam learning rate.
+        image_shape: (C, H, W) of the images. Under the CLI it comes from the data
+            (``data.image_shape``, linked in cli.py); the default is MNIST's, as before the link.
+        divergence: the consistency term that is trained (``divergences.py``); None is the paper's
+            KL(q(z'|x') || q(z|x)). KL(z'||z) is measured and logged whatever is trained, and the
+            constrained mode constrains it.
     """
 
     def __init__(
@@ -80,12 +88,15 @@ class ConsistencyVAE(LightningModule):
         constraint_ema: float = 0.99,
         consistency_grad_through_decoder: bool = True,
         lr: float = 1e-3,
+        image_shape: ImageShape = MNIST_SHAPE,
+        divergence: ConsistencyDivergence | None = None,
     ):
         super().__init__()
         _check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr)
         self.save_hyperparameters()  # under the CLI: the encoder/decoder class_path configs
-        self.encoder = encoder(latent_dim)
-        self.decoder = decoder(latent_dim)
+        self.encoder = encoder(latent_dim, tuple(image_shape))
+        self.decoder = decoder(latent_dim, tuple(image_shape))
+        self.divergence = divergence or ForwardKL()
         # alpha and the constraint estimate are state, saved in checkpoints. They are buffers, which
         # DDP broadcasts from rank 0 before every forward: harmless, as every rank computes the same
         # values (the constraint is all-reduced first, see training_step).
@@ -102,11 +113,11 @@ class ConsistencyVAE(LightningModule):
 
     # --- public API -------------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, 1, 28, 28) in [0, 1] -> (mu, logvar), each (B, latent_dim)."""
+        """(B, C, H, W) in [0, 1] -> (mu, logvar), each (B, latent_dim)."""
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """(B, latent_dim) -> decoder mean x' in [0, 1], (B, 1, 28, 28)."""
+        """(B, latent_dim) -> decoder mean x' in [0, 1], (B, C, H, W)."""
         return torch.sigmoid(self.decoder(z))
 
     def forward(self, x: Tensor, noise: Tensor | torch.Generator | None = None) -> dict[str, Tensor]:
@@ -121,7 +132,7 @@ class ConsistencyVAE(LightningModule):
             z = mu + (0.5 * logvar).exp() * noise.to(mu)  # (B, D)
         else:
             z = losses.reparameterize(mu, logvar, noise)  # (B, D)
-        logits = self.decoder(z)  # (B, 1, 28, 28)
+        logits = self.decoder(z)  # (B, C, H, W)
         recon = losses.bernoulli_nll(logits, x)
         kl = losses.kl_to_standard_normal(mu, logvar)
         x_prime = torch.sigmoid(logits)
@@ -131,8 +142,11 @@ class ConsistencyVAE(LightningModule):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._is_plain_vae):
             mu_prime, logvar_prime = self.encoder(x_prime)
             kl_consistency = losses.consistency_kl(mu_prime, logvar_prime, mu, logvar)
-        return {"recon": recon, "kl": kl, "kl_consistency": kl_consistency,
-                "elbo": -(recon + kl), "loss": recon + kl + self.alpha * kl_consistency,
+            # the trained term: the same tensor for the paper's KL, else one more (B,) computation
+            trained = (kl_consistency if type(self.divergence) is ForwardKL
+                       else self.divergence(mu_prime, logvar_prime, mu, logvar))
+        return {"recon": recon, "kl": kl, "kl_consistency": kl_consistency, "divergence": trained,
+                "elbo": -(recon + kl), "loss": recon + kl + self.alpha * trained,
                 "mu": mu, "logvar": logvar, "mu_prime": mu_prime, "logvar_prime": logvar_prime,
                 "x_prime": x_prime}
 

@@ -1,20 +1,26 @@
 """Encoders and decoders: plain ``nn.Module``s, chosen in YAML with ``class_path``.
 
-Each class takes ``latent_dim`` as its first argument; the LightningModule passes it, so the YAML
-only names the class and its own sizes. Images are (B, 1, 28, 28) in [0, 1].
+Each class takes ``latent_dim`` and ``image_shape`` (C, H, W) as its first two arguments; the
+LightningModule passes them (the image shape comes from the data, through the CLI's
+``link_arguments``), so the YAML only names the class and its own sizes. Images are (B, C, H, W)
+in [0, 1], grey (C = 1) or colour (C = 3); (1, 28, 28) is MNIST's.
 
 An encoder returns ``(mu, logvar)``, each (B, D). The log-variance is bounded smoothly to
 ``[-LOGVAR_BOUND, LOGVAR_BOUND]`` so that ``exp(logvar)`` can never overflow or underflow, even
 for inputs far from the data (a decoder's reconstruction early in training, say).
-A decoder returns Bernoulli logits, (B, 1, 28, 28).
+A decoder returns Bernoulli logits, (B, C, H, W).
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-IMAGE_SHAPE = (1, 28, 28)
+from consistency_vae.errors import ConfigError
+
+ImageShape = tuple[int, int, int]  # (C, H, W)
+MNIST_SHAPE: ImageShape = (1, 28, 28)  # the default, as in every checkpoint written before the link
 LOGVAR_BOUND = 10.0  # variances in [4.5e-5, 2.2e4]: far wider than any trained posterior needs
 
 
@@ -34,11 +40,12 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    """784 -> hidden_dims -> 2D, the paper-style fully connected encoder (784-400-D by default)."""
+    """C*H*W -> hidden_dims -> 2D, the paper-style fully connected encoder (784-400-D on MNIST)."""
 
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int] = (400,)):
+    def __init__(self, latent_dim: int, image_shape: ImageShape = MNIST_SHAPE,
+                 hidden_dims: Sequence[int] = (400,)):
         super().__init__()
-        self.net = mlp([IMAGE_SHAPE[-1] * IMAGE_SHAPE[-2], *hidden_dims, 2 * latent_dim])
+        self.net = mlp([math.prod(image_shape), *hidden_dims, 2 * latent_dim])
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, raw = self.net(x.flatten(1)).chunk(2, dim=-1)  # (B, D) each
@@ -46,28 +53,33 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """D -> reversed hidden_dims -> 784 Bernoulli logits."""
+    """D -> reversed hidden_dims -> C*H*W Bernoulli logits."""
 
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int] = (400,)):
+    def __init__(self, latent_dim: int, image_shape: ImageShape = MNIST_SHAPE,
+                 hidden_dims: Sequence[int] = (400,)):
         super().__init__()
-        self.net = mlp([latent_dim, *reversed(hidden_dims), IMAGE_SHAPE[-1] * IMAGE_SHAPE[-2]])
+        self.image_shape = tuple(image_shape)
+        self.net = mlp([latent_dim, *reversed(hidden_dims), math.prod(image_shape)])
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).view(-1, *IMAGE_SHAPE)  # (B, 1, 28, 28)
+        return self.net(z).view(-1, *self.image_shape)  # (B, C, H, W)
 
 
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28 -> 14 -> 7), then a fully connected layer."""
+    """Two stride-2 convolutions (H -> H//2 -> H//4: 28 -> 14 -> 7), then a fully connected layer."""
 
-    def __init__(self, latent_dim: int, channels: int = 32, hidden_dim: int = 256):
+    def __init__(self, latent_dim: int, image_shape: ImageShape = MNIST_SHAPE, channels: int = 32,
+                 hidden_dim: int = 256):
         super().__init__()
+        _check_conv_shape(image_shape)
+        c, h, w = image_shape
         self.net = nn.Sequential(
-            nn.Conv2d(1, channels, 4, stride=2, padding=1),  # (B, C, 14, 14)
+            nn.Conv2d(c, channels, 4, stride=2, padding=1),  # (B, ch, H//2, W//2)
             nn.ReLU(),
-            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),  # (B, 2C, 7, 7)
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),  # (B, 2ch, H//4, W//4)
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(2 * channels * 7 * 7, hidden_dim),
+            nn.Linear(2 * channels * (h // 2 // 2) * (w // 2 // 2), hidden_dim),
             nn.ReLU(),
             nn.Linear(hidden_dim, 2 * latent_dim),
         )
@@ -78,23 +90,34 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of ConvEncoder with transposed convolutions (7 -> 14 -> 28)."""
+    """Mirror of ConvEncoder with transposed convolutions (7 -> 14 -> 28), cropped to (H, W) when
+    H or W is not a multiple of 4 (ceil(H/4) -> 4 * ceil(H/4) >= H)."""
 
-    def __init__(self, latent_dim: int, channels: int = 32, hidden_dim: int = 256):
+    def __init__(self, latent_dim: int, image_shape: ImageShape = MNIST_SHAPE, channels: int = 32,
+                 hidden_dim: int = 256):
         super().__init__()
+        _check_conv_shape(image_shape)
+        c, self.height, self.width = image_shape
+        h4, w4 = -(-self.height // 4), -(-self.width // 4)
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim),
             nn.ReLU(),
-            nn.Linear(hidden_dim, 2 * channels * 7 * 7),
+            nn.Linear(hidden_dim, 2 * channels * h4 * w4),
             nn.ReLU(),
-            nn.Unflatten(1, (2 * channels, 7, 7)),
-            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # (B, C, 14, 14)
+            nn.Unflatten(1, (2 * channels, h4, w4)),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1),  # (B, ch, 2h4, 2w4)
             nn.ReLU(),
-            nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),  # (B, 1, 28, 28)
+            nn.ConvTranspose2d(channels, c, 4, stride=2, padding=1),  # (B, C, 4h4, 4w4)
         )
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+        return self.net(z)[..., :self.height, :self.width]  # (B, C, H, W)
+
+
+def _check_conv_shape(image_shape: ImageShape) -> None:
+    if len(image_shape) != 3 or min(image_shape[1:]) < 4:
+        raise ConfigError(f"the convolutional networks need images (C, H, W) of at least 4 x 4 pixels "
+                          f"(two stride-2 convolutions), got {tuple(image_shape)}: use MLPEncoder/MLPDecoder")
 
 
 # Models built in Python (not through the CLI) keep the network classes in their hyperparameters;

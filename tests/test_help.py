@@ -45,7 +45,7 @@ def test_help_after_a_config_shows_the_values_it_sets(capsys):
     assert "CSVLogger" in option_line(text, "--trainer.logger")
     assert "AtomicModelCheckpoint" in option_line(text, "--trainer.callbacks")
     assert "MLPEncoder(hidden_dims=[400])" in option_line(text, "--model.encoder")
-    assert "{mnist,fashion_mnist}" in text
+    assert "{mnist,fashion_mnist,images}" in text  # the dataset registry's names
 
 
 def test_help_all_is_lightnings_full_help(capsys):

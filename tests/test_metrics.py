@@ -117,8 +117,8 @@ def test_iwae_of_a_deeper_decoder_uses_the_dense_path(images):
     from consistency_vae.networks import MLPDecoder, MLPEncoder
 
     torch.manual_seed(0)
-    deep = ConsistencyVAE(encoder=lambda d: MLPEncoder(d, (64, 32)),
-                          decoder=lambda d: MLPDecoder(d, (64, 32)), latent_dim=3).eval()
+    deep = ConsistencyVAE(encoder=lambda d, shape: MLPEncoder(d, shape, (64, 32)),
+                          decoder=lambda d, shape: MLPDecoder(d, shape, (64, 32)), latent_dim=3).eval()
     assert metrics._one_hidden_layer(deep.decoder) is None
     x, k = images[:4], 80
     with torch.no_grad():

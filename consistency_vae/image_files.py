@@ -1,0 +1,114 @@
+"""Bring your own images: the ``images`` dataset, ``--data.dataset=images --data.path=PATH``.
+
+PATH is one of:
+- a folder ``PATH/train/<class>/*.png`` (any format PIL reads), with ``PATH/test/<class>/...``
+  or without (then the data module holds a test split out of train), or ``PATH/<class>/*.png``
+  (no test split). Class names are the sub-folder names, sorted; grey images stay grey (C = 1),
+  any other mode becomes RGB (C = 3), as the first image decides;
+- an ``.npz`` file, or a ``.pt`` file holding a dict, with ``images`` uint8 (N, H, W), (N, H, W, C)
+  or (N, C, H, W), C in {1, 3}, and ``labels`` (N,) integers; optionally ``test_images`` and
+  ``test_labels``, and ``class_names`` (one per label).
+
+All images have one size (C, H, W), which reaches the networks as ``model.image_shape``.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from consistency_vae.datasets import Loaded, Split
+from consistency_vae.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def read_images(path: str | None) -> Loaded:
+    if not path:
+        raise DataError("data.dataset=images reads your own images: give --data.path=FOLDER, or a "
+                        ".npz/.pt file of uint8 images and labels (docs/extending.md)")
+    where = Path(path)
+    if where.is_dir():
+        return _read_folder(where)
+    if where.suffix in (".npz", ".pt") and where.is_file():
+        return _read_arrays(where)
+    raise DataError(f"data.path={path}: not a folder, nor an .npz or .pt file"
+                    + ("" if where.exists() else " (it does not exist)"))
+
+
+def _to_nchw(images, name: str, where: Path) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(images))
+    if x.dtype != torch.uint8:
+        raise DataError(f"{where}: {name} must be uint8 (0-255), got {x.dtype}")
+    if x.ndim == 3:
+        x = x.unsqueeze(1)  # (N, H, W) grey
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise DataError(f"{where}: {name} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C in "
+                        f"{{1, 3}}, got shape {tuple(np.shape(images))}")
+    return x.contiguous()
+
+
+def _split(data: dict, prefix: str, where: Path) -> Split | None:
+    if f"{prefix}images" not in data:
+        return None
+    images = _to_nchw(data[f"{prefix}images"], f"{prefix}images", where)
+    if f"{prefix}labels" not in data:
+        raise DataError(f"{where}: {prefix}images has no {prefix}labels beside it")
+    labels = torch.as_tensor(np.asarray(data[f"{prefix}labels"])).long().flatten()
+    if len(labels) != len(images):
+        raise DataError(f"{where}: {len(images)} {prefix}images but {len(labels)} {prefix}labels")
+    return images, labels
+
+
+def _read_arrays(where: Path) -> Loaded:
+    if where.suffix == ".npz":
+        with np.load(where, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    else:
+        data = torch.load(where, weights_only=True, map_location="cpu")
+        data = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+    train = _split(data, "", where)
+    if train is None:
+        raise DataError(f"{where}: no 'images' array (found {sorted(data)})")
+    test = _split(data, "test_", where)
+    if test is not None and test[0].shape[1:] != train[0].shape[1:]:
+        raise DataError(f"{where}: test_images are {tuple(test[0].shape[1:])}, images "
+                        f"{tuple(train[0].shape[1:])}: one size for all")
+    names = tuple(str(n) for n in data["class_names"]) if "class_names" in data else None
+    return Loaded(train, test, names)
+
+
+def _read_folder(root: Path) -> Loaded:
+    has_splits = (root / "train").is_dir()
+    train_dir = root / "train" if has_splits else root
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"data.path={root}: no class folders in {train_dir} (expected "
+                        f"{train_dir}/<class>/<image>.png)")
+    mode: list[str] = []  # the first image's decides: "L" or "RGB"
+    train = _read_class_folders(train_dir, classes, mode)
+    test = _read_class_folders(root / "test", classes, mode) if (root / "test").is_dir() else None
+    return Loaded(train, test, tuple(classes))
+
+
+def _read_class_folders(folder: Path, classes: list[str], mode: list[str]) -> Split:
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        for file in files:
+            with Image.open(file) as img:
+                if not mode:
+                    mode.append("L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB")
+                array = np.asarray(img.convert(mode[0]))  # (H, W) or (H, W, 3)
+            if images and array.shape != images[0].shape:
+                raise DataError(f"{file} is {array.shape}, the first image {images[0].shape}: all "
+                                "images must have one size")
+            images.append(array)
+            labels.append(label)
+    if not images:
+        raise DataError(f"no images in the class folders of {folder}")
+    return _to_nchw(np.stack(images), "images", folder), torch.tensor(labels)
