@@ -76,6 +76,28 @@ def resume_args(latest: dict | None) -> list[str]:
     return ["--ckpt_path", "last"] if newest is not None and newest.resolve() == folder.resolve() else []
 
 
+def training_complete(folder: Path, command: list[str]) -> bool:
+    """Whether the run in ``folder`` has trained all the epochs ``command`` asks for (its last.ckpt
+    says so), so that ``--ckpt_path last`` would be refused (run_folders.check_training_left)."""
+    import yaml
+
+    from consistency_vae.errors import UserError
+    from consistency_vae.run_folders import check_training_left
+
+    try:
+        trainer = yaml.safe_load((folder / "config.yaml").read_text())["trainer"]
+        for arg in command:  # the command's own settings win over the earlier attempt's config
+            name, _, value = arg.partition("=")
+            if name in ("--trainer.max_epochs", "--trainer.max_steps"):
+                trainer[name.rsplit(".", 1)[1]] = int(value)
+        check_training_left(folder / "checkpoints/last.ckpt", trainer)
+    except UserError:
+        return True
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):  # unreadable: the run will say why
+        return False
+    return False
+
+
 class GridQueue:
     """The grid points still to train, each handed out once it is claimed for this runner."""
 
@@ -167,7 +189,19 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                     key = run_key(params, user_extra)
                 run = store.new_record(params, key, user_extra)
                 resume = resume_args(latest)
-                run["command"] = build_command(config, params) + extra + resume
+                command = build_command(config, params) + extra
+                if resume and training_complete(Path(latest["run_dir"]), command):  # cut off in its test
+                    run.update(status="finished", exit_code=0, ended=time.time(), seconds=0.0, command=[],
+                               run_dir=latest["run_dir"], completes=latest["id"])
+                    store.save(run)
+                    if claim:
+                        claims.release(claim)
+                    launched += 1
+                    outcomes.append(True)
+                    print(f"[run {run['id']}] run {latest['id']} had trained all its epochs (cut off in its "
+                          f"final test): counted as finished, run folder {latest['run_dir']}", flush=True)
+                    continue
+                run["command"] = command + resume
                 if resume:
                     run["resumes"] = latest["id"]
                 store.save(run)

@@ -216,6 +216,26 @@ def test_a_run_cut_off_with_a_last_checkpoint_resumes_it(grid):
     assert json.loads((grid["runs"] / "sweep-grid/attempts/0003.json").read_text())["resumes"] == "0001"
 
 
+def test_a_run_cut_off_after_its_last_epoch_counts_as_finished(grid, capsys):
+    """Killed in its final test, a run has trained every epoch: `--ckpt_path last` would be
+    refused (nothing left to train), so the runner records it as finished instead of failing it
+    on every retry."""
+    import torch
+
+    folder = grid["runs"] / "x_a1" / "version_0"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": 2}}))
+    torch.save({"loops": {"fit_loop": {"epoch_progress": {"current": {"processed": 2}}}}, "epoch": 1,
+                "global_step": 8}, folder / "checkpoints/last.ckpt")
+    store = SweepStore(grid["runs"] / "sweep-grid", str(grid["file"]), {})
+    cut = store.new_record({"a": 1}, run_key({"a": 1}, []), [])
+    store.save({**cut, "run_dir": str(folder), "runner": {"host": socket.gethostname(), "pid": DEAD_PID}})
+    result = run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), only={"a": [1]})
+    assert result["finished"] == 1 and grid["trained"]() == []  # nothing ran
+    assert store.state(run_key({"a": 1}, []))[1]["completes"] == cut["id"]
+    assert "had trained all its epochs (cut off in its final test)" in capsys.readouterr().out
+
+
 def test_resume_args_pick_only_the_newest_folder_of_the_name(tmp_path):
     def version(n: int) -> Path:
         (tmp_path / f"run/version_{n}/checkpoints").mkdir(parents=True)
