@@ -27,7 +27,14 @@ def run_name(dataset: str, latent_dim: int, alpha_mode: str, kl_target: float, a
 
 def register() -> None:
     """Make ``${run_name:...}`` known to OmegaConf (idempotent)."""
+    import omegaconf
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("run_name"):
+    if OmegaConf.has_resolver("run_name"):
+        return
+    # OmegaConf 2.4 renamed register_new_resolver (2.1-2.3) to register_resolver, which in 2.3
+    # is the old, deprecated API with other semantics: pick by version.
+    if tuple(int(p) for p in omegaconf.__version__.split(".")[:2]) >= (2, 4):
+        OmegaConf.register_resolver("run_name", run_name)
+    else:
         OmegaConf.register_new_resolver("run_name", run_name)
