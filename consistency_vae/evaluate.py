@@ -10,7 +10,8 @@ From Python (the reproduction pipeline calls this for many checkpoints):
 
 Writes ``DIR/metrics.json`` and ``DIR/{latent_drift,reconstructions,prior_samples}.png``. The data
 config is the checkpoint's own (``datamodule_hyper_parameters``) unless overridden. All sampling
-is seeded, so two runs on the same machine give the same numbers.
+is seeded, so two runs on the same machine give the same numbers. The metrics are the registry's
+(eval_metrics.py): every default one, plus those named by ``--metrics`` (``inference_gaps``).
 """
 
 import argparse
@@ -22,20 +23,15 @@ from pathlib import Path
 
 import torch
 
+from consistency_vae import eval_metrics
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 
-METRIC_DOCS = {  # key -> what it is, for the printed table and the README
-    "kl_consistency": "KL(q(z'|x') || q(z|x)), test mean, nats",
-    "elbo": "ELBO (1 sample of z, analytic KL), test mean, nats",
-    "recon": "-log p(x|z) (Bernoulli), test mean, nats",
-    "kl": "KL(q(z|x) || N(0, I)), test mean, nats",
-    "iwae_ll": "IWAE bound on log p(x), K samples, nats",
-    "iwae_gap": "iwae_ll - ELBO of the same images, nats",
-    "active_units": "dims with Var_x[mu(x)] > 0.01",
-    "probe_accuracy": "logistic regression on mu(x): train -> test",
-    "alpha": "final alpha (the buffer; moves in constrained mode)",
-}
+EVAL_BATCH = 1000  # images per forward: every metric sees the same batches
+# key -> what it is, for the printed table and the README: the default metrics' keys, and alpha
+METRIC_DOCS = {**{k: key.doc for name, info in eval_metrics.METRICS.items() if info.default
+                  for k, key in info.keys.items()},
+               "alpha": "final alpha (the buffer; moves in constrained mode)"}
 
 
 def _read_checkpoint(path: Path, allow_pickle: bool) -> dict:
@@ -76,13 +72,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _datamodule(ckpt: dict, dataset: str | None, data_dir: str | None, subset: int | None):
+def _datamodule(ckpt: dict, dataset: str | None, data_dir: str | None, subset: int | None,
+                path: str | None = None):
     from consistency_vae.datamodule import MNISTDataModule
 
     saved = ckpt.get("datamodule_hyper_parameters") or {}
     hp = {k: v for k, v in saved.items() if not k.startswith("_")}  # drop '_instantiator'
-    hp.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir), ("subset", subset))
-               if v is not None})
+    hp.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir), ("subset", subset),
+                                 ("path", path)) if v is not None})
     dm = MNISTDataModule(**hp)
     dm.prepare_data()
     dm.setup("test")
@@ -93,16 +90,20 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
                         data_dir: str | None = None, subset: int | None = None, iwae_k: int = 1000,
                         iwae_images: int | None = None, iwae_batch: int = 25, device: str = "auto",
                         seed: int = 0, figures: bool = True, overwrite: bool = False,
-                        allow_pickle: bool = False, progress: bool = True) -> dict:
+                        allow_pickle: bool = False, progress: bool = True, path: str | None = None,
+                        metrics: list[str] | tuple[str, ...] = (), mi_batch: int = 100,
+                        gap_images: int = 100) -> dict:
     """Evaluate one checkpoint; write ``output_dir/metrics.json`` and PNGs; return the metrics.
 
-    dataset, data_dir, subset: override the checkpoint's data config. iwae_images: IWAE on the
-    first N test images only (quick runs); the other metrics always use the whole test set.
+    dataset, data_dir, subset, path: override the checkpoint's data config. iwae_images: IWAE on
+    the first N test images only (quick runs); the other metrics always use the whole test set.
     iwae_batch: test images per IWAE step (25 keeps each block of logits in the CPU's cache).
+    metrics: opt-in metrics of the registry to add (``inference_gaps``, on the first gap_images
+    test images). mi_batch: B of the mutual information estimate (recorded with it).
     """
     from tqdm.auto import tqdm
 
-    from consistency_vae import callbacks, metrics, noise
+    from consistency_vae import callbacks
 
     started = time.perf_counter()
     ckpt_path, out = Path(ckpt_path), Path(output_dir)
@@ -114,40 +115,33 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     ckpt = _read_checkpoint(ckpt_path, allow_pickle)
     dev = _device(device)
     model = _load_model(ckpt_path, dev, allow_pickle)
-    dm = _datamodule(ckpt, dataset, data_dir, subset)
-    images, labels = dm.test_set.images, dm.test_set.labels  # (N, 1, 28, 28), (N,) on the CPU
+    dm = _datamodule(ckpt, dataset, data_dir, subset, path)
+    images, labels = dm.test_set.images, dm.test_set.labels  # (N, C, H, W), (N,) on the CPU
     n, dim = len(images), model.hparams.latent_dim
+    n_iwae = min(iwae_images or n, n)
+    settings = {"iwae_k": iwae_k, "iwae_images": n_iwae, "iwae_batch": iwae_batch, "seed": seed,
+                "latent_dim": dim, "test_images": n, "mi_batch": mi_batch, "gap_images": gap_images}
+    chosen = [name for name, info in eval_metrics.METRICS.items() if info.default]
+    chosen += [m for m in metrics if m not in chosen]
+    infos = [eval_metrics.get_metric(name) for name in chosen]
+    built = [(info, info.build(settings).to(dev)) for info in infos]
 
     with callbacks.eval_mode(model):
-        # KL(z'||z), ELBO, recon, KL and the posterior means, one fixed eps row per test image.
-        # The model's own forward with noise.eval_noise: trainer.test's numbers for these weights.
-        terms, active = metrics.LossTerms().to(dev), metrics.ActiveUnits(dim).to(dev)
-        elbo = torch.empty(n, dtype=torch.float64)  # per image, for the gap on the IWAE subset
-        for i in range(0, n, 1000):
-            x = images[i:i + 1000].to(dev)
-            out_b = model(x, noise.eval_noise(i, len(x), dim, seed))
-            terms.update(out_b)
-            active.update(out_b["mu"])
-            elbo[i:i + 1000] = out_b["elbo"].double().cpu()
-        results = {k: float(v) for k, v in terms.compute().items()}
-
-        # IWAE with K samples, on the first iwae_images test images.
-        n_iwae = min(iwae_images or n, n)
-        iwae = metrics.IWAELogLikelihood(iwae_k).to(dev)
-        generator = torch.Generator().manual_seed(seed + 2)  # not the eps of the terms above
-        with tqdm(total=n_iwae, desc=f"IWAE K={iwae_k}", unit="img", disable=not progress) as bar:
-            for i in range(0, n_iwae, iwae_batch):
-                x = images[i:min(i + iwae_batch, n_iwae)].to(dev)
-                iwae.update(model, x, generator)
-                bar.update(len(x))
-        results["iwae_ll"] = float(iwae.compute())
-        results["iwae_gap"] = results["iwae_ll"] - float(elbo[:n_iwae].mean())
-
-        results["active_units"] = int(active.compute())
-        train_mu = callbacks.encode_means(model, dm.train_set.images)
-        test_mu = callbacks.encode_means(model, images)
-        results["probe_accuracy"] = metrics.linear_probe_accuracy(
-            train_mu, dm.train_set.labels, test_mu, labels)
+        # One pass over each split that a metric reads, in batches of EVAL_BATCH; a test batch's
+        # forward (model's own, with noise.eval_noise: trainer.test's numbers) is shared by all.
+        for split, data in (("test", dm.test_set), ("train", dm.train_set)):
+            users = [metric for info, metric in built if split in info.splits]
+            with tqdm(total=len(data), desc=f"metrics on {split}", unit="img",
+                      disable=not progress or not users) as bar:
+                for i in range(0, len(data) if users else 0, EVAL_BATCH):
+                    batch = eval_metrics.EvalBatch(model, data.images[i:i + EVAL_BATCH].to(dev),
+                                                   data.labels[i:i + EVAL_BATCH], i, split, seed)
+                    for metric in users:
+                        metric.update(batch)
+                    bar.update(len(batch.x))
+        results = {}
+        for _, metric in built:
+            results.update(metric.compute())
 
         out.mkdir(parents=True, exist_ok=True)
         pngs = []
@@ -169,7 +163,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
 
     results.update({
         "alpha": float(model.alpha), "alpha_mode": model.hparams.alpha_mode, "latent_dim": dim,
-        "dataset": dm.hparams.dataset, "ckpt_path": str(ckpt_path), "iwae_k": iwae_k,
+        "dataset": dm.hparams.dataset, "ckpt_path": str(ckpt_path), "metrics": chosen, "iwae_k": iwae_k,
         "iwae_images": n_iwae, "test_images": n, "seed": seed, "device": str(dev),
         "cpu_threads": torch.get_num_threads(),
         "figures": pngs, "wall_seconds": round(time.perf_counter() - started, 1),
@@ -183,7 +177,10 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
 def format_table(results: dict) -> str:
     """The metrics as an aligned text table: key, value, meaning."""
     rows = []
-    for key, doc in METRIC_DOCS.items():
+    docs = {**{k: key.doc for k, key in eval_metrics.docs().items()}, **METRIC_DOCS}
+    for key, doc in docs.items():
+        if key not in results or isinstance(results[key], dict):
+            continue
         value = results[key]
         shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
         rows.append((key, shown, doc))
@@ -201,8 +198,9 @@ def main(argv: list[str]) -> None:
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--ckpt_path", required=True, help="a .ckpt written by `consistency-vae fit`")
     p.add_argument("--output", required=True, help="folder for metrics.json and the PNGs")
-    p.add_argument("--data.dataset", dest="dataset", choices=["mnist", "fashion_mnist"],
-                   help="override the checkpoint's dataset")
+    p.add_argument("--data.dataset", dest="dataset",
+                   help="override the checkpoint's dataset: a name of the dataset registry (datasets.py)")
+    p.add_argument("--data.path", dest="path", help="override the checkpoint's data.path (your own images)")
     p.add_argument("--data.data_dir", dest="data_dir", help="override the checkpoint's data folder")
     p.add_argument("--data.subset", dest="subset", type=int, help="first N images of each split")
     p.add_argument("--iwae_k", type=int, default=1000, help="importance samples per image")
@@ -211,6 +209,11 @@ def main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a "
                    "machine busy with other jobs, 1 avoids threads waiting on each other")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metrics", nargs="+", default=[], metavar="NAME",
+                   help="opt-in metrics to add to the defaults: inference_gaps (slow), or my_module.NAME "
+                   "(a module registering NAME in eval_metrics)")
+    p.add_argument("--mi_batch", type=int, default=100, help="B of the mutual information estimate")
+    p.add_argument("--gap_images", type=int, default=100, help="test images of inference_gaps")
     p.add_argument("--no_figures", dest="figures", action="store_false")
     p.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
     p.add_argument("--allow_pickle", action="store_true",

@@ -3,9 +3,10 @@ written from the numbers themselves, so a regenerated summary can never claim wh
 
 import math
 
+from consistency_vae import datasets
 from consistency_vae.summary import LABELS, METRICS, TOLERANCE
 
-NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+NAMES = datasets.TITLES  # dataset name -> its title, from the dataset registry
 VERDICT = {True: "yes", False: "**no**", None: "n/a: no fixed alpha meets it"}
 SETTING_NAMES = {"paper": "2-D latent (the paper's setting)", "d20": "20-D latent (higher capacity)"}
 

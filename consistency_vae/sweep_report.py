@@ -19,17 +19,14 @@ from pathlib import Path
 
 import yaml
 
-from consistency_vae import run_folders
+from consistency_vae import eval_metrics, run_folders
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
 
-# Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better)
-METRICS = (
-    ("kl_consistency", "test KL(z'||z) [nats]", "lower"),
-    ("elbo", "test ELBO [nats]", "higher"),
-    ("iwae_ll", "test IWAE log-likelihood [nats]", "higher"),
-    ("probe_accuracy", "linear probe accuracy", "higher"),
-)
+# Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better), the
+# evaluation metrics registry's keys with a label and a direction: a metric registered there is a
+# column here (eval_metrics.py).
+METRICS = eval_metrics.LiveTuple(eval_metrics.report_rows)
 
 
 # --- collecting runs (pure file reading) --------------------------------------------------

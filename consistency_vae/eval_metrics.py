@@ -1,0 +1,260 @@
+"""The evaluation metrics registry: what ``consistency-vae evaluate`` computes and reports.
+
+A metric is one ``torchmetrics.Metric`` whose ``update`` takes an ``EvalBatch`` (the model, the
+images, their labels and the model's seeded forward on them, computed once and shared) and whose
+``compute`` returns ``{key: number}``, plus one ``register_metric`` line naming the keys it
+writes into metrics.json, what each is, and which way is better (for reports). ``evaluate``
+runs every default metric, and the opt-in ones (``--metrics NAME``; a dotted name,
+``my_module.NAME``, imports ``my_module`` first). docs/extending.md has the recipe.
+"""
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from consistency_vae import inference_gaps, metrics, noise, representation
+
+
+@dataclass
+class EvalBatch:
+    """Images ``start .. start + len(x)`` of one split ("train" or "test"), as every metric sees them."""
+
+    model: torch.nn.Module
+    x: Tensor  # (B, C, H, W) in [0, 1], on the model's device
+    labels: Tensor  # (B,)
+    start: int  # index of x[0] in its split: the eval noise is one row per image
+    split: str
+    seed: int
+    _out: dict | None = field(default=None, repr=False)
+
+    @property
+    def out(self) -> dict[str, Tensor]:
+        """The model's forward with ``noise.eval_noise`` rows: trainer.test's numbers. Computed once."""
+        if self._out is None:
+            dim = self.model.hparams.latent_dim
+            self._out = self.model(self.x, noise.eval_noise(self.start, len(self.x), dim, self.seed))
+        return self._out
+
+    def encode(self) -> tuple[Tensor, Tensor]:
+        """(mu, logvar), (B, D) each; the encoder alone where no metric needs the forward."""
+        return (self._out["mu"], self._out["logvar"]) if self._out else self.model.encode(self.x)
+
+
+@dataclass(frozen=True)
+class Key:
+    doc: str  # what the number is, with its unit
+    better: str | None = None  # "higher", "lower" or None (a count, a setting)
+    label: str | None = None  # a column of the reproduction summary; with ``better``, of the sweep report too
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    build: Callable[[dict], Metric]  # evaluate's settings (iwae_k, seed, test_images...) -> metric
+    keys: dict[str, Key]  # metrics.json keys that ``compute`` returns
+    splits: tuple[str, ...] = ("test",)  # the splits its ``update`` sees
+    default: bool = True  # False: only with ``evaluate --metrics NAME`` (expensive)
+
+
+METRICS: dict[str, MetricInfo] = {}
+
+
+def register_metric(info: MetricInfo) -> MetricInfo:
+    METRICS[info.name] = info
+    return info
+
+
+def get_metric(name: str) -> MetricInfo:
+    if name not in METRICS and "." in name:
+        module, _, short = name.rpartition(".")
+        importlib.import_module(module)  # registers its metrics
+        name = short
+    if name not in METRICS:
+        from consistency_vae.errors import ConfigError
+
+        raise ConfigError(f"--metrics: unknown metric {name!r}: choose from {list(METRICS)}, or a "
+                          "dotted my_module.NAME whose module registers NAME (docs/extending.md)")
+    return METRICS[name]
+
+
+def docs() -> dict[str, Key]:
+    """Every registered key, in registration order."""
+    return {k: v for info in METRICS.values() for k, v in info.keys.items()}
+
+
+def summary_labels() -> dict[str, str]:
+    """key -> label of the keys the reproduction summary reports (summary.py)."""
+    return {k: key.label for k, key in docs().items() if key.label}
+
+
+def report_rows() -> tuple[tuple[str, str, str], ...]:
+    """(key, label, better) of the keys the sweep report compares (sweep_report.py)."""
+    return tuple((k, key.label, key.better) for k, key in docs().items() if key.label and key.better)
+
+
+class LiveTuple(Sequence):
+    """A tuple made from the registry at each use: a metric registered later is in it too."""
+
+    def __init__(self, make: Callable[[], tuple]):
+        self._make = make
+
+    def __getitem__(self, index):
+        return self._make()[index]
+
+    def __len__(self) -> int:
+        return len(self._make())
+
+
+class LiveDict(Mapping):
+    """A dict made from the registry at each use (see LiveTuple)."""
+
+    def __init__(self, make: Callable[[], dict]):
+        self._make = make
+
+    def __getitem__(self, key):
+        return self._make()[key]
+
+    def __iter__(self):
+        return iter(self._make())
+
+    def __len__(self) -> int:
+        return len(self._make())
+
+
+# --- the built-in metrics ---------------------------------------------------------------------
+class SplitLossTerms(metrics.LossTerms):
+    def update(self, batch: EvalBatch) -> None:
+        super().update(batch.out)
+
+    def compute(self) -> dict[str, float]:
+        return {k: float(v) for k, v in super().compute().items()}
+
+
+class IWAE(metrics.IWAELogLikelihood):
+    """IWAE bound on the first ``iwae_images`` test images, and its gap to their ELBO."""
+
+    def __init__(self, settings: dict):
+        super().__init__(settings["iwae_k"])
+        self.images, self.chunk = settings["iwae_images"], settings["iwae_batch"]
+        self.generator = torch.Generator().manual_seed(settings["seed"] + 2)  # not the terms' eps
+        self.add_state("elbo_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, batch: EvalBatch) -> None:
+        n = min(len(batch.x), self.images - batch.start)
+        self.elbo_sum += batch.out["elbo"][:max(n, 0)].double().sum()
+        for i in range(0, n, self.chunk):
+            super().update(batch.model, batch.x[i:min(i + self.chunk, n)], self.generator)
+
+    def compute(self) -> dict[str, float]:
+        iwae_ll = float(super().compute())
+        return {"iwae_ll": iwae_ll, "iwae_gap": iwae_ll - float(self.elbo_sum / self.count)}
+
+
+class SplitActiveUnits(metrics.ActiveUnits):
+    def update(self, batch: EvalBatch) -> None:
+        super().update(batch.out["mu"])
+
+    def compute(self) -> dict[str, int]:
+        return {"active_units": int(super().compute())}
+
+
+class MeansProbe(Metric):
+    """A classifier fit on the training images' posterior means, scored on the test images'."""
+
+    def __init__(self, key: str, score: Callable[..., float]):
+        super().__init__()
+        self.key, self.score = key, score
+        for state in ("train_mu", "train_y", "test_mu", "test_y"):
+            self.add_state(state, default=[], dist_reduce_fx="cat")
+
+    def update(self, batch: EvalBatch) -> None:
+        getattr(self, f"{batch.split}_mu").append(batch.encode()[0].detach().cpu())
+        getattr(self, f"{batch.split}_y").append(batch.labels.cpu())
+
+    def compute(self) -> dict[str, float]:
+        return {self.key: self.score(torch.cat(self.train_mu), torch.cat(self.train_y),
+                                     torch.cat(self.test_mu), torch.cat(self.test_y))}
+
+
+class BatchedMutualInformation(representation.MutualInformation):
+    """He et al.'s I(x; z) on the test images in batches of B = min(mi_batch, test images); a last
+    partial batch is left out (the estimate depends on B, recorded as mutual_information_batch)."""
+
+    def __init__(self, settings: dict):
+        super().__init__()
+        self.size = min(settings["mi_batch"], settings["test_images"])
+        self.generator = torch.Generator().manual_seed(settings["seed"] + 3)
+        self.pending: list[Tensor] = []  # (b, 2D) rows not yet in a full batch
+
+    def update(self, batch: EvalBatch) -> None:
+        mu, logvar = batch.encode()
+        rows = torch.cat([*self.pending, torch.cat([mu, logvar], 1).detach().cpu().double()])
+        full = len(rows) // self.size * self.size
+        for i in range(0, full, self.size):
+            super().update(*rows[i:i + self.size].chunk(2, dim=1), self.generator)
+        self.pending = [rows[full:]]
+
+    def compute(self) -> dict[str, float]:
+        return {"mutual_information": float(super().compute()), "mutual_information_batch": self.size}
+
+
+class InferenceGaps(Metric):
+    """Mean amortisation and approximation gaps (inference_gaps.py) of the first gap_images test
+    images; slow (an optimisation per image), so opt-in. Its settings go into metrics.json."""
+
+    def __init__(self, settings: dict):
+        super().__init__()
+        self.images, self.seed = settings["gap_images"], settings["seed"]
+        self.settings = inference_gaps.GapSettings()
+        for state in ("amortization", "approximation", "count"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, batch: EvalBatch) -> None:
+        n = min(len(batch.x), self.images - batch.start)
+        if n <= 0:
+            return
+        x, (mu, logvar) = batch.x[:n], batch.encode()
+        generator = torch.Generator(device=x.device).manual_seed(self.seed + 4 + batch.start)
+        gaps = inference_gaps.inference_gaps(inference_gaps.bernoulli_log_likelihood(batch.model.decoder),
+                                             x, mu[:n], logvar[:n], self.settings, generator)
+        self.amortization += gaps["amortization_gap"].double().sum()
+        self.approximation += gaps["approximation_gap"].double().sum()
+        self.count += n
+
+    def compute(self) -> dict:
+        return {"amortization_gap": float(self.amortization / self.count),
+                "approximation_gap": float(self.approximation / self.count),
+                "inference_gaps_settings": {**self.settings.as_dict(), "images": int(self.count)}}
+
+
+register_metric(MetricInfo("loss_terms", lambda s: SplitLossTerms(), {
+    "kl_consistency": Key("KL(q(z'|x') || q(z|x)), test mean, nats", "lower",
+                          "test KL(z'||z) [nats] (lower: more consistent)"),
+    "elbo": Key("ELBO (1 sample of z, analytic KL), test mean, nats", "higher", "test ELBO [nats]"),
+    "recon": Key("-log p(x|z) (Bernoulli), test mean, nats", "lower"),
+    "kl": Key("KL(q(z|x) || N(0, I)), test mean, nats")}))
+register_metric(MetricInfo("iwae", IWAE, {
+    "iwae_ll": Key("IWAE bound on log p(x), K samples, nats", "higher", "test IWAE log-lik. [nats]"),
+    "iwae_gap": Key("iwae_ll - ELBO of the same images, nats", label="IWAE - ELBO gap [nats]")}))
+register_metric(MetricInfo("active_units", lambda s: SplitActiveUnits(s["latent_dim"]), {
+    "active_units": Key("dims with Var_x[mu(x)] > 0.01", label="active units")}))
+register_metric(MetricInfo("probe_accuracy", lambda s: MeansProbe(
+    "probe_accuracy", metrics.linear_probe_accuracy), {
+    "probe_accuracy": Key("logistic regression on mu(x): train -> test", "higher",
+                          "linear probe accuracy")}, ("train", "test")))
+register_metric(MetricInfo("knn_accuracy", lambda s: MeansProbe(
+    "knn_accuracy", representation.knn_accuracy), {
+    "knn_accuracy": Key("5-nearest-neighbour vote on mu(x): train -> test", "higher",
+                        "5-NN accuracy on mu(x)")},
+    ("train", "test")))
+register_metric(MetricInfo("mutual_information", BatchedMutualInformation, {
+    "mutual_information": Key("I(x; z) of q(x, z), He et al. 2019, nats (<= log B)", "higher",
+                              "I(x; z) [nats]"),
+    "mutual_information_batch": Key("B, the images per estimate of q(z)")}))
+register_metric(MetricInfo("inference_gaps", InferenceGaps, {
+    "amortization_gap": Key("ELBO* - ELBO of the encoder, nats (Cremer et al. 2018)", "lower"),
+    "approximation_gap": Key("log p(x) - ELBO*, nats", "lower")}, default=False))
