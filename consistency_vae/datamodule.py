@@ -213,6 +213,8 @@ class MNISTDataModule(LightningDataModule):
             test_images, test_labels = images[test_idx], labels[test_idx]
         else:
             test_images, test_labels = loaded.test[0].float().div_(255.0), loaded.test[1]
+        if self.info.files is not None:  # the registry knows the rest: free the uint8 copies
+            del self.loaded
         val_idx, train_idx = perm[:val_size], perm[val_size:]
         self.split_indices = {"train": train_idx, "val": val_idx}  # rows of the training file
         n = hp.subset or None
