@@ -6,21 +6,13 @@ Instead of a fixed weight, solve
 
 through its Lagrangian  -ELBO + alpha * (C - epsilon)  with alpha >= 0, as GECO (Rezende & Viola
 2018, "Taming VAEs") does for reconstruction constraints. The networks descend the Lagrangian;
-alpha ascends it by projected dual ascent on a moving average C_avg of the constraint:
-
-    alpha <- max(0, alpha + eta * (C_avg - epsilon))
-
-so alpha rises while the constraint is violated, and falls back (never below 0) once it holds.
+alpha ascends it by one of the rules in ``multipliers.py`` (``model.multiplier``), so alpha rises
+while the constraint is violated and falls back once it holds. This module holds what does not
+depend on the rule: how a constrained run's checkpoints are chosen.
 """
 
 import torch
 from torch import Tensor
-
-
-def dual_ascent_step(alpha: Tensor, constraint: Tensor, target: float, step_size: float) -> Tensor:
-    """One projected dual ascent step on the multiplier: max(0, alpha + step_size * (C - target))."""
-    return (alpha + step_size * (constraint - target)).clamp(min=0.0)
-
 
 # Added to the criterion of an epoch that misses the target: more than any feasible epoch's
 # -ELBO (a decoder that outputs 0.5 everywhere scores P log 2 nats for P pixels: 543 on MNIST,

@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from consistency_vae import losses
-from consistency_vae.constraint import dual_ascent_step, selection_criterion
+from consistency_vae.constraint import selection_criterion
 from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
 from consistency_vae.errors import ConfigError
+from consistency_vae.multipliers import DualAscent, MultiplierRule
 from consistency_vae.networks import MNIST_SHAPE, ImageShape, MLPDecoder, MLPEncoder
 from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator
 
@@ -65,8 +66,8 @@ class ConsistencyVAE(LightningModule):
         alpha_mode: ``fixed`` keeps alpha; ``constrained`` adapts it by dual ascent so that the
             (moving average of the) training KL(z'||z) stays <= ``kl_target``.
         kl_target: the constraint's epsilon, in nats (constrained mode only).
-        alpha_lr: dual ascent step size for alpha (constrained mode only).
-        constraint_ema: moving-average factor of the constraint estimate (constrained mode only).
+        alpha_lr: dual ascent step size for alpha (constrained mode, default ``multiplier`` only).
+        constraint_ema: moving-average factor of the constraint estimate (likewise).
         consistency_grad_through_decoder: let the consistency gradient reach the decoder via x'.
         lr: Adam learning rate.
         image_shape: (C, H, W) of the images. Under the CLI it comes from the data
@@ -74,6 +75,8 @@ class ConsistencyVAE(LightningModule):
         divergence: the consistency term that is trained (``divergences.py``); None is the paper's
             KL(q(z'|x') || q(z|x)). KL(z'||z) is measured and logged whatever is trained, and the
             constrained mode constrains it.
+        multiplier: how alpha moves in constrained mode (``multipliers.py``: DualAscent, GECO,
+            NuPI); None is ``DualAscent(step=alpha_lr, ema=constraint_ema)``.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class ConsistencyVAE(LightningModule):
         lr: float = 1e-3,
         image_shape: ImageShape = MNIST_SHAPE,
         divergence: ConsistencyDivergence | None = None,
+        multiplier: MultiplierRule | None = None,
     ):
         super().__init__()
         _check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr)
@@ -97,6 +101,7 @@ class ConsistencyVAE(LightningModule):
         self.encoder = encoder(latent_dim, tuple(image_shape))
         self.decoder = decoder(latent_dim, tuple(image_shape))
         self.divergence = divergence or ForwardKL()
+        self.multiplier = multiplier or DualAscent(step=alpha_lr, ema=constraint_ema)
         # alpha and the constraint estimate are state, saved in checkpoints. They are buffers, which
         # DDP broadcasts from rank 0 before every forward: harmless, as every rank computes the same
         # values (the constraint is all-reduced first, see training_step).
@@ -218,8 +223,11 @@ class ConsistencyVAE(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Fixed mode: ``model.alpha`` is the weight, whatever the checkpoint's buffer says (the
-        key stays, so every checkpoint loads). Constrained mode: the multiplier is state; it resumes."""
+        key stays, so every checkpoint loads). Constrained mode: the multiplier is state; it resumes.
+        A rule's own state that an older checkpoint lacks (NuPI's xi) starts fresh."""
         state = checkpoint.get("state_dict", {})
+        for key, value in self.multiplier.state_dict(prefix="multiplier.").items():
+            state.setdefault(key, value)
         if self.hparams.alpha_mode != "fixed" or "alpha" not in state:
             return
         saved, wanted = float(state["alpha"]), float(self.hparams.alpha)
@@ -229,12 +237,9 @@ class ConsistencyVAE(LightningModule):
         state["alpha"] = torch.tensor(wanted, dtype=state["alpha"].dtype)
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
-        ema = self.hparams.constraint_ema
-        avg = torch.where(self.constraint_avg.isnan(), kl_consistency,
-                          ema * self.constraint_avg + (1 - ema) * kl_consistency)
         # New tensors, not in-place updates: this step's loss still needs the old alpha for backward.
-        self.constraint_avg = avg
-        self.alpha = dual_ascent_step(self.alpha, avg, self.hparams.kl_target, self.hparams.alpha_lr)
+        self.alpha, self.constraint_avg = self.multiplier(self.alpha, self.constraint_avg, kl_consistency,
+                                                          self.hparams.kl_target)
 
     def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
         """Sum over DDP ranks, in place (a no-op on one process); every rank gets the same bits.

@@ -17,8 +17,8 @@ import pytest
 import torch
 from lightning import Callback
 
-from consistency_vae.constraint import dual_ascent_step
 from consistency_vae.model import TERMS
+from consistency_vae.multipliers import DualAscent
 from tests.cli_runs import BASE, RUN_NAME, csv_only, run
 
 
@@ -78,9 +78,9 @@ def test_constrained_alpha_follows_both_ranks_and_epoch_means_cover_both_shards(
     # alpha: the same on both ranks (same computation on the same all-reduced value: exactly)...
     assert [s["alpha"] for s in ranks[0]] == [s["alpha"] for s in ranks[1]]
     # ...and the dual ascent step on the mean of both ranks' constraint (constraint_ema=0), in float32
-    alpha = torch.tensor(1.0)
+    alpha, avg, rule = torch.tensor(1.0), torch.tensor(float("nan")), DualAscent(step=ALPHA_LR, ema=0.0)
     for step, (c0, c1) in enumerate(zip(*local, strict=True)):
-        alpha = dual_ascent_step(alpha, (torch.tensor(c0) + torch.tensor(c1)) / 2, KL_TARGET, ALPHA_LR)
+        alpha, avg = rule(alpha, avg, (torch.tensor(c0) + torch.tensor(c1)) / 2, KL_TARGET)
         assert ranks[0][step]["alpha"] == pytest.approx(alpha.item(), rel=1e-6), step
     # train/*_epoch: the mean over both shards' 4 + 4 batches (float32 sums of 8 values: 1e-6)
     (epoch_row,) = [r for r in csv_rows(tmp_path / "runs" / RUN_NAME / "version_0/metrics.csv")
