@@ -70,7 +70,7 @@ def refuse_empty_epochs(datamodule, trainer) -> None:
     if hp.batch_size > per_process:
         where = f", {per_process} per process on {trainer.world_size}" if trainer.world_size > 1 else ""
         size = (f"data.subset={hp.subset}" if hp.subset and images == hp.subset
-                else f"the training file less {sizes['val']} validation images (data.val_size)")
+                else f"{sizes['train'] + sizes['val']} - data.val_size={sizes['val']}")
         raise ConfigError(
             f"data.batch_size={hp.batch_size} is larger than the training split ({images} images: "
             f"{size}{where}), so no step would be trained: use --data.batch_size <= {per_process}")
