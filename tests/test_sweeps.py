@@ -184,11 +184,14 @@ def test_every_parameter_is_a_key_the_cli_accepts(sweep_file, capsys, monkeypatc
         node = printed
         for part in key.split("."):
             node = node[part]
+        if isinstance(node, dict) and "class_path" in node:  # a class named by its short name
+            node = node["class_path"].rsplit(".", 1)[-1]
         assert node == value, key
     # the run folder's name is run_name() of the values (what test_reproduction_... relies on)
     model = printed["model"]
     expected = run_name(printed["data"]["dataset"], model["latent_dim"], model["alpha_mode"],
-                        model["kl_target"], model["alpha"], printed["seed_everything"])
+                        model["kl_target"], model["alpha"], printed["seed_everything"],
+                        model.get("multiplier"))
     assert [lg["init_args"]["name"] for lg in printed["trainer"]["logger"]] == [expected] * 2
 
 
