@@ -21,6 +21,7 @@ from consistency_vae import checkpointing, cli_checks, cli_help, run_folders, ru
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError, UserError
 from consistency_vae.model import ConsistencyVAE, NonFiniteLossError
+from consistency_vae.quiet import quiet_libraries, wandb_run_line
 from consistency_vae.tracking import SaveConfigEverywhere, ensure_wandb_mode, finish_wandb_run
 
 # Absolute interpolation paths (${data.dataset}) keep working under the fit/test/... subcommands.
@@ -193,9 +194,11 @@ class ConsistencyCLI(LightningCLI):
                          f"{ckpt.last_model_path}")
             else:
                 where = "(no checkpoint callback: weights kept in memory only)"
+            wandb_line = wandb_run_line(trainer.loggers)
             print(f"\nDone. Best checkpoint: {where}\n"
                   f"  test ELBO {r['test/elbo']:.2f} nats   test KL(z'||z) "
-                  f"{r['test/kl_consistency']:.3f} nats   (run folder: {log_dir})")
+                  f"{r['test/kl_consistency']:.3f} nats   (run folder: {log_dir})"
+                  + (f"\n{wandb_line}" if wandb_line else ""))
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> ConsistencyCLI:
@@ -228,6 +231,7 @@ def cli_main(args: list[str] | None = None) -> None:
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         sys.exit(cli_help.unknown_command(argv[0], [*LIGHTNING_COMMANDS, *extra]))
     evaluation_with_wandb = any(a.startswith("--wandb") and a != "--wandb=false" for a in argv)
+    quiet_libraries()  # the libraries' tips, deprecations and W&B's console output
     if argv[0] == "fit" or evaluation_with_wandb:  # test/validate/predict log to W&B only if asked
         ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, rather than a hang or a crash
     try:

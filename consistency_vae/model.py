@@ -101,6 +101,8 @@ class ConsistencyVAE(LightningModule):
         self.encoder = encoder(latent_dim, tuple(image_shape))
         self.decoder = decoder(latent_dim, tuple(image_shape))
         self.divergence = divergence or ForwardKL()
+        # One image: Lightning's model summary then counts FLOPs (a column of zeros without it).
+        self.example_input_array = torch.zeros(1, *image_shape)
         self.multiplier = multiplier or DualAscent(step=alpha_lr, ema=constraint_ema)
         # alpha and the constraint estimate are state, saved in checkpoints. They are buffers, which
         # DDP broadcasts from rank 0 before every forward: harmless, as every rank computes the same

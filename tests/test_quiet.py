@@ -1,0 +1,33 @@
+"""A run's output is the user's: no library tips, deprecations or W&B summaries, result last."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import cli_runs
+
+NOISE = ("litlogger", "anonymous setting", "LeafSpec", "Run history", "Run summary", "register_new_resolver")
+
+
+@pytest.mark.slow
+def test_fit_output_ends_with_the_result_and_holds_no_library_noise(tmp_path, data_dir):
+    env = {k: v for k, v in cli_runs.ENV.items() if k != "WANDB_SILENT"} | {"WANDB_MODE": "offline"}
+    done = subprocess.run(
+        [sys.executable, "-m", "consistency_vae", "fit", "--config", cli_runs.BASE,
+         f"--data.data_dir={data_dir}", "--data.subset=512", "--trainer.max_epochs=1",
+         "--trainer.enable_progress_bar=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    for noise in NOISE:
+        assert noise not in out, noise
+    # the model summary counts real FLOPs (it showed a column of zeros without an example input)
+    (total,) = [line for line in out.splitlines() if line.rstrip().endswith("Total Flops")]
+    assert total.split()[0] not in ("0", "0.0")
+    # the last lines are the result and where it went, W&B included
+    last = [line for line in done.stdout.splitlines() if line.strip()][-3:]
+    assert last[0].startswith("Done. Best checkpoint: ") and "test ELBO" in last[1], last
+    assert last[2].startswith("  W&B (offline): "), last
+    assert os.path.isdir(tmp_path / last[2].split()[2].rstrip(";"))
