@@ -101,7 +101,7 @@ class NuPI(_LogMultiplier):
     to k_p * xi_t. Anti-windup: at a bound, the integral step that would push further out is dropped.
     """
 
-    def __init__(self, k_i: float = 1e-3, k_p: float = 0.1, nu: float = 0.99, ema: float = 0.99,
+    def __init__(self, k_i: float = 3e-3, k_p: float = 1.0, nu: float = 0.99, ema: float = 0.99,
                  alpha_min: float = 1e-3, alpha_max: float = 1e3):
         super().__init__(ema, alpha_min, alpha_max)
         if not 0 <= nu < 1:
