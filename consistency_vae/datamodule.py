@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from consistency_vae import data_files, datasets
 from consistency_vae.errors import ConfigError
 from consistency_vae.networks import ImageShape
+from consistency_vae.noise import BINARIZE, seeded_generator
 
 
 class InMemoryImages(Dataset):
@@ -136,6 +137,12 @@ class MNISTDataModule(LightningDataModule):
         subset: use only the first ``subset`` train/val/test images (quick runs and tests).
         predict_split: the split that ``predict`` encodes: ``train``, ``val`` or ``test``.
         path: the folder or .npz/.pt file of ``dataset: images`` (image_files.py).
+        binarize: ``none`` keeps grey levels in [0, 1] (the paper's setting); ``static`` replaces
+            every split by one Bernoulli draw per pixel (probability = grey level), fixed by
+            ``split_seed``; ``dynamic`` draws training batches afresh at every step (seeded by the
+            run's seed and the step, so a resume draws what an unbroken run would) and keeps the
+            fixed draw for validation and test. The likelihoods of binarised MNIST are the ones
+            the literature reports.
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class MNISTDataModule(LightningDataModule):
         subset: int | None = None,
         predict_split: Literal["train", "val", "test"] = "test",
         path: str | None = None,
+        binarize: Literal["none", "static", "dynamic"] = "none",
     ):
         super().__init__()
         self.info = datasets.get_dataset(dataset)  # unknown names fail here, before any work
@@ -218,9 +226,14 @@ class MNISTDataModule(LightningDataModule):
         val_idx, train_idx = perm[:val_size], perm[val_size:]
         self.split_indices = {"train": train_idx, "val": val_idx}  # rows of the training file
         n = hp.subset or None
-        self.train_set = InMemoryImages(images[train_idx][:n].to(device), labels[train_idx][:n].to(device))
-        self.val_set = InMemoryImages(images[val_idx][:n].to(device), labels[val_idx][:n].to(device))
-        self.test_set = InMemoryImages(test_images[:n].to(device), test_labels[:n].to(device))
+        splits = {"train": images[train_idx][:n], "val": images[val_idx][:n], "test": test_images[:n]}
+        for i, name in enumerate(splits):  # one fixed draw per split (dynamic: train stays grey)
+            if hp.binarize == "static" or (hp.binarize == "dynamic" and name != "train"):
+                generator = seeded_generator("cpu", BINARIZE, hp.split_seed, i)
+                splits[name] = torch.bernoulli(splits[name], generator=generator)
+        self.train_set = InMemoryImages(splits["train"].to(device), labels[train_idx][:n].to(device))
+        self.val_set = InMemoryImages(splits["val"].to(device), labels[val_idx][:n].to(device))
+        self.test_set = InMemoryImages(splits["test"].to(device), test_labels[:n].to(device))
         if self.trainer is not None:
             for split, dataset in (("validation", self.val_set), ("test", self.test_set)):
                 check_eval_batches(len(dataset), hp.eval_batch_size, self.trainer.world_size, split)
@@ -235,6 +248,16 @@ class MNISTDataModule(LightningDataModule):
                                      seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), drop_last=True)
         return ResumableLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
                                drop_last=True, collate_fn=_whole_batch)
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple:
+        """Dynamic binarisation: a fresh Bernoulli draw of each training batch's grey levels."""
+        if self.hparams.binarize != "dynamic" or self.trainer is None or not self.trainer.training:
+            return batch
+        x, y = batch
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # as the training noise: resumes draw alike
+        generator = seeded_generator(x.device, BINARIZE, seed, self.trainer.global_step,
+                                     self.trainer.global_rank)
+        return torch.bernoulli(x, generator=generator), y
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_set)

@@ -7,13 +7,15 @@
   own generator. So an image gets the same z in ``trainer.test`` (any batch size, 1 or N
   processes), in the ``TestSetConsistency`` callback, in the figures and in ``evaluate``, on any
   device: one number for one thing.
+- Binarised data (``data.binarize``): the fixed draws of a split from (BINARIZE, split_seed,
+  split); dynamic training draws from (BINARIZE, seed, global step, rank), like training noise.
 """
 
 import numpy as np
 import torch
 from torch import Tensor
 
-TRAIN_NOISE, EVAL_NOISE, PRIOR_NOISE = 0, 1, 2  # first key of seeded_generator: one per stream
+TRAIN_NOISE, EVAL_NOISE, PRIOR_NOISE, BINARIZE = 0, 1, 2, 3  # first key of seeded_generator: one per stream
 BLOCK = 1024  # eval rows per generator: a few kB of draws per block, at most two blocks per batch
 
 
