@@ -4,6 +4,7 @@ the refusal to evaluate a run before its last epoch."""
 
 import json
 import math
+import os
 import statistics
 import subprocess
 from pathlib import Path
@@ -150,11 +151,14 @@ def test_gathered_folders_count_each_grid_point_once(tmp_path, capsys):
 
 
 def test_make_reproduce_passes_the_quick_options():
-    dry = subprocess.run(["make", "-n", "-o", "data", "reproduce", "SEEDS=1", "EPOCHS=5"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
+    # Under `make test` (CI) this make is nested: without the parent's MAKEFLAGS/MAKELEVEL it
+    # prints only the recipe, not "make[1]: Entering directory ..."
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    make = ["make", "--no-print-directory", "-n", "-o", "data", "reproduce"]
+    dry = subprocess.run([*make, "SEEDS=1", "EPOCHS=5"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=30)
     assert dry.returncode == 0 and "reproduce --seeds 1 --epochs 5" in dry.stdout, dry.stdout + dry.stderr
-    full = subprocess.run(["make", "-n", "-o", "data", "reproduce"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    full = subprocess.run(make, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert full.stdout.strip().endswith("reproduce")  # the sweep files' own seeds and epochs
 
 
