@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from consistency_vae import datasets, figures
 from consistency_vae.errors import ConfigError
-from consistency_vae.metrics import LossTerms
+from consistency_vae.evaluation.metrics import LossTerms
 from consistency_vae.noise import eval_noise, eval_noise_at, prior_noise
 
 

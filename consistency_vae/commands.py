@@ -49,28 +49,28 @@ def bench_main(argv: list[str]) -> None:
 
 def evaluate_main(argv: list[str]) -> None:
     """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
-    from consistency_vae import evaluate
+    from consistency_vae.evaluation import evaluate
 
     evaluate.main(argv)
 
 
 def sweep_main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
-    from consistency_vae import sweep
+    from consistency_vae.sweep import sweep_file as sweep
 
     sweep.main(argv)
 
 
 def sweep_report_main(argv: list[str]) -> None:
     """consistency-vae sweep-report: alpha_sweep.csv and alpha_tradeoff.png from a sweep's runs."""
-    from consistency_vae import sweep_report
+    from consistency_vae.sweep import report as sweep_report
 
     sweep_report.main(argv)
 
 
 def reproduce_main(argv: list[str]) -> None:
     """consistency-vae reproduce: the paper's experiment and ours, into results/ (make reproduce)."""
-    from consistency_vae import reproduce
+    from consistency_vae.reproduction import reproduce
 
     reproduce.main(argv)
 

@@ -29,7 +29,7 @@ def test_release_0_1_checkpoint_loads_with_its_hyperparameters():
 
 
 def test_release_0_1_checkpoint_evaluates(tmp_path, data_dir):
-    from consistency_vae.evaluate import evaluate_checkpoint
+    from consistency_vae.evaluation.evaluate import evaluate_checkpoint
 
     results = evaluate_checkpoint(FIXTURE, tmp_path / "eval", data_dir=str(data_dir), subset=512,
                                   iwae_k=4, figures=False, progress=False)

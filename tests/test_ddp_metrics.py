@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from consistency_vae import metrics
+from consistency_vae.evaluation import metrics
 from consistency_vae.datamodule import InMemoryImages, UnpaddedDistributedSampler, load_split
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.noise import eval_noise

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from consistency_vae import eval_metrics, representation
-from consistency_vae.evaluate import evaluate_checkpoint
+from consistency_vae.evaluation import eval_metrics, representation
+from consistency_vae.evaluation.evaluate import evaluate_checkpoint
 from tests.test_evaluate import QUICK, save_checkpoint
 
 
@@ -46,7 +46,8 @@ def test_evaluate_reports_knn_mutual_information_and_opt_in_gaps(tmp_path, data_
 
 
 def test_reports_read_their_columns_from_the_registry():
-    from consistency_vae import summary, sweep_report
+    from consistency_vae.reproduction import summary
+    from consistency_vae.sweep import report as sweep_report
 
     assert [row[0] for row in sweep_report.METRICS] == [
         "kl_consistency", "elbo", "iwae_ll", "probe_accuracy", "knn_accuracy", "mutual_information"]

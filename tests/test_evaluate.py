@@ -14,7 +14,7 @@ import torch
 
 from consistency_vae.cli import cli_main
 from consistency_vae.errors import CheckpointError, UserError
-from consistency_vae.evaluate import METRIC_DOCS, evaluate_checkpoint
+from consistency_vae.evaluation.evaluate import METRIC_DOCS, evaluate_checkpoint
 from consistency_vae.model import ConsistencyVAE
 from tests.conftest import ROOT
 

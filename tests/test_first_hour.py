@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from consistency_vae import checkpointing, cli_checks, data_files, sweep
+from consistency_vae import checkpointing, cli_checks, data_files
+from consistency_vae.sweep import sweep_file as sweep
 from consistency_vae.cli import ConsistencyCLI, cli_main
 from consistency_vae.errors import CheckpointError, DataError
 from consistency_vae.model import ConsistencyVAE
@@ -234,7 +235,7 @@ def test_the_sweep_runner_refuses_a_misspelt_parameter_before_the_first_run(tmp_
 
 
 def test_an_evaluation_folder_is_not_counted_as_a_run(trained, data_dir, monkeypatch):
-    from consistency_vae.sweep_report import find_runs
+    from consistency_vae.sweep.report import find_runs
 
     monkeypatch.chdir(trained.parents[2])
     cli_main(["test", "--config", BASE, "--data.data_dir", str(data_dir), *TINY,

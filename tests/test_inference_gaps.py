@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
-from consistency_vae.inference_gaps import GapSettings, inference_gaps, optimise_posterior
+from consistency_vae.evaluation.inference_gaps import GapSettings, inference_gaps, optimise_posterior
 
 S = 0.5  # observation noise
 

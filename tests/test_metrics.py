@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from consistency_vae import losses, metrics
+from consistency_vae import losses
+from consistency_vae.evaluation import metrics
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.noise import eval_noise
 from tests.float32 import approx_f32

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from consistency_vae.callbacks import TestSetConsistency
 from consistency_vae.datamodule import MNISTDataModule
-from consistency_vae.evaluate import evaluate_checkpoint
+from consistency_vae.evaluation.evaluate import evaluate_checkpoint
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.noise import BLOCK, eval_noise, eval_noise_at
 

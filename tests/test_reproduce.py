@@ -14,9 +14,10 @@ import pytest
 import torch
 import yaml
 
-from consistency_vae import reproduce, run_record
+from consistency_vae import run_record
+from consistency_vae.reproduction import reproduce
 from consistency_vae.errors import UserError
-from consistency_vae.reproduction_runs import Run, check_last_epochs, from_folders
+from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders
 from tests.conftest import ROOT
 
 QUICK = ["--datasets", "mnist", "--seeds", "2", "--epochs", "2", "--subset", "1000", "--iwae_k", "5",
@@ -165,8 +166,8 @@ def test_make_reproduce_passes_the_quick_options():
 def test_a_reproduction_started_twice_waits_for_the_other_runner(tmp_path, monkeypatch, capsys):
     """The second `make reproduce` neither trains nor evaluates what the first one does now: it
     waits for it, then reads its results."""
-    from consistency_vae import evaluate
-    from consistency_vae.sweep_store import SweepStore, run_key
+    from consistency_vae.evaluation import evaluate
+    from consistency_vae.sweep.store import SweepStore, run_key
 
     store = SweepStore(tmp_path / "sweep-x", "x.yaml", {})
     key = run_key({"seed_everything": 0}, [])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from consistency_vae.sweep_report import report, tradeoff_figure
+from consistency_vae.sweep.report import report, tradeoff_figure
 
 
 # --- the report on hand-made runs: several alphas, seeds, an evaluate metrics.json -------------

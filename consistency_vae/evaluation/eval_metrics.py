@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from consistency_vae import inference_gaps, metrics, noise, representation
+from consistency_vae import noise
+from consistency_vae.evaluation import inference_gaps, metrics, representation
 
 
 @dataclass

@@ -11,9 +11,10 @@ import math
 import statistics
 from pathlib import Path
 
-from consistency_vae import eval_metrics, run_record
-from consistency_vae.reproduction_runs import Run
-from consistency_vae.sweep_report import mean_std
+from consistency_vae import run_record
+from consistency_vae.evaluation import eval_metrics
+from consistency_vae.reproduction.runs import Run
+from consistency_vae.sweep.report import mean_std
 
 # The evaluation metrics registry's labelled keys (eval_metrics.py: a metric registered there is
 # summarised here), then the run's own numbers.
@@ -149,8 +150,8 @@ def run_config(runs: list[Run], args) -> dict:
 
 
 def write_all(runs: list[Run], results: dict[Run, dict], output: Path, args) -> dict:
-    from consistency_vae import results_figures, summary_md
-    from consistency_vae.sweep_report import summarise
+    from consistency_vae.reproduction import results_figures, summary_md
+    from consistency_vae.sweep.report import summarise
 
     output.mkdir(parents=True, exist_ok=True)
     records = [record(run, metrics) for run, metrics in results.items()]

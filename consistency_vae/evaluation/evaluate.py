@@ -5,7 +5,7 @@
 
 From Python (the reproduction pipeline calls this for many checkpoints):
 
-    from consistency_vae.evaluate import evaluate_checkpoint
+    from consistency_vae.evaluation.evaluate import evaluate_checkpoint
     metrics = evaluate_checkpoint("runs/.../last.ckpt", "results/eval", iwae_k=1000)
 
 Writes ``DIR/metrics.json`` and ``DIR/{latent_drift,reconstructions,prior_samples}.png``. The data
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from consistency_vae import eval_metrics
+from consistency_vae.evaluation import eval_metrics
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 

@@ -118,7 +118,7 @@ def from_folders(root: Path, epochs: int | None = None, subset: int | None = Non
 def check_last_epochs(runs: list[Run]) -> None:
     """Refuse to evaluate a run whose last.ckpt is not its last epoch (the paper reports the
     model after 25 epochs; an earlier checkpoint would quietly report another model)."""
-    from consistency_vae.summary import checkpoint_epoch
+    from consistency_vae.reproduction.summary import checkpoint_epoch
 
     early = [(r, epoch) for r in runs if (epoch := checkpoint_epoch(r.folder / LAST)) != r.epochs - 1]
     if early:

@@ -4,7 +4,7 @@ written from the numbers themselves, so a regenerated summary can never claim wh
 import math
 
 from consistency_vae import datasets
-from consistency_vae.summary import LABELS, METRICS, TOLERANCE
+from consistency_vae.reproduction.summary import LABELS, METRICS, TOLERANCE
 
 NAMES = datasets.TITLES  # dataset name -> its title, from the dataset registry
 VERDICT = {True: "yes", False: "**no**", None: "n/a: no fixed alpha meets it"}

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from consistency_vae import eval_metrics, run_folders
+from consistency_vae import run_folders
+from consistency_vae.evaluation import eval_metrics
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
 

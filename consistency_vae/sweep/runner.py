@@ -2,10 +2,10 @@
 
 Each run is a subprocess running the command wandb's own code builds (``sweep.build_command``),
 with the CPU threads split between the runs at once. Grid points are claimed before they train
-(``consistency_vae.claims``), so two runners on one runs folder, on one machine or on many that
+(``consistency_vae.sweep.claims``), so two runners on one runs folder, on one machine or on many that
 share it, never train the same point twice; a point whose earlier attempt was cut off resumes
 from its last.ckpt. Records, logs and the manifest live in ``RUNS_DIR/sweep-NAME/``
-(``consistency_vae.sweep_store``).
+(``consistency_vae.sweep.store``).
 """
 
 import json
@@ -14,10 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from consistency_vae import claims
+from consistency_vae.sweep import claims
 from consistency_vae.errors import ConfigError
-from consistency_vae.sweep import build_command, grid_points, load_sweep, metric_history, propose, select
-from consistency_vae.sweep_store import SweepStore, run_key
+from consistency_vae.sweep.sweep_file import build_command, grid_points, load_sweep, metric_history, propose, select
+from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.tracking import RUN_INFO_ENV
 
 TAIL_LINES = 15  # log lines shown for a failed run

@@ -31,7 +31,7 @@ import yaml
 
 from consistency_vae.commands import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
-from consistency_vae.sweep_store import SweepStore, run_key
+from consistency_vae.sweep.store import SweepStore, run_key
 
 
 # --- the sweep file and wandb's command building (pure) ---------------------------------------
@@ -210,7 +210,7 @@ def main(argv: list[str]) -> None:
             return list_points(args.sweep_file, args.runs_dir, args.extra_args, only)
         check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
                           [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
-        from consistency_vae.sweep_runner import run_sweep
+        from consistency_vae.sweep.runner import run_sweep
 
         result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args,
                            args.index, only)

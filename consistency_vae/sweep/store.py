@@ -3,7 +3,7 @@
 - ``attempts/NNNN.json``: one record per run attempt (parameters, command, status, exit code, run
   folder, W&B folder, metric history). A runner creates its record file exclusively, so two runners
   never take the same number, and only that runner writes it afterwards.
-- ``claims/KEY``: held while a grid point trains (``consistency_vae.claims``).
+- ``claims/KEY``: held while a grid point trains (``consistency_vae.sweep.claims``).
 - ``logs/NNNN.log`` (the run's output) and ``logs/NNNN.json`` (its run folders, written by the run).
 - ``manifest.json``: every record in one file, rewritten after each change by whichever runner
   changed something. It is a view for people and for ``sweep-report``; the records are the truth.
@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from consistency_vae import claims
+from consistency_vae.sweep import claims
 
 ID_DIGITS = 4
 
