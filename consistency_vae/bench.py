@@ -16,7 +16,7 @@ import torch
 from lightning import Trainer
 
 from consistency_vae import losses
-from consistency_vae.commands import DefaultsHelpFormatter
+from consistency_vae.cli_help import DefaultsHelpFormatter
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder

@@ -8,6 +8,7 @@ LightningCLI's full help. ``ProjectParser.error`` prints a short usage, the help
 fault, and the error last, where jsonargparse prints 66 lines of usage above it.
 """
 
+import argparse
 import difflib
 import re
 import sys
@@ -185,3 +186,19 @@ def unknown_command(name: str, commands: list[str]) -> str:
     guess = f"did you mean '{close[0]}'? " if close else ""
     return (f"consistency-vae: error: unknown command {name!r}: {guess}the commands are "
             f"{', '.join(commands)} (consistency-vae --help says what each does)")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default, also for options without a help text (where
+    argparse's ArgumentDefaultsHelpFormatter shows none)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.default not in (None, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # argparse prints no line for a None help
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".strip()

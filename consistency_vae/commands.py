@@ -7,21 +7,7 @@ so ``consistency-vae fit`` never pays for loading what ``sweep`` needs.
 import argparse
 import logging
 
-
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """``--help`` shows each option's default, also for options without a help text (where
-    argparse's ArgumentDefaultsHelpFormatter shows none)."""
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and action.default not in (None, argparse.SUPPRESS):
-            action.help = "(default: %(default)s)"  # argparse prints no line for a None help
-        return super()._format_action(action)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "%(default)" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
-            return text
-        return f"{text} (default: %(default)s)".strip()
+from consistency_vae import cli_help
 
 
 def data_main(argv: list[str]) -> None:
@@ -29,7 +15,7 @@ def data_main(argv: list[str]) -> None:
     from consistency_vae import data_files
 
     parser = argparse.ArgumentParser(prog="consistency-vae data", description=data_main.__doc__,
-                                     formatter_class=DefaultsHelpFormatter)
+                                     formatter_class=cli_help.DefaultsHelpFormatter)
     parser.add_argument("--dataset", choices=[*data_files.DATASETS, "all"], default="all")
     parser.add_argument("--data_dir", default="data")
     args = parser.parse_args(argv)
@@ -56,7 +42,7 @@ def evaluate_main(argv: list[str]) -> None:
 
 def sweep_main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
-    from consistency_vae.sweep import sweep_file as sweep
+    from consistency_vae.sweep import command as sweep
 
     sweep.main(argv)
 

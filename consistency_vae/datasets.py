@@ -69,7 +69,7 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {}
-TITLES: dict[str, str] = {}  # name -> title, for reports (summary_md.NAMES); filled by registration
+TITLES: dict[str, str] = {}  # name -> title, for reports (reproduction.common.NAMES); filled by registration
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:

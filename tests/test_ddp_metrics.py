@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from consistency_vae.evaluation import metrics
 from consistency_vae.datamodule import InMemoryImages, UnpaddedDistributedSampler, load_split
+from consistency_vae.evaluation import metrics
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.noise import eval_noise
 from tests.float32 import F32_REL, approx_f32

@@ -46,9 +46,9 @@ def test_evaluate_reports_knn_mutual_information_and_opt_in_gaps(tmp_path, data_
 
 
 def test_reports_read_their_columns_from_the_registry():
-    from consistency_vae.reproduction import summary
+    from consistency_vae.reproduction import common
     from consistency_vae.sweep import report as sweep_report
 
     assert [row[0] for row in sweep_report.METRICS] == [
         "kl_consistency", "elbo", "iwae_ll", "probe_accuracy", "knn_accuracy", "mutual_information"]
-    assert {"iwae_gap", "active_units", "knn_accuracy", "train_epoch_s", "alpha"} <= set(summary.METRICS)
+    assert {"iwae_gap", "active_units", "knn_accuracy", "train_epoch_s", "alpha"} <= set(common.METRICS)

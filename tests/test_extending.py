@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from consistency_vae import datasets
-from consistency_vae.evaluation import eval_metrics
 from consistency_vae.cli import cli_main
+from consistency_vae.evaluation import eval_metrics
 from consistency_vae.model import ConsistencyVAE
 from tests.cli_runs import BASE, csv_only
 
@@ -126,8 +126,8 @@ def test_recipe_a_metric(user_module, tmp_path, data_dir):
     with torch.no_grad():
         expected = model.encode(dm.test_set.images)[0].norm(dim=1).double().mean()
     assert saved["mean_norm"] == pytest.approx(float(expected), rel=1e-6)
-    from consistency_vae.reproduction import summary
+    from consistency_vae.reproduction import common
     from consistency_vae.sweep import report as sweep_report
 
     assert ("mean_norm", "mean |mu(x)|", "lower") in tuple(sweep_report.METRICS)  # a report column
-    assert summary.LABELS["mean_norm"] == "mean |mu(x)|"
+    assert common.LABELS["mean_norm"] == "mean |mu(x)|"

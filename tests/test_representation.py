@@ -7,7 +7,11 @@ import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from consistency_vae import losses
-from consistency_vae.evaluation.representation import MutualInformation, knn_accuracy, mutual_information_batch
+from consistency_vae.evaluation.representation import (
+    MutualInformation,
+    knn_accuracy,
+    mutual_information_batch,
+)
 
 
 def test_knn_accuracy_matches_a_brute_force_vote():

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from consistency_vae import run_record
-from consistency_vae.reproduction import reproduce
 from consistency_vae.errors import UserError
+from consistency_vae.reproduction import reproduce
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders
 from tests.conftest import ROOT
 

@@ -4,7 +4,8 @@ records whose answers are worked out in the comments."""
 
 import pytest
 
-from consistency_vae.reproduction.summary import TOLERANCE, constrained_rows, recommend
+from consistency_vae.reproduction.common import TOLERANCE
+from consistency_vae.reproduction.summary import constrained_rows, recommend
 
 
 def sweep_row(dataset, alpha, elbo, kl):

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from consistency_vae.sweep import claims
 from consistency_vae.errors import ConfigError
-from consistency_vae.sweep.sweep_file import load_sweep
-from consistency_vae.sweep.sweep_file import main as sweep_main
+from consistency_vae.sweep import claims
 from consistency_vae.sweep.runner import resume_args, run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
+from consistency_vae.sweep.sweep_file import load_sweep
+from consistency_vae.sweep.sweep_file import main as sweep_main
 from tests.conftest import ROOT
 
 DEAD_PID = 2**22 + 7  # above the default pid_max of 2**22: never a running process
@@ -266,7 +266,7 @@ def test_the_slurm_array_script_runs_the_task_s_grid_point(grid):
 def test_a_real_run_cut_off_after_one_epoch_resumes_in_its_own_folder(tmp_path, data_dir):
     """The runner and `fit --ckpt_path last` together: the second attempt continues the first
     attempt's folder from its last.ckpt and trains the missing epoch only."""
-    from consistency_vae.reproduction.summary import checkpoint_epoch
+    from consistency_vae.reproduction.common import checkpoint_epoch
     from consistency_vae.sweep.sweep_file import build_command, grid_points
 
     sweep = ROOT / "sweeps/reproduce_constrained_2d.yaml"

@@ -21,9 +21,9 @@ import yaml
 
 from consistency_vae.cli import cli_main
 from consistency_vae.run_name import run_name
+from consistency_vae.sweep.report import report
 from consistency_vae.sweep.sweep_file import build_command, grid_points, load_sweep, propose
 from consistency_vae.sweep_objective import ConstrainedELBO, constrained_elbo
-from consistency_vae.sweep.report import report
 from tests.conftest import ROOT
 
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))

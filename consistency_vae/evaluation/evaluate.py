@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from consistency_vae.evaluation import eval_metrics
-from consistency_vae.commands import DefaultsHelpFormatter
+from consistency_vae.cli_help import DefaultsHelpFormatter
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
+from consistency_vae.evaluation import eval_metrics
 
 EVAL_BATCH = 1000  # images per forward: every metric sees the same batches
 # key -> what it is, for the printed table and the README: the default metrics' keys, and alpha

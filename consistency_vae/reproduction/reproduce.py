@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-from consistency_vae.sweep import claims
-from consistency_vae.commands import DefaultsHelpFormatter
+from consistency_vae.cli_help import DefaultsHelpFormatter
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
+from consistency_vae.sweep import claims
 
 SWEEPS = ["sweeps/reproduce_fixed.yaml", "sweeps/reproduce_constrained_2d.yaml",
           "sweeps/reproduce_constrained_20d.yaml"]
@@ -46,9 +46,9 @@ def sweep_arguments(args) -> tuple[list[str], dict[str, list]]:
 def train(args) -> tuple[list[Run], int]:
     """Run the reproduction's sweeps; return the finished runs of this setting and the failures."""
     from consistency_vae import data_files
-    from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
     from consistency_vae.sweep.runner import run_sweep
     from consistency_vae.sweep.store import SweepStore, run_key
+    from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
 
     os.environ.setdefault("WANDB_MODE", "disabled")  # WANDB_MODE=offline or online keeps W&B
     for name in args.datasets or data_files.DATASETS:

@@ -8,8 +8,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-from consistency_vae.reproduction.summary import TOLERANCE, group
-from consistency_vae.reproduction.summary_md import NAMES
+from consistency_vae.reproduction.common import NAMES, TOLERANCE, group
+from consistency_vae.sweep.report import tradeoff_figure
 
 COLOURS = {"vae": "tab:blue", "consistency": "tab:red", "constrained": "tab:green"}
 LEGEND = {"vae": "plain VAE (alpha=0)", "consistency": "consistency (alpha=1)",
@@ -114,8 +114,6 @@ def constrained_figure(records: list[dict], rows: list[dict]) -> Figure:
 
 
 def write_all(summary: dict, records: list[dict], output: Path) -> None:
-    from consistency_vae.sweep.report import tradeoff_figure
-
     datasets = list(summary["results"])
     kl_during_training(records, datasets).savefig(output / "kl_during_training.png")
     kl_after_training(summary, datasets).savefig(output / "kl_after_training.png")

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from consistency_vae.errors import UserError
+from consistency_vae.reproduction.common import checkpoint_epoch
 
 PAPER_LATENT_DIM = 2
 LAST = Path("checkpoints") / "last.ckpt"
@@ -118,8 +119,6 @@ def from_folders(root: Path, epochs: int | None = None, subset: int | None = Non
 def check_last_epochs(runs: list[Run]) -> None:
     """Refuse to evaluate a run whose last.ckpt is not its last epoch (the paper reports the
     model after 25 epochs; an earlier checkpoint would quietly report another model)."""
-    from consistency_vae.reproduction.summary import checkpoint_epoch
-
     early = [(r, epoch) for r in runs if (epoch := checkpoint_epoch(r.folder / LAST)) != r.epochs - 1]
     if early:
         listed = "; ".join(f"{r.folder}: epoch {e} of 0..{r.epochs - 1}" for r, e in early)

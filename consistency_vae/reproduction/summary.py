@@ -12,17 +12,10 @@ import statistics
 from pathlib import Path
 
 from consistency_vae import run_record
-from consistency_vae.evaluation import eval_metrics
+from consistency_vae.reproduction import results_figures, summary_md
+from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, checkpoint_epoch, group
 from consistency_vae.reproduction.runs import Run
-from consistency_vae.sweep.report import mean_std
-
-# The evaluation metrics registry's labelled keys (eval_metrics.py: a metric registered there is
-# summarised here), then the run's own numbers.
-RUN_LABELS = {"train_epoch_s": "training s / epoch", "alpha": "final alpha"}
-LABELS = eval_metrics.LiveDict(lambda: {**eval_metrics.summary_labels(), **RUN_LABELS})
-METRICS = eval_metrics.LiveTuple(lambda: tuple(LABELS))
-PAPER = {"mnist": {"vae": {"kl_consistency": 3.09}, "consistency": {"kl_consistency": 0.79}}}
-TOLERANCE = 1.10  # "within 10% of epsilon or below it"
+from consistency_vae.sweep.report import mean_std, summarise
 
 
 def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> list[float]:
@@ -37,15 +30,6 @@ def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> 
         if key in row and "epoch" in row and (epoch := int(float(row["epoch"]))) < epochs:
             by_epoch.setdefault(epoch, float(row[key]))
     return [by_epoch.get(e, math.nan) for e in range(epochs)] if by_epoch else []
-
-
-def checkpoint_epoch(path: Path) -> int | None:
-    """The epoch a checkpoint was written at (0-based), read without loading its tensors."""
-    import torch
-
-    if not path.is_file():
-        return None
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
 def record(run: Run, metrics: dict) -> dict:
@@ -67,10 +51,6 @@ def stats(values: list[float]) -> dict:
         return {"mean": math.nan, "std": math.nan, "n": 0}
     mean, std = mean_std(values)
     return {"mean": mean, "std": std, "n": len(values)}
-
-
-def group(records: list[dict], **where) -> list[dict]:
-    return [r for r in records if all(r[k] == v for k, v in where.items())]
 
 
 def paired(records: list[dict], dataset: str, setting: str, fn) -> dict:
@@ -150,9 +130,6 @@ def run_config(runs: list[Run], args) -> dict:
 
 
 def write_all(runs: list[Run], results: dict[Run, dict], output: Path, args) -> dict:
-    from consistency_vae.reproduction import results_figures, summary_md
-    from consistency_vae.sweep.report import summarise
-
     output.mkdir(parents=True, exist_ok=True)
     records = [record(run, metrics) for run, metrics in results.items()]
     fixed_paper = [{**r, "alpha": r["alpha_init"]} for r in records

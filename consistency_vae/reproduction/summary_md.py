@@ -3,10 +3,8 @@ written from the numbers themselves, so a regenerated summary can never claim wh
 
 import math
 
-from consistency_vae import datasets
-from consistency_vae.reproduction.summary import LABELS, METRICS, TOLERANCE
+from consistency_vae.reproduction.common import LABELS, METRICS, NAMES, TOLERANCE
 
-NAMES = datasets.TITLES  # dataset name -> its title, from the dataset registry
 VERDICT = {True: "yes", False: "**no**", None: "n/a: no fixed alpha meets it"}
 SETTING_NAMES = {"paper": "2-D latent (the paper's setting)", "d20": "20-D latent (higher capacity)"}
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 from consistency_vae import run_folders
-from consistency_vae.evaluation import eval_metrics
-from consistency_vae.commands import DefaultsHelpFormatter
+from consistency_vae.cli_help import DefaultsHelpFormatter
 from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.evaluation import eval_metrics
 
 # Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better), the
 # evaluation metrics registry's keys with a label and a direction: a metric registered there is a

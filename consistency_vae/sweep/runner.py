@@ -14,10 +14,17 @@ import subprocess
 import time
 from pathlib import Path
 
-from consistency_vae.sweep import claims
 from consistency_vae.errors import ConfigError
-from consistency_vae.sweep.sweep_file import build_command, grid_points, load_sweep, metric_history, propose, select
+from consistency_vae.sweep import claims
 from consistency_vae.sweep.store import SweepStore, run_key
+from consistency_vae.sweep.sweep_file import (
+    build_command,
+    grid_points,
+    load_sweep,
+    metric_history,
+    propose,
+    select,
+)
 from consistency_vae.tracking import RUN_INFO_ENV
 
 TAIL_LINES = 15  # log lines shown for a failed run

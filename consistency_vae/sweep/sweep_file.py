@@ -21,7 +21,6 @@ cut-off ones resume. Runners started twice, or on many machines sharing DIR (``-
 grid point I: a SLURM array), claim each grid point before training it (sweep_runner.py).
 """
 
-import argparse
 import platform
 import sys
 import warnings
@@ -29,9 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from consistency_vae.commands import DefaultsHelpFormatter
-from consistency_vae.errors import ConfigError, UserError
-from consistency_vae.sweep.store import SweepStore, run_key
+from consistency_vae.errors import ConfigError
 
 
 # --- the sweep file and wandb's command building (pure) ---------------------------------------
@@ -86,7 +83,7 @@ def check_against_cli(sweep_file: str | Path, sweep_config: dict, extra: list[st
     argv = build_command(sweep_config, propose(sweep_config, []))
     if sweep_config.get("program") != "consistency_vae" or "consistency_vae" not in argv:
         return
-    from consistency_vae.cli import lightning_cli
+    from consistency_vae.training_cli import lightning_cli  # here: `sweep --list` needs no Lightning
 
     args = [*argv[argv.index("consistency_vae") + 1:], *extra, "--print_config"]
     err, code = io.StringIO(), None
@@ -158,63 +155,3 @@ def select(points: list[dict], only: dict[str, list] | None) -> list[tuple[int, 
                               f"{sorted(points[0])}")
     return [(i, p) for i, p in enumerate(points)
             if all(p[name] in values for name, values in (only or {}).items())]
-
-
-def list_points(sweep_file: str, runs_dir: str, extra_args: list[str], only: dict | None) -> None:
-    """Print each grid point with its index (for ``--index`` / ``sbatch --array``) and status."""
-    config = load_sweep(sweep_file)
-    store = SweepStore(Path(runs_dir) / f"sweep-{config.get('name') or Path(sweep_file).stem}",
-                       sweep_file, config)
-    records, points = store.records(), select(grid_points(config), only)
-    for i, params in points:
-        state, latest = store.state(run_key(params, extra_args), records)
-        shown = "finished" if state == "finished" else latest["status"] if latest else "-"
-        print(f"{i:4d}  {shown:9s} " + " ".join(f"{k}={v}" for k, v in params.items()))
-    print(f"{len(points)} grid points: sbatch --array=0-{len(points) - 1} runs them all")
-
-
-def parse_only(items: list[str]) -> dict[str, list]:
-    """``["seed_everything=0,1", "data.dataset=mnist"]`` -> ``{"seed_everything": [0, 1], ...}``."""
-    out = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        if not sep or not values:
-            raise ConfigError(f"--only {item!r}: write NAME=V1,V2, e.g. --only seed_everything=0,1")
-        out[name] = [yaml.safe_load(v) for v in values.split(",")]
-    return out
-
-
-def main(argv: list[str]) -> None:
-    """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
-    parser = argparse.ArgumentParser(prog="consistency-vae sweep", description=main.__doc__,
-                                     formatter_class=DefaultsHelpFormatter)
-    parser.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/alpha_mnist.yaml")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (cores are split)")
-    parser.add_argument("--count", type=int, default=None,
-                        help="runs to launch (default: the whole grid, or the file's run_cap; "
-                             "random/bayes need one of the two)")
-    parser.add_argument("--index", type=int, default=None,
-                        help="run grid point I only (0-based, as --list numbers them): a SLURM array "
-                             "task runs --index $SLURM_ARRAY_TASK_ID")
-    parser.add_argument("--only", action="append", default=[], metavar="NAME=V1,V2",
-                        help="only the grid points with these values, e.g. --only seed_everything=0")
-    parser.add_argument("--list", action="store_true", help="print the grid points and their status")
-    parser.add_argument("--runs_dir", default="runs", help="where run folders and wandb/ go")
-    parser.add_argument("--extra-args", nargs=argparse.REMAINDER, default=[],
-                        help="the rest of the line is added to every run's command, "
-                             "e.g. --extra-args --trainer.max_epochs=2")
-    args = parser.parse_args(argv)
-    try:
-        only = parse_only(args.only)
-        if args.list:
-            return list_points(args.sweep_file, args.runs_dir, args.extra_args, only)
-        check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
-                          [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
-        from consistency_vae.sweep.runner import run_sweep
-
-        result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args,
-                           args.index, only)
-    except UserError as err:
-        sys.exit(f"consistency-vae sweep: error: {err}")
-    if result["failed"]:
-        sys.exit(1)  # after every run has had its go: scripts and CI see that something failed

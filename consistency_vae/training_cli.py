@@ -1,0 +1,211 @@
+"""LightningCLI for fit/validate/test/predict: the project's checks, help and run folders around it.
+
+Configs are read in jsonargparse's ``omegaconf+`` mode: interpolations such as
+``${data.dataset}`` are resolved after the command-line overrides, so ``--model.alpha=3`` also
+renames the run folder that interpolates it. The entry point, which also dispatches the
+project's own commands, is cli.py.
+"""
+
+import signal
+import sys
+from pathlib import Path
+
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from consistency_vae import checkpointing, cli_checks, cli_help, run_folders, run_name, run_record
+from consistency_vae.datamodule import MNISTDataModule
+from consistency_vae.errors import CheckpointError
+from consistency_vae.model import ConsistencyVAE
+from consistency_vae.quiet import wandb_run_line
+from consistency_vae.tracking import SaveConfigEverywhere
+
+# Absolute interpolation paths (${data.dataset}) keep working under the fit/test/... subcommands.
+set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+run_name.register()  # ${run_name:...} names the run folder in configs/mnist.yaml
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+class ConsistencyCLI(LightningCLI):
+    """LightningCLI with up-front checks and a one-line summary after ``fit``."""
+
+    _output: tuple[Path, Path | None] = (Path("runs"), None)  # (save_dir, run folder if known)
+    _ckpt_shapes: dict | None = None  # parameter shapes of the --ckpt_path file, once read
+    _run_start: run_record.RecordRunStart | None = None  # fit's; knows whether training began
+    _config_files: list[str] = []  # the --config files of the command line
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The image shape is the data's (datasets.py): it reaches the networks once, here.
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand != "fit":
+            parser.add_argument("--wandb", type=bool, default=False,
+                                help="also log to W&B, as a new W&B run; else only into the "
+                                     "checkpoint's run folder")
+        return parser
+
+    def parse_arguments(self, parser, args) -> None:
+        """``--help``: the short help (cli_help); ``--help=all``: LightningCLI's full one."""
+        argv = sys.argv[1:] if args is None else list(args)
+        self._config_files = cli_help.config_files(argv)
+        if not cli_help.wants_short_help(argv):
+            self.config = parser.parse_args(cli_help.full_help_argv(argv))
+            return
+        rest = [a for a in argv if a not in cli_help.HELP_FLAGS]
+        self.config = parser.parse_args(rest)  # the values the given --config and flags lead to
+        sub = rest[0]
+        print(cli_help.subcommand_help(self._subcommand_parsers[sub], self.config[sub],
+                                       f"consistency-vae {sub}", bool(self._config_files)))
+        sys.exit(0)
+
+    def _parse_ckpt_path(self) -> None:
+        """Runs right after parsing, where Lightning reads the checkpoint's hyperparameters into
+        the config. First: ``fit --ckpt_path last`` becomes the newest run folder of this name
+        (see run_folders.resolve), and an unreadable or non-Lightning file fails in one line."""
+        subcommand, ckpt = self.config.get("subcommand"), None
+        if subcommand:
+            cli_checks.refuse_overlay_alone(self._config_files)
+            if subcommand != "fit":  # evaluating is not a new run (see run_folders.evaluation_output)
+                run_folders.evaluation_output(subcommand, self.config[subcommand])
+            cli_checks.refuse_wandb_online_without_key(self.config[subcommand])
+            self._output = run_folders.resolve(subcommand, self.config[subcommand])
+            ckpt = self.config[subcommand].get("ckpt_path")
+            if ckpt and ckpt not in CKPT_ALIASES:
+                if not Path(ckpt).is_file():
+                    raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
+                                          "file, or 'last' to resume the latest run")
+                self._ckpt_shapes = checkpointing.read_checkpoint_shapes(ckpt, self._model_class)
+        alpha = self.config[subcommand].model.alpha if subcommand else None
+        try:
+            super()._parse_ckpt_path()
+        except SystemExit as err:  # its hyperparameters are not ConsistencyVAE's
+            raise CheckpointError(f"--ckpt_path {ckpt} holds the hyperparameters of another model: pass a "
+                                  ".ckpt written by `consistency-vae fit`") from err
+        if subcommand == "fit" and self.config[subcommand].model.alpha != alpha:
+            # Lightning let the checkpoint's alpha override the config's, which has already named
+            # the run folder (alpha${model.alpha}): the config's wins, so the folder, hparams.yaml,
+            # the logs and the new checkpoints all say the alpha that is trained (the module's
+            # on_load_checkpoint says so when it replaces the checkpoint's fixed alpha).
+            # test/validate/predict evaluate the checkpoint as it was trained: its alpha stays.
+            self.config[subcommand].model.alpha = alpha
+
+    def _check_ckpt_path(self) -> None:
+        if self._ckpt_shapes is not None:
+            checkpointing.check_architecture(self.config[self.subcommand].ckpt_path, self._ckpt_shapes,
+                                             self.model)
+
+    def _check_output(self, need_bytes: int = 0) -> None:
+        """Keep an earlier attempt's logs in a reused folder; fail now if it cannot be written."""
+        if not run_folders.is_main_process():
+            return
+        save_dir, folder = self._output
+        if self.subcommand == "fit" and folder is not None and folder.is_dir():
+            for kept in run_folders.keep_previous_attempt(folder):
+                print(f"consistency-vae: kept the earlier attempt's {kept.name}", file=sys.stderr)
+        run_folders.check_writable(folder if folder is not None and folder.is_dir() else save_dir, need_bytes)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """``fit`` leaves the run's status and its merged metrics record in the run folder however
+        it ends (see run_record), and after Ctrl-C says how to resume, as after SIGTERM."""
+        if subcommand != "fit":
+            return super()._run_subcommand(subcommand)
+        status = "failed"
+        try:
+            super()._run_subcommand(subcommand)
+            status = "interrupted" if self.trainer.interrupted else "finished"
+        except SIGTERMException:
+            status = "interrupted"
+            raise
+        except SystemExit as err:  # Lightning's graceful shutdown after Ctrl-C ends in sys.exit(1)
+            if not isinstance(err.__context__, KeyboardInterrupt):
+                raise
+            status = "interrupted"
+            if run_folders.is_main_process():
+                last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
+                print(f"consistency-vae: stopped by Ctrl-C (SIGINT); continue with the same command plus "
+                      f"--ckpt_path last (it restarts from the last checkpoint, {last})", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGINT) from None  # the shell's code for Ctrl-C
+        finally:
+            self._record_run(status)
+
+    def _record_run(self, status: str) -> None:
+        if self._run_start is None or not self._run_start.started:  # refused before training began
+            return
+        folder = run_record.run_folder(self.trainer)
+        if folder is None or not folder.is_dir():
+            return
+        done = self.trainer.fit_loop.epoch_progress.current.processed  # whole epochs trained
+        try:
+            run_record.write_status(folder, status, epochs_done=done, max_epochs=self.trainer.max_epochs)
+            run_record.write_merged(folder)
+        except OSError as err:  # never hide why the run ended behind a logging failure
+            print(f"consistency-vae: could not write the run's record in {folder}: {err}", file=sys.stderr)
+
+    def before_fit(self) -> None:
+        cli_checks.refuse_empty_epochs(self.datamodule, self.trainer)  # before any work
+        self._run_start = run_record.RecordRunStart()  # status and W&B id into the run folder, at setup
+        self.trainer.callbacks.append(self._run_start)
+        self._check_ckpt_path()
+        # best + last + one being written, each with the weights and Adam's two moments
+        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self._check_output(need_bytes=9 * weights)
+
+    def before_validate(self) -> None:
+        self._check_ckpt_path()
+        self._check_output()
+
+    def before_test(self) -> None:
+        self._check_ckpt_path()
+        self._check_output()
+
+    def before_predict(self) -> None:
+        self._check_ckpt_path()
+        self._check_output()
+
+    def after_predict(self) -> None:
+        for path in cli_checks.save_predictions(self.trainer, self.datamodule):
+            print(f"consistency-vae: predictions written to {path}")
+
+    def after_fit(self) -> None:
+        """Test the best checkpoint and print where it is with its test ELBO and KL(z'||z)."""
+        trainer = self.trainer
+        if trainer.interrupted or trainer.fast_dev_run:
+            return
+        cli_checks.refuse_untrained(trainer)  # no "Done" for a fit that trained no step
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best,
+                               verbose=False)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
+        if trainer.is_global_zero and results:
+            r = results[0]
+            if best:
+                where = best
+            elif ckpt is not None and ckpt.last_model_path:  # e.g. --trainer.limit_val_batches=0
+                where = (f"none (no validation to select by): tested the final weights, saved as "
+                         f"{ckpt.last_model_path}")
+            else:
+                where = "(no checkpoint callback: weights kept in memory only)"
+            wandb_line = wandb_run_line(trainer.loggers)
+            print(f"\nDone. Best checkpoint: {where}\n"
+                  f"  test ELBO {r['test/elbo']:.2f} nats   test KL(z'||z) "
+                  f"{r['test/kl_consistency']:.3f} nats   (run folder: {log_dir})"
+                  + (f"\n{wandb_line}" if wandb_line else ""))
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> ConsistencyCLI:
+    return ConsistencyCLI(
+        ConsistencyVAE,
+        MNISTDataModule,
+        args=args,
+        run=run,
+        parser_class=cli_help.ProjectParser,  # parse errors: a short usage, the error last
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        save_config_callback=SaveConfigEverywhere,  # config.yaml in the run folder, and in W&B
+        save_config_kwargs={"overwrite": False},
+    )
