@@ -37,7 +37,9 @@ def save_checkpoint(path: Path, data_dir, latent_dim: int = 2, hparams_dim: int 
     torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": lightning.__version__,
                 "hyper_parameters": {"latent_dim": hparams_dim or latent_dim, "alpha": 0.5},
                 "datamodule_hyper_parameters": {"dataset": "mnist", "data_dir": str(data_dir),
-                                                "subset": 300, "_instantiator": "x"}}, path)
+                                                "subset": 300,  # as LightningCLI saves them:
+                                                "_instantiator": "lightning.pytorch.cli.instantiate_module"}},
+               path)
     return path
 
 

@@ -72,7 +72,8 @@ DEFAULTS = [("data", "--dataset", "all"), ("data", "--data_dir", "data"),
 @pytest.mark.parametrize("command, option, default", DEFAULTS, ids=[f"{c}{o}" for c, o, _ in DEFAULTS])
 def test_project_commands_show_their_defaults(capsys, command, option, default):
     text = printed_help(capsys, command, "--help")
-    assert f"(default: {default})" in option_line(text, option)
+    # argparse commands print "(default: X)", jsonargparse ones "(type: T, default: X)"
+    assert re.search(rf"[(,] ?default: {re.escape(default)}\)", option_line(text, option))
 
 
 def test_an_unknown_command_is_one_line_naming_the_commands():

@@ -14,7 +14,6 @@ is seeded, so two runs on the same machine give the same numbers. The metrics ar
 (eval_metrics.py): every default one, plus those named by ``--metrics`` (``inference_gaps``).
 """
 
-import argparse
 import json
 import math
 import sys
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from consistency_vae.cli_help import DefaultsHelpFormatter
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
 
@@ -72,15 +70,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _datamodule(ckpt: dict, dataset: str | None, data_dir: str | None, subset: int | None,
-                path: str | None = None):
+def _datamodule(ckpt_path: Path, allow_pickle: bool, **overrides):
+    """The checkpoint's own data module (its ``datamodule_hyper_parameters``, built the way fit
+    built it), with the non-None ``overrides`` (dataset, data_dir, subset, path) on top."""
     from consistency_vae.datamodule import MNISTDataModule
 
-    saved = ckpt.get("datamodule_hyper_parameters") or {}
-    hp = {k: v for k, v in saved.items() if not k.startswith("_")}  # drop '_instantiator'
-    hp.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir), ("subset", subset),
-                                 ("path", path)) if v is not None})
-    dm = MNISTDataModule(**hp)
+    dm = MNISTDataModule.load_from_checkpoint(
+        ckpt_path, map_location="cpu", weights_only=not allow_pickle,
+        **{k: v for k, v in overrides.items() if v is not None})
     dm.prepare_data()
     dm.setup("test")
     return dm
@@ -112,10 +109,11 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
                         "choose another --output")
     if iwae_k < 1 or (iwae_images is not None and iwae_images < 1):
         raise ConfigError(f"--iwae_k and --iwae_images must be >= 1, got {iwae_k} and {iwae_images}")
-    ckpt = _read_checkpoint(ckpt_path, allow_pickle)
+    _read_checkpoint(ckpt_path, allow_pickle)  # a clear error for a file that is not ours
     dev = _device(device)
     model = _load_model(ckpt_path, dev, allow_pickle)
-    dm = _datamodule(ckpt, dataset, data_dir, subset, path)
+    dm = _datamodule(ckpt_path, allow_pickle, dataset=dataset, data_dir=data_dir, subset=subset,
+                     path=path)
     images, labels = dm.test_set.images, dm.test_set.labels  # (N, C, H, W), (N,) on the CPU
     n, dim = len(images), model.hparams.latent_dim
     n_iwae = min(iwae_images or n, n)
@@ -192,40 +190,52 @@ def format_table(results: dict) -> str:
     return "\n".join([head] + [f"  {k:<{width[0]}}  {v:>{width[1]}}  {d}" for k, v, d in rows])
 
 
-def main(argv: list[str]) -> None:
-    """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
-    p = argparse.ArgumentParser(prog="consistency-vae evaluate", description=main.__doc__,
-                                formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--ckpt_path", required=True, help="a .ckpt written by `consistency-vae fit`")
-    p.add_argument("--output", required=True, help="folder for metrics.json and the PNGs")
-    p.add_argument("--data.dataset", dest="dataset",
+def parser():
+    """The command's jsonargparse parser; ``--help`` shows each option's type and default."""
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser(prog="consistency-vae evaluate", description=main.__doc__, env_prefix=False)
+    p.add_argument("--ckpt_path", type=str, required=True, help="a .ckpt written by `consistency-vae fit`")
+    p.add_argument("--output", type=str, required=True, help="folder for metrics.json and the PNGs")
+    p.add_argument("--data.dataset", type=str | None, default=None,
                    help="override the checkpoint's dataset: a name of the dataset registry (datasets.py)")
-    p.add_argument("--data.path", dest="path", help="override the checkpoint's data.path (your own images)")
-    p.add_argument("--data.data_dir", dest="data_dir", help="override the checkpoint's data folder")
-    p.add_argument("--data.subset", dest="subset", type=int, help="first N images of each split")
+    p.add_argument("--data.path", type=str | None, default=None,
+                   help="override the checkpoint's data.path (your own images)")
+    p.add_argument("--data.data_dir", type=str | None, default=None,
+                   help="override the checkpoint's data folder")
+    p.add_argument("--data.subset", type=int | None, default=None, help="first N images of each split")
     p.add_argument("--iwae_k", type=int, default=1000, help="importance samples per image")
-    p.add_argument("--iwae_images", type=int, help="IWAE on the first N test images only (quick)")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice); on a "
-                   "machine busy with other jobs, 1 avoids threads waiting on each other")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--metrics", nargs="+", default=[], metavar="NAME",
+    p.add_argument("--iwae_images", type=int | None, default=None,
+                   help="IWAE on the first N test images only (quick)")
+    p.add_argument("--device", type=str, default="auto",
+                   help="auto (a GPU if there is one), cpu, cuda, cuda:1")
+    p.add_argument("--threads", type=int | None, default=None,
+                   help="CPU threads for torch (null: torch's choice); on a machine busy with other "
+                        "jobs, 1 avoids threads waiting on each other")
+    p.add_argument("--seed", type=int, default=0, help="seed of every sampled number")
+    p.add_argument("--metrics", type=str, nargs="+", default=[], metavar="NAME",
                    help="opt-in metrics to add to the defaults: inference_gaps (slow), or my_module.NAME "
-                   "(a module registering NAME in eval_metrics)")
+                        "(a module registering NAME in eval_metrics)")
     p.add_argument("--mi_batch", type=int, default=100, help="B of the mutual information estimate")
     p.add_argument("--gap_images", type=int, default=100, help="test images of inference_gaps")
-    p.add_argument("--no_figures", dest="figures", action="store_false")
+    p.add_argument("--no_figures", action="store_true", help="write metrics.json only")
     p.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
     p.add_argument("--allow_pickle", action="store_true",
                    help="load checkpoints holding arbitrary Python objects (trusted files only)")
-    args = vars(p.parse_args(argv))
+    return p
+
+
+def main(argv: list[str]) -> None:
+    """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
+    args = parser().parse_args(argv).as_dict()
     ckpt_path, output, threads = args.pop("ckpt_path"), args.pop("output"), args.pop("threads")
     if threads is not None:
         if threads < 1:
             sys.exit(f"consistency-vae evaluate: error: --threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)  # process-wide, so only here and not in evaluate_checkpoint
+    args["figures"] = not args.pop("no_figures")
     try:
-        results = evaluate_checkpoint(ckpt_path, output, **args)
+        results = evaluate_checkpoint(ckpt_path, output, **args.pop("data"), **args)
     except UserError as err:
         sys.exit(f"consistency-vae evaluate: error: {err}")
     print(format_table(results))
