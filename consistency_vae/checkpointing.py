@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from consistency_vae.errors import CheckpointError
-from consistency_vae.model import NonFiniteLossError
+from consistency_vae.guards import NonFiniteLossError
 
 PARTIAL_SUFFIX = ".partial"  # a save in progress: never matched by ModelCheckpoint's *.ckpt lookups
 

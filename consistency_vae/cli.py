@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from consistency_vae import cli_checks, cli_help
 from consistency_vae.commands import COMMANDS
 from consistency_vae.errors import UserError
-from consistency_vae.model import NonFiniteLossError
+from consistency_vae.guards import NonFiniteLossError
 from consistency_vae.quiet import quiet_libraries
 from consistency_vae.tracking import ensure_wandb_mode, finish_wandb_run
 from consistency_vae.training_cli import LIGHTNING_COMMANDS, ConsistencyCLI, lightning_cli

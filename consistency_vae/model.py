@@ -20,21 +20,20 @@ Design choices the paper leaves open, made explicit here:
 """
 
 import os
-import sys
 from collections.abc import Callable
 from typing import Literal
 
 import torch
 from lightning import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from consistency_vae import losses
+from consistency_vae import guards, losses
 from consistency_vae.constraint import selection_criterion
 from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
 from consistency_vae.errors import ConfigError
+from consistency_vae.guards import NonFiniteLossError
 from consistency_vae.multipliers import DualAscent, MultiplierRule
 from consistency_vae.networks import MNIST_SHAPE, ImageShape, MLPDecoder, MLPEncoder
 from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator
@@ -46,11 +45,7 @@ STAGES = ("val", "test")
 # (latent_dim, image_shape) -> module returning (mu, logvar), or Bernoulli logits (B, C, H, W)
 EncoderFactory = Callable[[int, ImageShape], nn.Module]
 DecoderFactory = Callable[[int, ImageShape], nn.Module]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf; training stops on every rank. On a CPU, before the bad step
-    touches the weights; on a GPU, at the next check (see ``_finite_check_every``)."""
+__all__ = ["ConsistencyVAE", "NonFiniteLossError"]  # the error's old home, still importable
 
 
 class ConsistencyVAE(LightningModule):
@@ -96,7 +91,7 @@ class ConsistencyVAE(LightningModule):
         multiplier: MultiplierRule | None = None,
     ):
         super().__init__()
-        _check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr)
+        guards.check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr)
         self.save_hyperparameters()  # under the CLI: the encoder/decoder class_path configs
         self.encoder = encoder(latent_dim, tuple(image_shape))
         self.decoder = decoder(latent_dim, tuple(image_shape))
@@ -234,7 +229,7 @@ class ConsistencyVAE(LightningModule):
             return
         saved, wanted = float(state["alpha"]), float(self.hparams.alpha)
         if saved != wanted:
-            _say(f"consistency-vae: the checkpoint was trained at alpha={saved:g}; this model uses "
+            guards.say(f"consistency-vae: the checkpoint was trained at alpha={saved:g}; this model uses "
                  f"model.alpha={wanted:g} (fixed mode: the hyper-parameter is the weight)")
         state["alpha"] = torch.tensor(wanted, dtype=state["alpha"].dtype)
 
@@ -244,11 +239,7 @@ class ConsistencyVAE(LightningModule):
                                                           self.hparams.kl_target)
 
     def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
-        """Sum over DDP ranks, in place (a no-op on one process); every rank gets the same bits.
-        A bare all_reduce: Lightning's strategy.reduce adds a barrier, a host sync on a GPU."""
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(tensor)
-        return tensor
+        return guards.sum_over_ranks(tensor, self.trainer.world_size)
 
     def _finite_check_every(self) -> int:
         """Steps between non-finite checks. Reading a device flag on the host is free on a CPU, so
@@ -258,26 +249,9 @@ class ConsistencyVAE(LightningModule):
 
     def _raise_if_nonfinite(self, bad_total: Tensor, every: int,
                             terms: dict[str, Tensor] | None = None) -> None:
-        """Raise NonFiniteLossError on every rank alike if any rank saw a non-finite loss since the
-        last check (``bad_total`` is already summed over ranks). One host sync."""
-        if not bool(bad_total > 0):
-            return
-        where = f"epoch {self.current_epoch}, global step {self.global_step}"
-        if every == 1:
-            when, kept = f"at {where}", "The weights are from the last good step"
-        else:  # on a GPU, where a check per step would stall the device queue
-            checked = f"checked every {every} steps" if every else "checked at epoch ends"
-            when, kept = f"in the steps up to {where} ({checked})", "The weights may hold those steps"
-        mine = self._bad_steps > 0
-        if self.trainer.world_size > 1:
-            when += (f" on rank {self.global_rank} of {self.trainer.world_size}" if mine
-                     else f": on another rank (this is rank {self.global_rank}, whose loss was finite)")
-        values = ""
-        if mine and terms is not None and every == 1:
-            values = ": " + ", ".join(f"{t}={v.item():.4g}" for t, v in terms.items())
-        raise NonFiniteLossError(
-            f"non-finite loss {when}{values}. {kept}; no checkpoint of this state is written. "
-            "Lower model.lr or check the input data.")
+        guards.raise_if_nonfinite(bad_total, every, terms, bad_here=self._bad_steps, epoch=self.current_epoch,
+                                  step=self.global_step, rank=self.global_rank,
+                                  world_size=self.trainer.world_size)
 
     # --- validation and test ----------------------------------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -321,28 +295,3 @@ class ConsistencyVAE(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-
-
-@rank_zero_only
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr) -> None:
-    """Fail before any work, naming the value and what is allowed."""
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
-        raise ConfigError(f"model.alpha must be a number >= 0, got {alpha!r}")
-    checks = [
-        (isinstance(latent_dim, int) and latent_dim >= 1, "model.latent_dim must be an integer >= 1",
-         latent_dim),
-        (alpha >= 0, "model.alpha must be >= 0 (0 is the plain VAE)", alpha),
-        (alpha_mode in ("fixed", "constrained"), "model.alpha_mode must be 'fixed' or 'constrained'",
-         alpha_mode),
-        (kl_target > 0, "model.kl_target must be > 0 nats", kl_target),
-        (alpha_lr > 0, "model.alpha_lr must be > 0", alpha_lr),
-        (0 <= constraint_ema < 1, "model.constraint_ema must be in [0, 1)", constraint_ema),
-        (lr > 0, "model.lr must be > 0", lr),
-    ]
-    for ok, message, value in checks:
-        if not ok:
-            raise ConfigError(f"{message}, got {value!r}")
