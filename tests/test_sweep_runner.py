@@ -2,7 +2,7 @@
 never train the same run twice), --index/--only/--list, resuming, and the SLURM array script.
 
 The runs here are a stand-in command (a few lines of Python that write down their arguments and
-sleep), so the runner's bookkeeping is tested in seconds; tests/test_sweeps.py runs real ones.
+sleep), so the runner's bookkeeping is tested in seconds; tests/test_sweep_offline.py runs real ones.
 """
 
 import json
@@ -22,7 +22,7 @@ from consistency_vae.sweep import claims
 from consistency_vae.sweep.runner import resume_args, run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import load_sweep
-from consistency_vae.sweep.sweep_file import main as sweep_main
+from consistency_vae.sweep.command import main as sweep_main
 from tests.conftest import ROOT
 
 DEAD_PID = 2**22 + 7  # above the default pid_max of 2**22: never a running process

@@ -1,13 +1,10 @@
-"""Sweep files, the offline sweep runner and the sweep report.
-
-Every file in sweeps/ is checked against the sweeps package's schema, against the CLI (each
-parameter is a key it accepts), against the keys a real run logs (metric.name), and by running the
-command that wandb's own code builds for one proposed run.
+"""The sweep files: every file in sweeps/ is checked against the sweeps package's schema, against
+the CLI (each parameter is a key it accepts), and by running the command that wandb's own code
+builds for one proposed run. The metric each file names: test_sweep_metric.py; the offline sweep
+and its report end to end: test_sweep_offline.py.
 """
 
-import csv
 import itertools
-import json
 import math
 import os
 import statistics
@@ -21,28 +18,16 @@ import yaml
 
 from consistency_vae.cli import cli_main
 from consistency_vae.run_name import run_name
-from consistency_vae.sweep.report import report
 from consistency_vae.sweep.sweep_file import build_command, grid_points, load_sweep, propose
-from consistency_vae.sweep_objective import ConstrainedELBO, constrained_elbo
 from tests.conftest import ROOT
+from tests.sweep_files import SWEEPS, cli_args, ids
 
-SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 ALPHA_GRIDS = [p for p in SWEEPS if p.name.startswith("alpha_")
                and yaml.safe_load(p.read_text())["method"] == "grid"]
 REPRODUCTION = sorted((ROOT / "sweeps").glob("reproduce_*.yaml"))
 ALPHAS = [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]
 DEFAULTS = {"data.dataset": "mnist", "model.latent_dim": 2, "model.alpha_mode": "fixed",
             "model.kl_target": 1.0, "model.alpha": 1.0, "seed_everything": 0}  # configs/mnist.yaml
-TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
-        "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"]
-ids = [p.name for p in SWEEPS]
-
-
-def cli_args(sweep_file: Path, params: dict | None = None) -> list[str]:
-    """The CLI arguments (after `python -m consistency_vae`) of one proposed run, built by wandb."""
-    config = load_sweep(sweep_file)
-    argv = build_command(config, params or propose(config, []))
-    return argv[argv.index("consistency_vae") + 1:]
 
 
 def test_sweeps_folder_holds_the_alpha_and_the_reproduction_files():
@@ -242,132 +227,3 @@ def test_make_sweep_creates_then_runs_an_agent_with_the_venv_python(tmp_path, sw
         assert "make agent SWEEP_ID=me/consistency-vae/abc123" in proc.stdout
     else:
         assert proc.returncode != 0 and "no sweep ID" in proc.stdout and "AGENT" not in proc.stdout
-
-
-# --- the metric --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def logged_rows(tmp_path_factory, data_dir):
-    """metrics.csv rows of a real tiny run of each distinct sweep command, keyed by command."""
-    cache = {}
-
-    def rows(sweep_file: Path) -> list[dict]:
-        args = cli_args(sweep_file)  # one run per distinct command, whatever its parameters
-        params = tuple(f"--{p}=" for p in load_sweep(sweep_file)["parameters"])
-        key = tuple(a for a in args if not a.startswith(params))
-        if key not in cache:
-            out = tmp_path_factory.mktemp("metric_run")
-            cwd = os.getcwd()
-            os.chdir(ROOT)
-            try:
-                cli_main([*args, f"--trainer.default_root_dir={out}", f"--data.data_dir={data_dir}", *TINY])
-            finally:
-                os.chdir(cwd)
-            (metrics_csv,) = out.rglob("metrics.csv")
-            with metrics_csv.open() as f:
-                cache[key] = list(csv.DictReader(f))
-        return cache[key]
-
-    return rows
-
-
-@pytest.mark.parametrize("sweep_file", SWEEPS, ids=ids)
-def test_metric_name_is_a_key_a_real_run_logs(sweep_file, logged_rows):
-    metric = load_sweep(sweep_file)["metric"]["name"]
-    rows = logged_rows(sweep_file)
-    assert metric in rows[0], f"{metric} not among the logged keys {sorted(rows[0])}"
-    values = [row[metric] for row in rows if row[metric]]
-    assert values and all(math.isfinite(float(v)) for v in values)
-
-
-def test_constrained_elbo_is_elbo_minus_the_penalty_on_the_logged_values(logged_rows):
-    rows = logged_rows(ROOT / "sweeps/alpha_mnist.yaml")
-    (val,) = [r for r in rows if r["val/elbo"]]
-    (objective,) = [r for r in rows if r["val/constrained_elbo"]]
-    elbo, kl = float(val["val/elbo"]), float(val["val/kl_consistency"])
-    assert float(objective["val/constrained_elbo"]) == pytest.approx(elbo - 100.0 * max(0.0, kl - 1.0))
-
-
-@pytest.mark.parametrize("elbo, kl, expected", [(-90.0, 0.5, -90.0), (-90.0, 1.0, -90.0),
-                                                (-90.0, 1.25, -115.0), (-80.0, 3.0, -280.0)])
-def test_constrained_elbo_by_hand(elbo, kl, expected):
-    import torch
-
-    value = constrained_elbo(torch.tensor(elbo), torch.tensor(kl), kl_target=1.0, penalty=100.0)
-    assert value.item() == pytest.approx(expected)
-
-
-def test_constrained_elbo_refuses_a_non_positive_budget():
-    from consistency_vae.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="kl_target > 0"):
-        ConstrainedELBO(kl_target=0.0)
-
-
-# --- end to end: the offline sweep, a failed run, the report ------------------------------------
-@pytest.fixture(scope="module")
-def offline_sweep(tmp_path_factory, data_dir):
-    """`consistency-vae sweep sweeps/alpha_mnist.yaml --count 3 --parallel 2`, offline, tiny runs.
-
-    The grid's first three points are alpha = 0 with seeds 0, 1, 2. Seed 1's run folder is taken
-    by a file, so that run fails (as on a full or read-only disk) while the others go on.
-    """
-    runs = tmp_path_factory.mktemp("sweep") / "runs"
-    runs.mkdir()
-    (runs / "mnist_alpha0.0_seed1").write_text("not a folder")
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # the runner's default: offline
-    extra = [f"--data.data_dir={data_dir}", *TINY]
-    command = [sys.executable, "-m", "consistency_vae", "sweep", "sweeps/alpha_mnist.yaml",
-               "--count", "3", "--parallel", "2", "--runs_dir", str(runs), "--extra-args", *extra]
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    manifest = json.loads((runs / "sweep-alpha_mnist/manifest.json").read_text())
-    return {"proc": proc, "runs": runs, "manifest": manifest, "extra": extra}
-
-
-@pytest.mark.slow
-def test_offline_sweep_runs_to_the_end_and_reports_the_failed_run(offline_sweep):
-    proc, manifest, runs = offline_sweep["proc"], offline_sweep["manifest"], offline_sweep["runs"]
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # something failed, said after the end
-    assert "2 of 3 runs finished, 1 failed" in proc.stdout, proc.stdout + proc.stderr
-    by_seed = {r["params"]["seed_everything"]: r for r in manifest["runs"]}
-    assert sorted(by_seed) == [0, 1, 2] and {r["params"]["model.alpha"] for r in manifest["runs"]} == {0.0}
-    failed = by_seed[1]
-    assert failed["status"] == "failed" and failed["exit_code"] != 0
-    assert "FAILED with exit code" in proc.stdout and "FileExistsError" in proc.stdout
-    assert "2 of 3 runs finished, 1 failed" in proc.stdout
-    config = load_sweep(ROOT / "sweeps/alpha_mnist.yaml")
-    for seed in (0, 2):
-        run = by_seed[seed]
-        assert run["status"] == "finished" and run["exit_code"] == 0
-        # the command is wandb's, then the runner's own additions
-        expected = build_command(config, run["params"]) + [f"--trainer.default_root_dir={runs}",
-                                                           *offline_sweep["extra"]]
-        assert run["command"] == expected
-        assert Path(run["run_dir"]) == runs / f"mnist_alpha0.0_seed{seed}" / "version_0"
-        assert (Path(run["run_dir"]) / "metrics.csv").is_file()
-        assert Path(run["wandb_run_dir"]).parent == runs / "wandb"
-        assert Path(run["wandb_run_dir"]).name.startswith("offline-run-")
-        assert run["history"] and config["metric"]["name"] in run["history"][-1]
-
-
-def final_test_metric(run_dir: Path, key: str) -> float:
-    """Independent reading: the last row of metrics.csv holding ``key``."""
-    with (run_dir / "metrics.csv").open() as f:
-        return float([row for row in csv.DictReader(f) if row.get(key)][-1][key])
-
-
-@pytest.mark.slow
-def test_sweep_report_turns_the_runs_into_the_csv_and_the_figure(offline_sweep, tmp_path):
-    rows = report(offline_sweep["runs"], tmp_path)
-    with (tmp_path / "alpha_sweep.csv").open() as f:
-        (row,) = list(csv.DictReader(f))  # one setting: mnist, alpha 0; the failed run is left out
-    assert row["dataset"] == "mnist" and float(row["alpha"]) == 0.0 and row["n_runs"] == "2"
-    folders = [offline_sweep["runs"] / f"mnist_alpha0.0_seed{s}/version_0" for s in (0, 2)]
-    for metric in ("kl_consistency", "elbo"):
-        values = [final_test_metric(d, f"test/{metric}") for d in folders]
-        assert float(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(values), rel=1e-9)
-        assert float(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-9)
-    assert rows[0]["n_runs"] == 2
-    import matplotlib.image
-
-    image = matplotlib.image.imread(tmp_path / "alpha_tradeoff.png")
-    assert image.shape[0] > 100 and image.shape[1] > 100
