@@ -1,4 +1,4 @@
-"""Checks and outputs of the LightningCLI commands, kept out of cli.py.
+"""Checks and outputs of the LightningCLI commands, kept out of training_cli.py.
 
 - Nothing reports success for work it did not do: an overlay config alone, a batch larger than
   the training split, or a fit that trained no step is refused or fails, never "Done".

@@ -66,7 +66,7 @@ class ConsistencyVAE(LightningModule):
         consistency_grad_through_decoder: let the consistency gradient reach the decoder via x'.
         lr: Adam learning rate.
         image_shape: (C, H, W) of the images. Under the CLI it comes from the data
-            (``data.image_shape``, linked in cli.py); the default is MNIST's, as before the link.
+            (``data.image_shape``, linked in training_cli.py); the default is MNIST's, as before the link.
         divergence: the consistency term that is trained (``divergences.py``); None is the paper's
             KL(q(z'|x') || q(z|x)). KL(z'||z) is measured and logged whatever is trained, and the
             constrained mode constrains it.

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from consistency_vae import noise
+from consistency_vae.errors import ConfigError
 from consistency_vae.evaluation import inference_gaps, metrics, representation
 
 
@@ -75,7 +76,6 @@ def get_metric(name: str) -> MetricInfo:
         importlib.import_module(module)  # registers its metrics
         name = short
     if name not in METRICS:
-        from consistency_vae.errors import ConfigError
 
         raise ConfigError(f"--metrics: unknown metric {name!r}: choose from {list(METRICS)}, or a "
                           "dotted my_module.NAME whose module registers NAME (docs/extending.md)")
@@ -88,12 +88,12 @@ def docs() -> dict[str, Key]:
 
 
 def summary_labels() -> dict[str, str]:
-    """key -> label of the keys the reproduction summary reports (summary.py)."""
+    """key -> label of the keys the reproduction summary reports (reproduction/summary.py)."""
     return {k: key.label for k, key in docs().items() if key.label}
 
 
 def report_rows() -> tuple[tuple[str, str, str], ...]:
-    """(key, label, better) of the keys the sweep report compares (sweep_report.py)."""
+    """(key, label, better) of the keys the sweep report compares (sweep/report.py)."""
     return tuple((k, key.label, key.better) for k, key in docs().items() if key.label and key.better)
 
 

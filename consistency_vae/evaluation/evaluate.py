@@ -25,6 +25,9 @@ import torch
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
 
+# The Lightning side (checkpointing, model, datamodule, callbacks) is imported inside the functions
+# that use it, so that `evaluate --help` and `import` from reproduce stay light; none of them
+# imports this module.
 EVAL_BATCH = 1000  # images per forward: every metric sees the same batches
 # key -> what it is, for the printed table and the README: the default metrics' keys, and alpha
 METRIC_DOCS = {**{k: key.doc for name, info in eval_metrics.METRICS.items() if info.default

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from consistency_vae import losses
+from consistency_vae.networks import MLPDecoder
 
 TERMS = ("recon", "kl", "kl_consistency", "elbo")
 ACTIVE_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active if Var_x E_q[z_d] > 0.01
@@ -76,7 +77,6 @@ def _bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
 
 def _one_hidden_layer(decoder: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
     """(first, last) Linear layers of the default MLPDecoder with one hidden layer, else None."""
-    from consistency_vae.networks import MLPDecoder
 
     if type(decoder) is not MLPDecoder or len(decoder.net) != 3:
         return None

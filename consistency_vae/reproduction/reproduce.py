@@ -5,7 +5,7 @@
     consistency-vae reproduce --from-runs DIR   # only evaluate and summarise runs trained elsewhere
 
 The reproduction is a set of sweep files, run by the same runner as any sweep
-(``consistency-vae sweep``, sweep_runner.py): for MNIST and Fashion-MNIST, 2-D and 20-D latents,
+(``consistency-vae sweep``, sweep/runner.py): for MNIST and Fashion-MNIST, 2-D and 20-D latents,
 fixed alpha in {0, 0.1, 0.3, 1, 3, 10, 30} (``reproduce_fixed.yaml``) and the constrained mode at
 two epsilons per setting (``reproduce_constrained_2d.yaml``, ``..._20d.yaml``), 3 seeds, 25 epochs.
 Then every finished run's last.ckpt is evaluated (the paper reports "after 25 epochs"; a run whose
@@ -21,10 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+from consistency_vae import data_files
 from consistency_vae.cli_help import DefaultsHelpFormatter
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
 from consistency_vae.sweep import claims
+from consistency_vae.sweep.runner import run_sweep
+from consistency_vae.sweep.store import SweepStore, run_key
+from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
 
 SWEEPS = ["sweeps/reproduce_fixed.yaml", "sweeps/reproduce_constrained_2d.yaml",
           "sweeps/reproduce_constrained_20d.yaml"]
@@ -45,10 +49,6 @@ def sweep_arguments(args) -> tuple[list[str], dict[str, list]]:
 
 def train(args) -> tuple[list[Run], int]:
     """Run the reproduction's sweeps; return the finished runs of this setting and the failures."""
-    from consistency_vae import data_files
-    from consistency_vae.sweep.runner import run_sweep
-    from consistency_vae.sweep.store import SweepStore, run_key
-    from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
 
     os.environ.setdefault("WANDB_MODE", "disabled")  # WANDB_MODE=offline or online keeps W&B
     for name in args.datasets or data_files.DATASETS:
@@ -93,7 +93,9 @@ def wait_for_other_runners(stores: list) -> None:
 
 def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str) -> dict[Run, dict]:
     """Evaluate each run's last.ckpt into its folder's eval/metrics.json (kept if there)."""
-    from consistency_vae.evaluation.evaluate import evaluate_checkpoint
+    from consistency_vae.evaluation.evaluate import (
+        evaluate_checkpoint,  # torch and Lightning: only to evaluate
+    )
 
     results, start = {}, time.perf_counter()
     for i, run in enumerate(runs, 1):
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iwae_images", type=int, default=1000, help="test images for IWAE (all: 0)")
     args = parser.parse_args(argv)
 
-    from consistency_vae.reproduction import summary
+    from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
     try:
         if args.from_runs:

@@ -3,7 +3,7 @@
 Every number comes from the runs' own files: each run's ``eval/metrics.json`` (written by
 ``evaluate``) and its metrics record (the per-epoch curves and the epoch times; see run_record).
 Which runs: the reproduction's sweep records, or run folders gathered from other machines
-(reproduction_runs.py).
+(runs.py).
 """
 
 import json

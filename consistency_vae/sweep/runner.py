@@ -14,7 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from consistency_vae.errors import ConfigError
+from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.run_folders import check_training_left
 from consistency_vae.sweep import claims
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import (
@@ -88,8 +89,6 @@ def training_complete(folder: Path, command: list[str]) -> bool:
     says so), so that ``--ckpt_path last`` would be refused (run_folders.check_training_left)."""
     import yaml
 
-    from consistency_vae.errors import UserError
-    from consistency_vae.run_folders import check_training_left
 
     try:
         trainer = yaml.safe_load((folder / "config.yaml").read_text())["trainer"]

@@ -18,7 +18,8 @@ reported with its exit code and last log lines, and the sweep goes on. ``DIR/swe
 ``manifest.json`` (each run's params, command, status, run folder) and one log per run; running the
 same command again continues the sweep: finished runs are kept, failed grid points are retried,
 cut-off ones resume. Runners started twice, or on many machines sharing DIR (``--index I`` runs
-grid point I: a SLURM array), claim each grid point before training it (sweep_runner.py).
+grid point I: a SLURM array), claim each grid point before training it (runner.py, claims.py).
+The command itself is command.py.
 """
 
 import platform
