@@ -8,15 +8,13 @@ min/median/max over the paired epochs (the epochs run back to back), which says 
 measurement was; and whether each target was met, missed, or is within the noise.
 """
 
-import argparse
 import statistics
 import time
 
 import torch
 from lightning import Trainer
 
-from consistency_vae import losses
-from consistency_vae.cli_help import DefaultsHelpFormatter
+from consistency_vae import cli_help, losses
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder
@@ -61,8 +59,7 @@ def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: in
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(prog="consistency-vae bench", description=__doc__.split("\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = cli_help.command_parser("consistency-vae bench", __doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side (after 1 warm-up)")
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])

@@ -8,13 +8,12 @@ LightningCLI's full help. ``ProjectParser.error`` prints a short usage, the help
 fault, and the error last, where jsonargparse prints 66 lines of usage above it.
 """
 
-import argparse
 import difflib
 import re
 import sys
 import textwrap
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 HELP_FLAGS = ("-h", "--help")
@@ -188,17 +187,7 @@ def unknown_command(name: str, commands: list[str]) -> str:
             f"{', '.join(commands)} (consistency-vae --help says what each does)")
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """``--help`` shows each option's default, also for options without a help text (where
-    argparse's ArgumentDefaultsHelpFormatter shows none)."""
-
-    def _format_action(self, action: argparse.Action) -> str:
-        if action.help is None and action.default not in (None, argparse.SUPPRESS):
-            action.help = "(default: %(default)s)"  # argparse prints no line for a None help
-        return super()._format_action(action)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "%(default)" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
-            return text
-        return f"{text} (default: %(default)s)".strip()
+def command_parser(prog: str, description: str) -> ArgumentParser:
+    """The parser of a project command (data, sweep, evaluate...): jsonargparse's, as LightningCLI's
+    for fit; ``--help`` shows each option's type and default."""
+    return ArgumentParser(prog=prog, description=description)

@@ -4,7 +4,6 @@ Each entry maps a subcommand to a ``main(argv)`` function. Imports happen inside
 so ``consistency-vae fit`` never pays for loading what ``sweep`` needs.
 """
 
-import argparse
 import logging
 
 from consistency_vae import cli_help
@@ -14,8 +13,7 @@ def data_main(argv: list[str]) -> None:
     """consistency-vae data: fetch and verify the datasets (what `make data` runs)."""
     from consistency_vae import data_files
 
-    parser = argparse.ArgumentParser(prog="consistency-vae data", description=data_main.__doc__,
-                                     formatter_class=cli_help.DefaultsHelpFormatter)
+    parser = cli_help.command_parser(prog="consistency-vae data", description=data_main.__doc__)
     parser.add_argument("--dataset", choices=[*data_files.DATASETS, "all"], default="all")
     parser.add_argument("--data_dir", default="data")
     args = parser.parse_args(argv)

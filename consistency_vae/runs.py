@@ -9,7 +9,6 @@ from config.yaml, the epochs done from ``checkpoints/last.ckpt``, the status fro
 ``status.json`` (see run_record), the test numbers from the run's merged metrics record.
 """
 
-import argparse
 import csv
 import math
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from consistency_vae import run_record
+from consistency_vae import cli_help, run_record
 
 COLUMNS = ("run", "dataset", "mode", "alpha", "epsilon", "latent_dim", "seed", "epochs", "max_epochs",
            "status", "best_test_elbo", "best_test_kl_consistency", "last_test_elbo",
@@ -108,11 +107,9 @@ def write_csv(rows: list[dict], out) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="consistency-vae runs", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     epilog=f"status: {STATUS_HELP}. ELBO and KL(z'||z) are test-set "
-                                            "values in nats; best: the best checkpoint's, tested after fit; "
-                                            "last: after the last epoch trained.")
+    parser = cli_help.command_parser("consistency-vae runs", __doc__.split("\n")[0])
+    parser.epilog = (f"status: {STATUS_HELP}. ELBO and KL(z'||z) are test-set values in nats; best: "
+                     "the best checkpoint's, tested after fit; last: after the last epoch trained.")
     parser.add_argument("dir", nargs="?", default="runs", metavar="DIR",
                         help="the folder that holds the run folders (fit's trainer.default_root_dir)")
     parser.add_argument("--csv", nargs="?", const="-", default=None, metavar="PATH",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from consistency_vae import cli_help
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
 
@@ -195,9 +196,7 @@ def format_table(results: dict) -> str:
 
 def parser():
     """The command's jsonargparse parser; ``--help`` shows each option's type and default."""
-    from jsonargparse import ArgumentParser
-
-    p = ArgumentParser(prog="consistency-vae evaluate", description=main.__doc__, env_prefix=False)
+    p = cli_help.command_parser("consistency-vae evaluate", main.__doc__)
     p.add_argument("--ckpt_path", type=str, required=True, help="a .ckpt written by `consistency-vae fit`")
     p.add_argument("--output", type=str, required=True, help="folder for metrics.json and the PNGs")
     p.add_argument("--data.dataset", type=str | None, default=None,

@@ -14,15 +14,13 @@ summary.json, summary.md and the figures. Interrupted? Run it again: finished ru
 are kept, cut-off runs resume, failed ones are tried again.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from consistency_vae import data_files
-from consistency_vae.cli_help import DefaultsHelpFormatter
+from consistency_vae import cli_help, data_files
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
 from consistency_vae.sweep import claims
@@ -120,8 +118,7 @@ def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="consistency-vae reproduce", description=__doc__.split("\n")[0],
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = cli_help.command_parser("consistency-vae reproduce", __doc__.split("\n")[0])
     parser.add_argument("--output", default="results", help="where summary.md, .json and figures go")
     parser.add_argument("--runs_dir", default="runs/reproduce", help="the sweeps' runs and records")
     parser.add_argument("--from-runs", dest="from_runs", default=None, metavar="DIR",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from consistency_vae.cli_help import DefaultsHelpFormatter
+from consistency_vae import cli_help
 from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
@@ -40,8 +40,7 @@ def parse_only(items: list[str]) -> dict[str, list]:
 
 def main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
-    parser = argparse.ArgumentParser(prog="consistency-vae sweep", description=main.__doc__,
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = cli_help.command_parser("consistency-vae sweep", main.__doc__)
     parser.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/alpha_mnist.yaml")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (cores are split)")
     parser.add_argument("--count", type=int, default=None,

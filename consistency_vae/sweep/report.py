@@ -10,7 +10,6 @@ so a crashed run's partial metrics never enter a mean; without one, every run fo
 metrics counts.
 """
 
-import argparse
 import csv
 import json
 import math
@@ -19,8 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from consistency_vae import run_folders
-from consistency_vae.cli_help import DefaultsHelpFormatter
+from consistency_vae import cli_help, run_folders
 from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
 
@@ -156,8 +154,7 @@ def _cell(mean: float, std: float) -> str:
 
 def main(argv: list[str]) -> None:
     """consistency-vae sweep-report: alpha_sweep.csv and alpha_tradeoff.png from a sweep's runs."""
-    parser = argparse.ArgumentParser(prog="consistency-vae sweep-report", description=main.__doc__,
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = cli_help.command_parser("consistency-vae sweep-report", main.__doc__)
     parser.add_argument("runs_dir", help="the sweep's --runs_dir (default of the sweep: runs)")
     parser.add_argument("--output", default="results", help="folder for the CSV and the figure")
     args = parser.parse_args(argv)
