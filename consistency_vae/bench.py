@@ -61,8 +61,9 @@ def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: in
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = cli_help.command_parser("consistency-vae bench", __doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side (after 1 warm-up)")
-    parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])
+    parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"],
+                        help="where both sides run")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)

@@ -14,8 +14,9 @@ def data_main(argv: list[str]) -> None:
     from consistency_vae import data_files
 
     parser = cli_help.command_parser(prog="consistency-vae data", description=data_main.__doc__)
-    parser.add_argument("--dataset", choices=[*data_files.DATASETS, "all"], default="all")
-    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--dataset", choices=[*data_files.DATASETS, "all"], default="all",
+                        help="a registered dataset with files to fetch, or all of them")
+    parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = list(data_files.DATASETS) if args.dataset == "all" else [args.dataset]

@@ -23,7 +23,7 @@ def printed_help(capsys, *args: str) -> str:
 
 def option_line(text: str, key: str) -> str:
     """The help of one option, its continuation lines joined."""
-    match = re.search(rf"^  {re.escape(key)} .*(\n {{20,}}.*)*", text, re.MULTILINE)
+    match = re.search(rf"^  {re.escape(key)} .*(\n {{3,}}[^ -].*)*", text, re.MULTILINE)
     assert match, f"{key} not in the help"
     return " ".join(match.group(0).split())
 

@@ -119,19 +119,21 @@ def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli_help.command_parser("consistency-vae reproduce", __doc__.split("\n")[0])
-    parser.add_argument("--output", default="results", help="where summary.md, .json and figures go")
-    parser.add_argument("--runs_dir", default="runs/reproduce", help="the sweeps' runs and records")
-    parser.add_argument("--from-runs", dest="from_runs", default=None, metavar="DIR",
+    parser.add_argument("--output", type=str, default="results",
+                        help="where summary.md, .json and figures go")
+    parser.add_argument("--runs_dir", type=str, default="runs/reproduce", help="the sweeps' runs and records")
+    parser.add_argument("--from-runs", dest="from_runs", type=str | None, default=None, metavar="DIR",
                         help="train nothing: evaluate and summarise the run folders gathered under DIR "
                              "(from `make agent` or SLURM jobs on other machines)")
-    parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--sweeps", nargs="+", default=SWEEPS, help="the reproduction's sweep files")
+    parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
+    parser.add_argument("--sweeps", type=str, nargs="+", default=SWEEPS,
+                        help="the reproduction's sweep files")
     parser.add_argument("--seeds", type=int, default=None, help="the first N seeds only (files: 3)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run (files: 25, the paper's); with --from-runs, the runs that "
                              "count (else the most common length)")
     parser.add_argument("--subset", type=int, default=None, help="first N train/val/test images only")
-    parser.add_argument("--datasets", nargs="+", default=None, help="e.g. mnist (files: both)")
+    parser.add_argument("--datasets", type=str, nargs="+", default=None, help="e.g. mnist (files: both)")
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
     parser.add_argument("--iwae_k", type=int, default=1000)
     parser.add_argument("--iwae_images", type=int, default=1000, help="test images for IWAE (all: 0)")

@@ -41,7 +41,7 @@ def parse_only(items: list[str]) -> dict[str, list]:
 def main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
     parser = cli_help.command_parser("consistency-vae sweep", main.__doc__)
-    parser.add_argument("sweep_file", help="a W&B sweep YAML, e.g. sweeps/alpha_mnist.yaml")
+    parser.add_argument("sweep_file", type=str, help="a W&B sweep YAML, e.g. sweeps/alpha_mnist.yaml")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (cores are split)")
     parser.add_argument("--count", type=int, default=None,
                         help="runs to launch (default: the whole grid, or the file's run_cap; "
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--only", action="append", default=[], metavar="NAME=V1,V2",
                         help="only the grid points with these values, e.g. --only seed_everything=0")
     parser.add_argument("--list", action="store_true", help="print the grid points and their status")
-    parser.add_argument("--runs_dir", default="runs", help="where run folders and wandb/ go")
+    parser.add_argument("--runs_dir", type=str, default="runs", help="where run folders and wandb/ go")
     parser.add_argument("--extra-args", nargs=argparse.REMAINDER, default=[],
                         help="the rest of the line is added to every run's command, "
                              "e.g. --extra-args --trainer.max_epochs=2")

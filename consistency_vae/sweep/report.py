@@ -155,8 +155,8 @@ def _cell(mean: float, std: float) -> str:
 def main(argv: list[str]) -> None:
     """consistency-vae sweep-report: alpha_sweep.csv and alpha_tradeoff.png from a sweep's runs."""
     parser = cli_help.command_parser("consistency-vae sweep-report", main.__doc__)
-    parser.add_argument("runs_dir", help="the sweep's --runs_dir (default of the sweep: runs)")
-    parser.add_argument("--output", default="results", help="folder for the CSV and the figure")
+    parser.add_argument("runs_dir", type=str, help="the sweep's --runs_dir (default of the sweep: runs)")
+    parser.add_argument("--output", type=str, default="results", help="folder for the CSV and the figure")
     args = parser.parse_args(argv)
     try:
         rows = report(args.runs_dir, args.output)
