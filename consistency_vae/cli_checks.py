@@ -17,6 +17,7 @@ from jsonargparse import Namespace
 
 from consistency_vae import data_files
 from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.tracking import _has_wandb_credentials
 
 BASE_CONFIG = data_files.DEFAULT_DATA_DIR.parent / "configs" / "mnist.yaml"
 
@@ -50,8 +51,6 @@ def refuse_wandb_online_without_key(config: Namespace) -> None:
         return
     if not any(_class_name(lg) == "WandbLogger" for lg in _as_list(config.trainer.get("logger"))):
         return
-    from consistency_vae.tracking import _has_wandb_credentials
-
     if not _has_wandb_credentials():
         raise UserError("WANDB_MODE=online, but W&B has no API key (WANDB_API_KEY, ~/.netrc): run "
                         "`wandb login`, or use WANDB_MODE=offline (upload later with `wandb sync`) or "

@@ -16,6 +16,8 @@ import textwrap
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
+from consistency_vae.datasets import list_datasets
+
 HELP_FLAGS = ("-h", "--help")
 FULL_HELP_FLAGS = ("--help=all", "--help-all")
 # Trainer keys a user of this project changes; the other ~70 are in --help=all.
@@ -75,8 +77,6 @@ def _invocation(action) -> str:
         return name
     choices = action.choices or getattr(getattr(action, "_typehint", None), "__args__", None)
     if action.dest == "data.dataset":  # a str checked against the registry, which modules extend
-        from consistency_vae.datasets import list_datasets
-
         choices = list_datasets()
     if choices and all(isinstance(c, str) for c in choices):  # a Literal: its values
         return f"{name} {{{','.join(choices)}}}"
