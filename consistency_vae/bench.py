@@ -18,6 +18,7 @@ from consistency_vae import cli_help, losses
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder
+from consistency_vae.quiet import quiet_libraries
 from consistency_vae.timing import EpochTimer
 
 FIT_OVER_PLAIN_TARGET = 1.15  # Lightning's bookkeeping may cost at most 15% over a plain loop
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"],
                         help="where both sides run")
     args = parser.parse_args(argv)
+    quiet_libraries()  # its Trainers print Lightning's tips otherwise, once per timed side
 
     torch.manual_seed(0)
     dm = MNISTDataModule(data_dir=args.data_dir, on_device=False)
