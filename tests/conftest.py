@@ -32,3 +32,15 @@ def run_cli(tmp_path, data_dir):
         cli_main([*args])
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from two, and lose much on a busy machine.
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,12 +23,7 @@ TINY = ["--data.subset=256", "--data.eval_batch_size=256", "--trainer.enable_pro
         "--trainer.callbacks=[]"]  # no figures: seconds saved, nothing here is about them
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

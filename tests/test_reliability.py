@@ -37,13 +37,7 @@ CHECKPOINT_ONLY = ["--trainer.callbacks=[]",
                    "--trainer.callbacks.init_args.monitor=val/loss"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models gain nothing from two, and lose much on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
