@@ -227,12 +227,21 @@ def linear_probe_accuracy(train_features: Tensor | np.ndarray, train_labels: Ten
     whole set at once, which no sum-reduced state can express.
     """
     from sklearn.linear_model import LogisticRegression
+
+    return probe_accuracy(LogisticRegression(max_iter=max_iter), train_features, train_labels,
+                          test_features, test_labels)
+
+
+def probe_accuracy(classifier, train_features: Tensor | np.ndarray, train_labels: Tensor | np.ndarray,
+                   test_features: Tensor | np.ndarray, test_labels: Tensor | np.ndarray) -> float:
+    """Test accuracy of an sklearn ``classifier`` fit on the training features, both standardised
+    with the training set's statistics. Features (N, D), labels (N,); tensors or arrays."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     def arr(a):
         return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    probe = make_pipeline(StandardScaler(), classifier)
     probe.fit(arr(train_features), arr(train_labels))
     return float(probe.score(arr(test_features), arr(test_labels)))

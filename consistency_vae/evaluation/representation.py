@@ -16,27 +16,21 @@
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from consistency_vae import losses
+from consistency_vae.evaluation.metrics import probe_accuracy
 
 
 def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
                  test_labels: Tensor, k: int = 5) -> float:
     """Test accuracy of sklearn's k-nearest-neighbour vote on standardised features, (N, D) each."""
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    def arr(a: Tensor) -> np.ndarray:
-        return a.detach().cpu().numpy()
-
-    knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k))
-    knn.fit(arr(train_features), arr(train_labels))
-    return float(knn.score(arr(test_features), arr(test_labels)))
+    return probe_accuracy(KNeighborsClassifier(n_neighbors=k), train_features, train_labels,
+                          test_features, test_labels)
 
 
 def mutual_information_batch(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None
