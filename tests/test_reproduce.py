@@ -21,7 +21,7 @@ from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folde
 from tests.conftest import ROOT
 
 QUICK = ["--datasets", "mnist", "--seeds", "2", "--epochs", "2", "--subset", "1000", "--iwae_k", "5",
-         "--iwae_images", "50", "--parallel", "2"]
+         "--iwae_images", "50", "--gap_images", "10", "--parallel", "2"]
 
 
 def trimmed(sweep: str, tmp: Path, **values) -> str:

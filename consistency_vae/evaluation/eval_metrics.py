@@ -257,5 +257,7 @@ register_metric(MetricInfo("mutual_information", BatchedMutualInformation, {
                               "I(x; z) [nats]"),
     "mutual_information_batch": Key("B, the images per estimate of q(z)")}))
 register_metric(MetricInfo("inference_gaps", InferenceGaps, {
-    "amortization_gap": Key("ELBO* - ELBO of the encoder, nats (Cremer et al. 2018)", "lower"),
-    "approximation_gap": Key("log p(x) - ELBO*, nats", "lower")}, default=False))
+    "amortization_gap": Key("ELBO* - ELBO of the encoder, nats (Cremer et al. 2018)", "lower",
+                            "amortisation gap [nats]"),
+    "approximation_gap": Key("log p(x) - ELBO*, nats", "lower", "approximation gap [nats]")},
+    default=False))

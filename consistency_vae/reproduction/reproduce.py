@@ -89,8 +89,10 @@ def wait_for_other_runners(stores: list) -> None:
         time.sleep(WAIT_S)
 
 
-def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str) -> dict[Run, dict]:
-    """Evaluate each run's last.ckpt into its folder's eval/metrics.json (kept if there)."""
+def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str,
+                 gap_images: int = 200) -> dict[Run, dict]:
+    """Evaluate each run's last.ckpt into its folder's eval/metrics.json (kept if there): every
+    default metric and the inference gaps (on the first ``gap_images`` test images)."""
     from consistency_vae.evaluation.evaluate import (
         evaluate_checkpoint,  # torch and Lightning: only to evaluate
     )
@@ -108,7 +110,8 @@ def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir
             figures = run.setting == "paper" and run.model in ("vae", "consistency") and run.seed == 0
             results[run] = evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
                                                iwae_images=iwae_images, data_dir=data_dir,
-                                               figures=figures, progress=False)
+                                               figures=figures, progress=False,
+                                               metrics=["inference_gaps"], gap_images=gap_images)
         finally:
             claims.release(claim)
         print(f"[eval {i}/{len(runs)}] {run.name}: KL(z'||z) {results[run]['kl_consistency']:.3f}, "
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
     parser.add_argument("--iwae_k", type=int, default=1000)
     parser.add_argument("--iwae_images", type=int, default=1000, help="test images for IWAE (all: 0)")
+    parser.add_argument("--gap_images", type=int, default=200,
+                        help="test images of the amortisation and approximation gaps")
     args = parser.parse_args(argv)
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         check_last_epochs(runs)
     except UserError as err:
         sys.exit(f"consistency-vae reproduce: error: {err}")
-    results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir)
+    results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images)
     summary.write_all(runs, results, Path(args.output), args)
     print(f"reproduce: wrote {args.output}/summary.md from {len(runs)} runs")
     if failed:

@@ -12,10 +12,11 @@ import statistics
 from pathlib import Path
 
 from consistency_vae import run_record
-from consistency_vae.reproduction import results_figures, summary_md
+from consistency_vae.reproduction import claims_figures, results_figures, summary_md, verdicts
 from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, checkpoint_epoch, group
 from consistency_vae.reproduction.runs import Run
-from consistency_vae.sweep.report import mean_std, summarise
+from consistency_vae.reproduction.verdicts import stats
+from consistency_vae.sweep.report import summarise
 
 
 def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> list[float]:
@@ -39,18 +40,12 @@ def record(run: Run, metrics: dict) -> dict:
             "model": run.model, "alpha_init": run.alpha, "kl_target": run.kl_target, "seed": run.seed,
             "epochs": epochs,
             **{m: float(metrics[m]) for m in METRICS if m in metrics},
+            # standard errors over images (evaluate's KEY_se), beside the spread over seeds
+            **{f"{m}_se": float(metrics[f"{m}_se"]) for m in METRICS if f"{m}_se" in metrics},
             # the median: a shared machine's load spikes hit single epochs
             "train_epoch_s": statistics.median(times) if times else math.nan,
             "evaluated_epoch": checkpoint_epoch(Path(metrics.get("ckpt_path", ""))),
             "curve": epoch_curve(folder, epochs)}
-
-
-def stats(values: list[float]) -> dict:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    mean, std = mean_std(values)
-    return {"mean": mean, "std": std, "n": len(values)}
 
 
 def paired(records: list[dict], dataset: str, setting: str, fn) -> dict:
@@ -116,6 +111,18 @@ def recommend(sweep_rows: list[dict], vae_elbo: dict[str, float], budget: float 
     return out
 
 
+def seeds_per_group(records: list[dict]) -> dict:
+    """How many seeds each run group has (a group: dataset, setting, alpha or epsilon), and the
+    groups with fewer than the most: a partial reproduction says so instead of averaging less."""
+    counts: dict[str, int] = {}
+    for r in records:
+        what = f"eps{r['kl_target']:g}" if r["kl_target"] is not None else f"alpha{r['alpha_init']:g}"
+        name = f"{r['dataset']}/{r['setting']}/{what}"
+        counts[name] = counts.get(name, 0) + 1
+    most = max(counts.values(), default=0)
+    return {"most": most, "groups": len(counts), "short": {k: n for k, n in counts.items() if n < most}}
+
+
 def run_config(runs: list[Run], args) -> dict:
     """What the summary was made from: seeds, epochs and subset as the runs themselves say."""
     import yaml
@@ -143,6 +150,11 @@ def write_all(runs: list[Run], results: dict[Run, dict], output: Path, args) -> 
         "results": {d: {s: comparison(records, d, s) for s in settings} for d in datasets},
         "sweep": sweep_rows,
         "constrained": constrained_rows(records),
+        "front": {f"{d}/{s}": verdicts.front(records, d, s) for d, s in verdicts.settings(records)},
+        "constrained_vs_front": verdicts.constrained_vs_front(records),
+        "claims": verdicts.claims(records),
+        "noise": verdicts.noise(records),
+        "seeds_per_group": seeds_per_group(records),
         "runs": records,
     }
     vae_elbo = {d: summary["results"][d]["paper"]["vae"]["elbo"]["mean"] for d in datasets}
@@ -150,4 +162,5 @@ def write_all(runs: list[Run], results: dict[Run, dict], output: Path, args) -> 
     (output / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (output / "summary.md").write_text(summary_md.render(summary))
     results_figures.write_all(summary, records, output)
+    claims_figures.write_all(records, PAPER, output)
     return summary

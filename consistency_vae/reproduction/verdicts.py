@@ -1,0 +1,173 @@
+"""The questions the reproduction answers, from its run records (summary.record): pure functions.
+
+- ``front``: the fixed-alpha front of one setting, mean ± std over seeds of test KL(z'||z) and the
+  test ELBO at each alpha; ``front_at`` reads it at any KL inside its range.
+- ``constrained_vs_front``: does each constrained epsilon end within 10% of epsilon, and does its
+  mean ELBO lie on or above the front at the same KL, within one standard deviation?
+- ``claims``: one verdict per claim of the paper (holds, partly holds, does not hold), each from the
+  plain VAE (alpha = 0) against the paper's consistency VAE (alpha = 1), paired by seed.
+- ``noise``: how much of a difference between two runs one z per image explains.
+
+A difference "beyond the spread" is one whose mean over seeds exceeds the sample standard deviation
+of the per-seed differences (n - 1). With one seed there is no spread: only its sign counts, and
+the verdict says "1 seed".
+"""
+
+import math
+import statistics
+
+from consistency_vae.reproduction.common import TOLERANCE, group
+from consistency_vae.sweep.report import mean_std
+
+
+def stats(values: list[float]) -> dict:
+    """Mean, sample std (NaN for one value) and n of the finite values."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def fixed_runs(records: list[dict], dataset: str, setting: str) -> list[dict]:
+    return [r for r in records if r["dataset"] == dataset and r["setting"] == setting
+            and r["kl_target"] is None]
+
+
+def settings(records: list[dict]) -> list[tuple[str, str]]:
+    """(dataset, setting) pairs, the paper's 2-D latent first."""
+    return sorted({(r["dataset"], r["setting"]) for r in records},
+                  key=lambda ds: (ds[0], ds[1] != "paper", ds[1]))
+
+
+def by_alpha(records: list[dict], dataset: str, setting: str, keys: tuple[str, ...]) -> list[dict]:
+    """One row per fixed alpha, in increasing alpha: {alpha, n, key: stats over seeds}."""
+    runs = fixed_runs(records, dataset, setting)
+    rows = []
+    for alpha in sorted({r["alpha_init"] for r in runs}):
+        seeds = [r for r in runs if r["alpha_init"] == alpha]
+        rows.append({"alpha": alpha, "n": len(seeds), **{k: stats([r.get(k, math.nan) for r in seeds])
+                                                         for k in keys}})
+    return rows
+
+
+def front(records: list[dict], dataset: str, setting: str) -> list[dict]:
+    """The fixed-alpha front: {alpha, n, kl_consistency, elbo} per alpha, in increasing mean KL."""
+    rows = by_alpha(records, dataset, setting, ("kl_consistency", "elbo"))
+    return sorted((r for r in rows if r["kl_consistency"]["n"]), key=lambda r: r["kl_consistency"]["mean"])
+
+
+def front_at(points: list[dict], kl: float) -> dict | None:
+    """The front's ELBO (and its std over seeds) at test KL ``kl``, linear in log KL between the two
+    alphas around it; None outside the range the front covers (no extrapolation)."""
+    for lo, hi in zip(points, points[1:], strict=False):
+        k0, k1 = lo["kl_consistency"]["mean"], hi["kl_consistency"]["mean"]
+        if k0 <= kl <= k1:
+            t = 0.0 if k1 == k0 else (math.log(kl) - math.log(k0)) / (math.log(k1) - math.log(k0))
+            std = [p["elbo"]["std"] for p in (lo, hi)]
+            return {"elbo": (1 - t) * lo["elbo"]["mean"] + t * hi["elbo"]["mean"],
+                    "std": (1 - t) * std[0] + t * std[1] if not any(map(math.isnan, std)) else math.nan,
+                    "between_alphas": [lo["alpha"], hi["alpha"]]}
+    return None
+
+
+def constrained_vs_front(records: list[dict]) -> list[dict]:
+    """Each constrained (setting, epsilon): KL reached, the worst run's relative distance from
+    epsilon, and the mean ELBO against the front at the same KL.
+
+    ``within_10pct``: every run's KL is at most 10% above epsilon (below it is met, not missed).
+    ``on_or_above_front``: mean ELBO >= front ELBO - sigma, sigma = sqrt(std_c^2 + std_front^2),
+    the spread over seeds of the difference of two independent means of seeds.
+    """
+    rows = []
+    for dataset, setting in settings(records):
+        points = front(records, dataset, setting)
+        for eps in sorted({r["kl_target"] for r in group(records, dataset=dataset, setting=setting,
+                                                           model="constrained")}):
+            runs = group(records, dataset=dataset, setting=setting, model="constrained", kl_target=eps)
+            kl, elbo = stats([r["kl_consistency"] for r in runs]), stats([r["elbo"] for r in runs])
+            excess = [r["kl_consistency"] / eps - 1 for r in runs]
+            row = {"dataset": dataset, "setting": setting, "kl_target": eps, "kl_consistency": kl,
+                   "elbo": elbo, "alpha": stats([r.get("alpha", math.nan) for r in runs]),
+                   "worst_excess": max(excess), "within_10pct": max(excess) <= TOLERANCE - 1,
+                   "front": front_at(points, kl["mean"]), "elbo_minus_front": None,
+                   "sigma": None, "on_or_above_front": None}
+            if row["front"] is not None:
+                std_c = 0.0 if math.isnan(elbo["std"]) else elbo["std"]
+                std_f = 0.0 if math.isnan(row["front"]["std"]) else row["front"]["std"]
+                row["elbo_minus_front"] = elbo["mean"] - row["front"]["elbo"]
+                row["sigma"] = math.hypot(std_c, std_f)
+                row["on_or_above_front"] = row["elbo_minus_front"] >= -row["sigma"]
+            rows.append(row)
+    return rows
+
+
+def paired_difference(records: list[dict], dataset: str, setting: str, key: str) -> dict:
+    """alpha = 1 minus alpha = 0 of ``key``, per seed both have: stats, plus both sides' stats."""
+    fixed = fixed_runs(records, dataset, setting)
+    side = {a: {r["seed"]: r[key] for r in fixed if r["alpha_init"] == a and key in r} for a in (0.0, 1.0)}
+    seeds = sorted(side[0.0].keys() & side[1.0].keys())
+    return {"diff": stats([side[1.0][s] - side[0.0][s] for s in seeds]),
+            "vae": stats(list(side[0.0].values())), "consistency": stats(list(side[1.0].values()))}
+
+
+def direction(diff: dict, better: str) -> str:
+    """"better", "worse" or "no difference" (within the spread) for the consistency VAE."""
+    mean, std, n = diff["mean"], diff["std"], diff["n"]
+    if n == 0 or mean == 0:
+        return "no difference"
+    if n > 1 and abs(mean) <= std:
+        return "no difference"
+    return "better" if (mean > 0) == (better == "higher") else "worse"
+
+
+# claim -> what it says, and the (key, which way is better) that test it
+CLAIMS = {
+    "drift": ("the drift exists and the consistency loss removes it", [("kl_consistency", "lower")]),
+    "elbo_to_loglik": ("the ELBO approaches the data log-likelihood (IWAE - ELBO gap shrinks)",
+                       [("iwae_gap", "lower")]),
+    "inference": ("the encoder's inference is less suboptimal (amortisation gap shrinks)",
+                  [("amortization_gap", "lower")]),
+    "representation": ("better representations", [
+        ("probe_accuracy", "higher"), ("knn_accuracy", "higher"), ("mutual_information", "higher"),
+        ("active_units", "higher")]),
+}
+
+
+def claims(records: list[dict]) -> dict[str, dict]:
+    """Per claim: each (key, setting)'s paired difference and direction, and one verdict:
+    "holds" (better beyond the spread everywhere), "does not hold" (nowhere better), else
+    "partly holds"; "not measured" without any pair of runs. "(1 seed)" where n = 1."""
+    out = {}
+    for name, (text, keys) in CLAIMS.items():
+        tests = []
+        for key, better in keys:
+            for dataset, setting in settings(records):
+                d = paired_difference(records, dataset, setting, key)
+                if d["diff"]["n"]:
+                    tests.append({"key": key, "dataset": dataset, "setting": setting, **d,
+                                  "better": better, "direction": direction(d["diff"], better)})
+        found = [t["direction"] for t in tests]
+        verdict = ("not measured" if not found else "holds" if all(f == "better" for f in found)
+                   else "does not hold" if "better" not in found else "partly holds")
+        if tests and min(t["diff"]["n"] for t in tests) < 2:
+            verdict += " (1 seed)"
+        out[name] = {"claim": text, "verdict": verdict, "tests": tests,
+                     "count": {f: found.count(f) for f in ("better", "no difference", "worse")}}
+    return out
+
+
+def noise(records: list[dict], keys: tuple[str, ...] = ("kl_consistency", "elbo")) -> list[dict]:
+    """Per setting and key: the median standard error over images of one run, against the spread
+    over seeds at one alpha (the median over alphas of the std): which of the two dominates."""
+    rows = []
+    for dataset, setting in settings(records):
+        for key in keys:
+            fixed = fixed_runs(records, dataset, setting)
+            ses = [r[f"{key}_se"] for r in fixed if f"{key}_se" in r]
+            stds = [row[key]["std"] for row in by_alpha(records, dataset, setting, (key,))
+                    if row[key]["n"] > 1]
+            rows.append({"dataset": dataset, "setting": setting, "key": key,
+                         "image_se": statistics.median(ses) if ses else math.nan,
+                         "seed_std": statistics.median(stds) if stds else math.nan})
+    return rows

@@ -1,0 +1,109 @@
+"""The reproduction's verdicts (reproduction/verdicts.py) on hand-made records whose answers are
+worked out in the comments: the front read in log KL, the constrained runs against it, one
+verdict per claim, and image noise against seed spread."""
+
+import math
+
+import pytest
+
+from consistency_vae.reproduction import verdicts
+from consistency_vae.reproduction.summary import seeds_per_group
+
+
+def run(alpha, seed, kl, elbo, setting="paper", dataset="mnist", kl_target=None, **metrics):
+    return {"dataset": dataset, "setting": setting, "kl_target": kl_target, "alpha_init": alpha,
+            "seed": seed, "model": "constrained" if kl_target else f"alpha{alpha:g}",
+            "kl_consistency": kl, "elbo": elbo, **metrics}
+
+
+# fixed alphas, 2 seeds each: (alpha, [(kl, elbo), ...]); means: KL 4, 2, 1; ELBO -100, -102, -106
+FIXED = [(0.0, [(3.9, -99.0), (4.1, -101.0)]),  # ELBO std sqrt(2)
+         (1.0, [(2.0, -102.0), (2.0, -102.0)]),  # std 0
+         (3.0, [(0.9, -105.0), (1.1, -107.0)])]  # std sqrt(2)
+
+
+def fixed_records(**extra):
+    return [run(a, s, kl, elbo, **extra) for a, seeds in FIXED for s, (kl, elbo) in enumerate(seeds)]
+
+
+def test_the_front_is_read_linearly_in_log_kl_and_never_extrapolated():
+    points = verdicts.front(fixed_records(), "mnist", "paper")
+    assert [p["alpha"] for p in points] == [3.0, 1.0, 0.0]  # increasing mean KL
+    at = verdicts.front_at(points, math.sqrt(2.0))  # halfway between KL 1 and 2 in log KL
+    assert at["elbo"] == pytest.approx(-104.0) and at["between_alphas"] == [3.0, 1.0]
+    assert at["std"] == pytest.approx(math.sqrt(2) / 2)  # halfway between sqrt(2) and 0
+    assert verdicts.front_at(points, 2.0)["elbo"] == pytest.approx(-102.0)  # on a point
+    assert verdicts.front_at(points, 0.5) is None and verdicts.front_at(points, 5.0) is None
+
+
+def test_constrained_runs_are_judged_against_epsilon_and_the_front():
+    records = fixed_records() + [
+        # eps 1.5: KL 1.5 and 1.6 (+6.7% worst: within 10%); front at KL 1.55: t = log(1.55)/log(2)
+        run(1.0, 0, 1.5, -103.0, kl_target=1.5), run(1.0, 1, 1.6, -104.0, kl_target=1.5),
+        # eps 1.0: one run 20% over; ELBO far below the front
+        run(1.0, 0, 1.2, -110.0, kl_target=1.0), run(1.0, 1, 1.0, -110.0, kl_target=1.0),
+        # eps 0.5: KL 0.5, below the front's range
+        run(1.0, 0, 0.5, -108.0, kl_target=0.5)]
+    rows = {r["kl_target"]: r for r in verdicts.constrained_vs_front(records)}
+    ok = rows[1.5]
+    assert ok["within_10pct"] and ok["worst_excess"] == pytest.approx(1.6 / 1.5 - 1)
+    t = math.log(1.55) / math.log(2.0)
+    front_elbo = (1 - t) * -106.0 + t * -102.0
+    assert ok["front"]["elbo"] == pytest.approx(front_elbo)
+    assert ok["elbo_minus_front"] == pytest.approx(-103.5 - front_elbo)
+    sigma = math.hypot(math.sqrt(0.5), (1 - t) * math.sqrt(2))  # constrained std, front std
+    assert ok["sigma"] == pytest.approx(sigma)
+    assert ok["on_or_above_front"] == (-103.5 - front_elbo >= -sigma)
+    bad = rows[1.0]
+    assert not bad["within_10pct"] and bad["worst_excess"] == pytest.approx(0.2)
+    assert bad["on_or_above_front"] is False  # -110 against about -104.6, sigma about 1
+    outside = rows[0.5]
+    assert outside["front"] is None and outside["on_or_above_front"] is None
+    assert math.isnan(outside["elbo"]["std"])  # one seed: no spread, not 0
+
+
+@pytest.mark.parametrize("diffs, better, expected", [
+    ([-1.0, -1.2, -0.8], "lower", "better"),  # mean -1, std 0.2: beyond the spread
+    ([-1.0, 0.5, -1.0], "lower", "no difference"),  # mean -0.5, std 0.87: within it
+    ([0.3, 0.4, 0.2], "lower", "worse"),
+    ([0.3, 0.4, 0.2], "higher", "better"),
+    ([-0.1], "lower", "better"),  # one seed: the sign only
+])
+def test_a_difference_counts_only_beyond_the_spread_over_seeds(diffs, better, expected):
+    assert verdicts.direction(verdicts.stats(diffs), better) == expected
+
+
+def claim_records(kl_vae, kl_ours, gap_vae, gap_ours, setting):
+    return ([run(0.0, s, kl, -100.0, setting=setting, iwae_gap=g) for s, (kl, g) in
+             enumerate(zip(kl_vae, gap_vae, strict=True))]
+            + [run(1.0, s, kl, -101.0, setting=setting, iwae_gap=g) for s, (kl, g) in
+               enumerate(zip(kl_ours, gap_ours, strict=True))])
+
+
+def test_each_claim_gets_one_verdict_from_every_setting():
+    records = (claim_records([3.0, 3.2], [0.8, 0.9], [5.0, 5.5], [4.0, 4.2], "paper")  # both better
+               + claim_records([9.0, 9.5], [2.0, 2.1], [5.0, 5.5], [5.6, 6.2], "d20"))  # gap worse
+    found = verdicts.claims(records)
+    assert found["drift"]["verdict"] == "holds" and found["drift"]["count"]["better"] == 2
+    drift = {t["setting"]: t for t in found["drift"]["tests"]}
+    assert drift["paper"]["diff"]["mean"] == pytest.approx(-2.25)
+    assert drift["paper"]["vae"]["mean"] == pytest.approx(3.1)
+    assert found["elbo_to_loglik"]["verdict"] == "partly holds"
+    assert found["inference"]["verdict"] == "not measured"  # no amortization_gap in the records
+    one_seed = claim_records([3.0], [3.5], [5.0], [5.0], "paper")
+    assert verdicts.claims(one_seed)["drift"]["verdict"] == "does not hold (1 seed)"
+
+
+def test_noise_sets_the_image_standard_error_against_the_seed_spread():
+    records = [{**r, "kl_consistency_se": 0.01 * (i + 1)} for i, r in enumerate(fixed_records())]
+    rows = {r["key"]: r for r in verdicts.noise(records)}
+    assert rows["kl_consistency"]["image_se"] == pytest.approx(0.035)  # median of 0.01 .. 0.06
+    # KL std per alpha: 0.141, 0, 0.141 -> median 0.141; ELBO: sqrt(2), 0, sqrt(2)
+    assert rows["kl_consistency"]["seed_std"] == pytest.approx(math.sqrt(0.02))
+    assert rows["elbo"]["seed_std"] == pytest.approx(math.sqrt(2)) and math.isnan(rows["elbo"]["image_se"])
+
+
+def test_a_partial_reproduction_names_the_groups_with_fewer_seeds():
+    records = fixed_records() + [run(1.0, 0, 1.5, -103.0, kl_target=1.5)]
+    got = seeds_per_group(records)
+    assert got == {"most": 2, "groups": 4, "short": {"mnist/paper/eps1.5": 1}}
