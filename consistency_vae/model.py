@@ -227,8 +227,9 @@ class ConsistencyVAE(LightningModule):
             state.setdefault(key, value)
         if self.hparams.alpha_mode != "fixed" or "alpha" not in state:
             return
+        # compared in the buffer's dtype: a float32 0.1 is not the float 0.1
         saved, wanted = float(state["alpha"]), float(self.hparams.alpha)
-        if saved != wanted:
+        if saved != float(torch.tensor(wanted, dtype=state["alpha"].dtype)):
             guards.say(f"consistency-vae: the checkpoint was trained at alpha={saved:g}; this model uses "
                  f"model.alpha={wanted:g} (fixed mode: the hyper-parameter is the weight)")
         state["alpha"] = torch.tensor(wanted, dtype=state["alpha"].dtype)

@@ -69,6 +69,14 @@ def test_same_alpha_loads_silently_and_unchanged(one_epoch_run, capsys):
     assert model.alpha.item() == 1.0 and "trained at alpha" not in capsys.readouterr().err
 
 
+def test_an_alpha_that_float32_cannot_hold_exactly_loads_silently(capsys):
+    model = ConsistencyVAE(alpha=0.1)  # the buffer holds float32(0.1) != 0.1
+    checkpoint = {"state_dict": dict(model.state_dict())}
+    model.on_load_checkpoint(checkpoint)
+    assert "trained at alpha" not in capsys.readouterr().err
+    assert checkpoint["state_dict"]["alpha"].item() == pytest.approx(0.1)
+
+
 def test_a_constrained_multiplier_resumes_from_the_checkpoint(tmp_path):
     model = ConsistencyVAE(alpha=1.0, alpha_mode="constrained")
     model.alpha = torch.tensor(2.5)  # as after some dual ascent steps
