@@ -79,6 +79,8 @@ def against_alpha(records: list[dict], keys: tuple[str, ...], title: str) -> Fig
             ax.errorbar([r["alpha"] for r in pts], [r[key]["mean"] for r in pts],
                         yerr=[_std(r[key]) for r in pts], marker="o", ms=4, capsize=3)
             ax.set_xscale("symlog", linthresh=0.1)
+            ax.set_xticks([r["alpha"] for r in rows], [f"{r['alpha']:g}" for r in rows], fontsize=8)
+            ax.minorticks_off()
             ax.set(xlabel="alpha" if row == len(keys) - 1 else None,
                    ylabel=LABELS.get(key, key) if col == 0 else None,
                    title=_title(d, s) if row == 0 else None)

@@ -5,6 +5,7 @@ import math
 
 from consistency_vae.reproduction.common import LABELS, METRICS, NAMES, TOLERANCE
 
+THREE_DIGITS = ("kl_consistency", "probe_accuracy", "knn_accuracy")  # below 1: a third digit tells runs apart
 SETTING_NAMES = {"paper": "2-D latent (the paper's setting)", "d20": "20-D latent (higher capacity)"}
 
 
@@ -20,7 +21,7 @@ def comparison_table(c: dict, paper: dict | None) -> list[str]:
     head = "| metric | plain VAE (alpha=0) | consistency (alpha=1) | constrained |"
     lines = [head, "| --- | --- | --- | --- |"]
     for m in METRICS:
-        digits = 3 if m in ("kl_consistency", "probe_accuracy") else 2
+        digits = 3 if m in THREE_DIGITS else 2
         row = [cell(c[model][m], digits) for model in ("vae", "consistency", "constrained")]
         if m == "alpha":
             row[:2] = ["0", "1"]
@@ -68,7 +69,7 @@ def claims_section(claims: dict) -> list[str]:
         found = ", ".join(f"{n} {d}" for d, n in c["count"].items() if n)
         out.append(f"- **{c['claim']}**: **{c['verdict']}** ({found or 'no runs'}).")
         for t in c["tests"]:
-            digits = 3 if t["key"] in ("kl_consistency", "probe_accuracy", "knn_accuracy") else 2
+            digits = 3 if t["key"] in THREE_DIGITS else 2
             out.append(f"  - {title(t['dataset'], t['setting'])}, {LABELS.get(t['key'], t['key'])}: "
                        f"{cell(t['vae'], digits)} -> {cell(t['consistency'], digits)}, difference "
                        f"{cell(t['diff'], digits)}: {t['direction']}")
@@ -84,8 +85,9 @@ def noise_section(rows: list[dict]) -> list[str]:
            "(2 x sqrt(2) SE) are not told apart by one evaluation.", "",
            "| setting | metric | SE over images, one run | std over seeds |", "| --- | --- | --- | --- |"]
     for r in rows:
+        shown = ["-" if math.isnan(v) else f"{v:.4f}" for v in (r["image_se"], r["seed_std"])]
         out.append(f"| {title(r['dataset'], r['setting'])} | {LABELS.get(r['key'], r['key'])} | "
-                   f"{r['image_se']:.4f} | {r['seed_std']:.4f} |")
+                   f"{shown[0]} | {shown[1]} |")
     return out + [""]
 
 
