@@ -58,7 +58,7 @@ def evaluated(run: dict) -> dict:
 def test_quick_reproduce_writes_every_result_file(quick):
     results = quick["root"] / "results"
     for name in ("kl_during_training", "kl_after_training", "latent_drift_mnist", "alpha_tradeoff",
-                 "constrained"):
+                 "front", "gaps", "representation"):
         image = mpimg.imread(results / f"{name}.png")
         assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0.01  # a real picture
     assert "# Reproduction" in (results / "summary.md").read_text()

@@ -1,4 +1,5 @@
-"""The reproduction's figures: the paper's Fig. 3a, 3b and 2, the alpha trade-off, the constrained mode."""
+"""The reproduction's figures of the paper: its Fig. 3a, 3b and 2, and the alpha trade-off (the
+front, the gaps and the representations against alpha: claims_figures.py)."""
 
 import math
 from pathlib import Path
@@ -8,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator
 
-from consistency_vae.reproduction.common import NAMES, TOLERANCE, group
+from consistency_vae.reproduction.common import NAMES, group
 from consistency_vae.sweep.report import tradeoff_figure
 
 COLOURS = {"vae": "tab:blue", "consistency": "tab:red", "constrained": "tab:green"}
@@ -88,31 +89,6 @@ def stack_pngs(paths: list[Path], titles: list[str]) -> Figure:
     return fig
 
 
-def constrained_figure(records: list[dict], rows: list[dict]) -> Figure:
-    """ELBO against test KL(z'||z): fixed alphas (labelled) and the constrained runs, per setting."""
-    fig = _figure(5 * max(1, len(rows)), 4.2)
-    for ax, row in zip(fig.subplots(1, max(1, len(rows)), squeeze=False)[0], rows, strict=False):
-        d, s, eps = row["dataset"], row["setting"], row["kl_target"]
-        fixed = [r for r in records if r["dataset"] == d and r["setting"] == s and r["kl_target"] is None]
-        ax.scatter([r["kl_consistency"] for r in fixed], [r["elbo"] for r in fixed], c="tab:blue",
-                   label="fixed alpha (each seed)")
-        for a in sorted({r["alpha_init"] for r in fixed}):
-            pts = [r for r in fixed if r["alpha_init"] == a]
-            ax.annotate(f"{a:g}", (np.mean([r["kl_consistency"] for r in pts]),
-                                   np.mean([r["elbo"] for r in pts])), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
-        ours = group(records, dataset=d, setting=s, model="constrained", kl_target=eps)
-        ax.scatter([r["kl_consistency"] for r in ours], [r["elbo"] for r in ours], marker="*", s=160,
-                   c=COLOURS["constrained"], edgecolors="k", label=f"constrained, eps={eps:g}")
-        ax.axvline(eps * TOLERANCE, color="0.4", ls="--", lw=1, label="eps + 10%")
-        ax.set(xscale="log", xlabel="test KL(z'||z) [nats]", ylabel="test ELBO [nats]",
-               title=f"{NAMES.get(d, d)}, {s}: ELBO vs consistency")
-        _plain_log_ticks(ax.xaxis)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    return fig
-
-
 def write_all(summary: dict, records: list[dict], output: Path) -> None:
     datasets = list(summary["results"])
     kl_during_training(records, datasets).savefig(output / "kl_during_training.png")
@@ -127,5 +103,3 @@ def write_all(summary: dict, records: list[dict], output: Path) -> None:
                        ).savefig(output / f"latent_drift_{d}.png", dpi=72)  # ~300 KB, for git
     if summary["sweep"]:
         tradeoff_figure(summary["sweep"]).savefig(output / "alpha_tradeoff.png", dpi=110)
-    if summary["constrained"]:
-        constrained_figure(records, summary["constrained"]).savefig(output / "constrained.png")
