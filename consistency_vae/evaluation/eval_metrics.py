@@ -9,7 +9,7 @@ runs every default metric, and the opt-in ones (``--metrics NAME``; a dotted nam
 """
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -95,35 +95,6 @@ def summary_labels() -> dict[str, str]:
 def report_rows() -> tuple[tuple[str, str, str], ...]:
     """(key, label, better) of the keys the sweep report compares (sweep/report.py)."""
     return tuple((k, key.label, key.better) for k, key in docs().items() if key.label and key.better)
-
-
-class LiveTuple(Sequence):
-    """A tuple made from the registry at each use: a metric registered later is in it too."""
-
-    def __init__(self, make: Callable[[], tuple]):
-        self._make = make
-
-    def __getitem__(self, index):
-        return self._make()[index]
-
-    def __len__(self) -> int:
-        return len(self._make())
-
-
-class LiveDict(Mapping):
-    """A dict made from the registry at each use (see LiveTuple)."""
-
-    def __init__(self, make: Callable[[], dict]):
-        self._make = make
-
-    def __getitem__(self, key):
-        return self._make()[key]
-
-    def __iter__(self):
-        return iter(self._make())
-
-    def __len__(self) -> int:
-        return len(self._make())
 
 
 # --- the built-in metrics ---------------------------------------------------------------------
