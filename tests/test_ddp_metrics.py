@@ -47,7 +47,7 @@ def worker(rank: int, init_file: str, data_dir: str, out_dir: str) -> None:
         terms, active, iwae = shard_metrics(make_model(), images, list(sampler), iwae_seed=rank)
         result = {**{k: v.item() for k, v in terms.compute().items()},  # compute() syncs the ranks
                   "active_units": active.compute().item(), "variances": active.variances(),
-                  "iwae_ll": iwae.compute().item(), "shard_size": len(sampler)}
+                  **{k: v.item() for k, v in iwae.compute().items()}, "shard_size": len(sampler)}
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
