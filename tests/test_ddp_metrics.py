@@ -2,7 +2,8 @@
 
 Each rank takes its shard from ``UnpaddedDistributedSampler`` (strided, no padding) of an odd
 number of real test images, so the shards are uneven; the metrics' sum-reduced states are
-synced by torchmetrics on ``compute()``.
+synced by torchmetrics on ``compute()``: the means, and their standard errors from the summed
+squares.
 """
 
 import pytest
@@ -47,7 +48,7 @@ def worker(rank: int, init_file: str, data_dir: str, out_dir: str) -> None:
         terms, active, iwae = shard_metrics(make_model(), images, list(sampler), iwae_seed=rank)
         result = {**{k: v.item() for k, v in terms.compute().items()},  # compute() syncs the ranks
                   "active_units": active.compute().item(), "variances": active.variances(),
-                  "iwae_ll": iwae.compute().item(), "shard_size": len(sampler)}
+                  **{k: v.item() for k, v in iwae.compute().items()}, "shard_size": len(sampler)}
         torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -64,17 +65,19 @@ def test_two_gloo_processes_match_one_process(tmp_path, data_dir):
     terms, active, _ = shard_metrics(model, images, list(range(N_IMAGES)), iwae_seed=0)
     single = {k: v.item() for k, v in terms.compute().items()}
     # IWAE: one process over the same shards with the same per-rank generators
-    iwae_single = torch.cat([
+    bounds = torch.cat([
         metrics.iwae_log_likelihood(model, images[list(range(r, N_IMAGES, WORLD))][i:i + 50], IWAE_K, g)
         for r in range(WORLD) for g in [torch.Generator().manual_seed(r)]
-        for i in range(0, len(range(r, N_IMAGES, WORLD)), 50)]).double().mean().item()
+        for i in range(0, len(range(r, N_IMAGES, WORLD)), 50)]).detach().double().numpy()  # (N,)
     # Each rank runs its own float32 batches (other rows, other GEMM calls): equal to float32
     # precision, not bit for bit (tests/float32.py); the counts are integers and exact.
     for result in ranks:  # every rank sees the synced, whole-data values
-        for t in metrics.TERMS:
+        for t in metrics.TERMS:  # means and, from the summed squares, their standard errors
             assert result[t] == approx_f32(single[t], latent_dim=LATENT)
+            assert result[f"{t}_se"] == approx_f32(single[f"{t}_se"], latent_dim=LATENT)
         assert result["active_units"] == active.compute().item()
         # E[mu^2] - E[mu]^2 in float64 of float32 mu: the cancellation (a factor ~5 here, means
         # ~0.2 and variances ~0.01) leaves it well inside 1e-5 relative; no absolute floor needed
         torch.testing.assert_close(result["variances"], active.variances(), rtol=F32_REL, atol=0)
-        assert result["iwae_ll"] == pytest.approx(iwae_single, rel=F32_REL)
+        assert result["iwae_ll"] == pytest.approx(bounds.mean(), rel=F32_REL)
+        assert result["iwae_ll_se"] == pytest.approx(bounds.std(ddof=1) / N_IMAGES**0.5, rel=F32_REL)

@@ -3,12 +3,35 @@ information with its batch size, and, opt-in, the inference gaps with their sett
 
 import json
 import math
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import torch
 
-from consistency_vae.evaluation import eval_metrics, representation
+from consistency_vae.datamodule import load_split
+from consistency_vae.evaluation import eval_metrics, inference_gaps, metrics, representation
 from consistency_vae.evaluation.evaluate import evaluate_checkpoint
+from consistency_vae.evaluation.standard_errors import active_units_bootstrap
+from consistency_vae.model import ConsistencyVAE
 from tests.test_evaluate import QUICK, save_checkpoint
+
+
+def numpy_se(values) -> float:
+    """The standard error of the mean, computed independently: std (n - 1) / sqrt(n)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.std(ddof=1) / math.sqrt(len(values))
+
+
+def feed(metric, x, bounds, model=None, out=None) -> list[eval_metrics.EvalBatch]:
+    """Update ``metric`` with test EvalBatches of the rows of x (and of ``out``, else the model's
+    forward) between consecutive ``bounds``; returns the batches."""
+    batches = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        part = None if out is None else {k: v[start:stop] for k, v in out.items()}
+        batches.append(eval_metrics.EvalBatch(model, x[start:stop], None, start, "test", 0, part))
+        metric.update(batches[-1])
+    return batches
 
 
 def test_batched_mutual_information_is_the_metric_on_consecutive_batches_of_b():
@@ -23,7 +46,68 @@ def test_batched_mutual_information_is_the_metric_on_consecutive_batches_of_b():
         plain.update(mu[i:i + 50], logvar[i:i + 50], generator)
     result = batched.compute()
     assert result["mutual_information_batch"] == 50
-    assert result["mutual_information"] == float(plain.compute())
+    assert result["mutual_information"] == float(plain.compute()["mutual_information"])
+    # its SE: the sample std of the 5 batch estimates / sqrt(5), the estimates drawn again here
+    generator = torch.Generator().manual_seed(3)
+    estimates = np.array([float(representation.mutual_information_batch(
+        mu[i:i + 50], logvar[i:i + 50], generator)) for i in range(0, 250, 50)])
+    assert result["mutual_information_se"] == pytest.approx(estimates.std(ddof=1) / math.sqrt(5), rel=1e-9)
+
+
+
+@torch.no_grad()
+def test_iwae_standard_errors_are_over_the_images_and_the_gap_is_paired(data_dir):
+    torch.manual_seed(0)
+    model, x = ConsistencyVAE(latent_dim=3).eval(), load_split(data_dir, "mnist", train=False)[0][:30]
+    iwae = eval_metrics.IWAE({"iwae_k": 5, "iwae_images": 25, "iwae_batch": 7, "seed": 0})
+    batches = feed(iwae, x, [0, 13, 30], model)
+    result = iwae.compute()
+    # the same bounds again: the metric's generator, over its chunks (7 + 6 images, then 7 + 5)
+    generator = torch.Generator().manual_seed(2)
+    bounds = torch.cat([metrics.iwae_log_likelihood(model, x[i:j], 5, generator)
+                        for i, j in ((0, 7), (7, 13), (13, 20), (20, 25))]).double().numpy()
+    elbo = torch.cat([b.out["elbo"] for b in batches])[:25].double().numpy()  # the ELBOs it paired
+    assert result["iwae_ll"] == pytest.approx(bounds.mean(), rel=1e-12)
+    assert result["iwae_ll_se"] == pytest.approx(numpy_se(bounds), rel=1e-9)
+    assert result["iwae_gap"] == pytest.approx((bounds - elbo).mean(), rel=1e-9)
+    assert result["iwae_gap_se"] == pytest.approx(numpy_se(bounds - elbo), rel=1e-9)  # paired
+
+
+def test_inference_gap_standard_errors_are_numpys_over_the_gap_images(monkeypatch):
+    def fake_gaps(log_likelihood, x, mu, logvar, settings, generator):  # per-image gaps from x
+        return {"amortization_gap": x[:, 0], "approximation_gap": x[:, 0] ** 2 - 3}
+
+    monkeypatch.setattr(inference_gaps, "inference_gaps", fake_gaps)
+    values = torch.randn(30, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    metric = eval_metrics.InferenceGaps({"gap_images": 25, "seed": 0})
+    feed(metric, values, [0, 4, 19, 30], SimpleNamespace(decoder=None),
+         {"mu": torch.zeros(30, 2), "logvar": torch.zeros(30, 2)})
+    result, used = metric.compute(), values[:25, 0].numpy()  # the first gap_images images only
+    assert result["inference_gaps_settings"]["images"] == 25
+    assert result["amortization_gap"] == pytest.approx(used.mean(), rel=1e-12)
+    assert result["amortization_gap_se"] == pytest.approx(numpy_se(used), rel=1e-9)
+    assert result["approximation_gap_se"] == pytest.approx(numpy_se(used**2 - 3), rel=1e-9)
+
+
+def test_accuracy_standard_error_is_binomial_over_the_test_images():
+    probe = eval_metrics.MeansProbe("knn_accuracy", lambda *args: 0.75)  # a fixed classifier's score
+    for split, n in (("train", 300), ("test", 40), ("test", 60)):  # 100 test images in two batches
+        probe.update(eval_metrics.EvalBatch(None, torch.zeros(n, 1), torch.zeros(n), 0, split, 0,
+                                            {"mu": torch.zeros(n, 2), "logvar": torch.zeros(n, 2)}))
+    hits = np.r_[np.ones(75), np.zeros(25)]  # 75 of 100 right, the classifier held fixed
+    assert probe.compute() == {"knn_accuracy": 0.75,
+                               "knn_accuracy_se": pytest.approx(hits.std() / math.sqrt(100), rel=1e-12)}
+
+
+def test_active_units_standard_error_is_the_bootstrap_of_every_row():
+    mu = torch.randn(300, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 0.1, 0.0])
+    metric = eval_metrics.SplitActiveUnits({"latent_dim": 3, "seed": 4})
+    feed(metric, torch.zeros(300, 1), [0, 7, 150, 300], out={"mu": mu})
+    counts = active_units_bootstrap(mu, 0.01, torch.Generator().manual_seed(4 + 5))  # all rows, in order
+    result = metric.compute()
+    assert result["active_units"] == 1  # variances 1, 0.01 (not > 0.01 but near it), 0
+    assert result["active_units_se"] == pytest.approx(float(counts.double().std()), rel=1e-12)
+    assert result["active_units_se"] > 0  # the second dim is in some resamples and out of others
 
 
 def test_evaluate_reports_knn_mutual_information_and_opt_in_gaps(tmp_path, data_dir):
@@ -43,6 +127,16 @@ def test_evaluate_reports_knn_mutual_information_and_opt_in_gaps(tmp_path, data_
     assert saved["inference_gaps_settings"]["images"] == 4
     assert saved["inference_gaps_settings"]["iwae_k"] == 1000  # GapSettings, recorded
     assert saved["kl_consistency"] == results["kl_consistency"]  # the other metrics are unchanged
+
+    # every number estimated from the test images comes with its standard error, registered too
+    keys = {k: key for name in saved["metrics"] for k, key in eval_metrics.METRICS[name].keys.items()}
+    estimates = {k for k in keys if not k.endswith("_se")} - {"mutual_information_batch"}  # B: a setting
+    assert len(estimates) == 12  # the 10 numbers of the default metrics and the 2 inference gaps
+    assert {f"{k}_se" for k in estimates} == {k for k in keys if k.endswith("_se")}
+    for key in estimates:
+        assert math.isfinite(saved[f"{key}_se"]) and saved[f"{key}_se"] >= 0, key
+        assert keys[f"{key}_se"].doc.startswith("standard error over test images of")
+        assert keys[f"{key}_se"].label is None and keys[f"{key}_se"].better is None  # no report column
 
 
 def test_reports_read_their_columns_from_the_registry():

@@ -80,9 +80,15 @@ def test_cli_prints_the_table_and_overrides_apply(ckpt, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
-    for key in METRIC_DOCS:
-        assert key in printed
     saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    rows = {line.split()[0]: line for line in printed.splitlines()[1:] if line.startswith("  ")}
+    for key in METRIC_DOCS:  # every key has its row, and a standard error is on its value's row
+        if key.endswith("_se"):
+            assert key not in rows and key.removesuffix("_se") in rows
+        else:
+            assert key in rows
+    assert f"{saved['elbo']:.4f} ± {saved['elbo_se']:.2g}  " in rows["elbo"]
+    assert f"{saved['active_units']} ± {saved['active_units_se']:.2g}  " in rows["active_units"]
     assert saved["dataset"] == "fashion_mnist" and saved["figures"] == [] and saved["cpu_threads"] == 1
 
 

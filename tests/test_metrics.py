@@ -56,13 +56,19 @@ def test_forward_with_given_noise_equals_the_forward_drawing_it(model, images):
 def test_loss_terms_are_dataset_means_whatever_the_batches(model, images, splits):
     eps = eval_noise(0, len(images), 3)
     whole = model(images, eps)
-    metric = metrics.LossTerms()
+    metric, fed = metrics.LossTerms(), []
     for x, e in zip(images.split(splits), eps.split(splits), strict=True):
-        metric.update(model(x, e))
+        fed.append(model(x, e))
+        metric.update(fed[-1])
     result = metric.compute()
     # other batch sizes run other float32 GEMM kernels: equal to float32 precision (tests/float32.py)
     for t in metrics.TERMS:
         assert result[t].item() == approx_f32(whole[t].double().mean().item(), latent_dim=3)
+        # the SE over images, from float64 sums of the very values fed in: numpy's, to float64 rounding
+        values = torch.cat([out[t] for out in fed]).double().numpy()  # (64,)
+        assert result[f"{t}_se"].item() == pytest.approx(values.std(ddof=1) / math.sqrt(64), rel=1e-10)
+        one_pass = whole[t].double().numpy().std(ddof=1) / math.sqrt(64)  # the batches of 64 images
+        assert result[f"{t}_se"].item() == approx_f32(one_pass, latent_dim=3)
     assert result["elbo"].item() == approx_f32(-(result["recon"] + result["kl"]).item(), latent_dim=3)
 
 
@@ -157,7 +163,10 @@ def test_iwae_metric_is_the_mean_over_all_updates(model, images):
         metrics.iwae_log_likelihood(model, images[:10], 5, torch.Generator().manual_seed(1)),
         metrics.iwae_log_likelihood(model, images[10:40], 5, torch.Generator().manual_seed(2))])
     # the same per-image values, summed in float64 in another grouping
-    assert metric.compute().item() == pytest.approx(expected.double().mean().item(), rel=1e-12)
+    result = metric.compute()
+    assert result["iwae_ll"].item() == pytest.approx(expected.double().mean().item(), rel=1e-12)
+    expected_se = expected.double().numpy().std(ddof=1) / math.sqrt(40)
+    assert result["iwae_ll_se"].item() == pytest.approx(expected_se, rel=1e-10)
     with pytest.raises(ValueError, match="k must be >= 1"):
         metrics.IWAELogLikelihood(k=0)
 

@@ -5,20 +5,28 @@ images, their labels and the model's seeded forward on them, computed once and s
 ``compute`` returns ``{key: number}``, plus one ``register_metric`` line naming the keys it
 writes into metrics.json, what each is, and which way is better (for reports). ``evaluate``
 runs every default metric, and the opt-in ones (``--metrics NAME``; a dotted name,
-``my_module.NAME``, imports ``my_module`` first). docs/extending.md has the recipe.
+``my_module.NAME``, imports ``my_module`` first). docs/extending.md has the recipe. A number
+estimated from the test images comes with ``KEY_se``, its standard error over them
+(``standard_errors.py``), registered with ``se_key``.
 """
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from consistency_vae import noise
 from consistency_vae.errors import ConfigError
 from consistency_vae.evaluation import inference_gaps, metrics, representation
+from consistency_vae.evaluation.standard_errors import (
+    active_units_bootstrap,
+    binomial_standard_error,
+    standard_error,
+)
 
 
 @dataclass
@@ -82,6 +90,12 @@ def get_metric(name: str) -> MetricInfo:
     return METRICS[name]
 
 
+def se_key(of: str, how: str = "sqrt(sample variance / n) of the per-image values") -> Key:
+    """The Key of ``KEY_se``: no label and no ``better``, so reports show it beside KEY, not as a
+    column of its own (``evaluate``'s table prints "value ± se" on KEY's row)."""
+    return Key(f"standard error over test images of {of}: {how}")
+
+
 def docs() -> dict[str, Key]:
     """Every registered key, in registration order."""
     return {k: v for info in METRICS.values() for k, v in info.keys.items()}
@@ -97,35 +111,6 @@ def report_rows() -> tuple[tuple[str, str, str], ...]:
     return tuple((k, key.label, key.better) for k, key in docs().items() if key.label and key.better)
 
 
-class LiveTuple(Sequence):
-    """A tuple made from the registry at each use: a metric registered later is in it too."""
-
-    def __init__(self, make: Callable[[], tuple]):
-        self._make = make
-
-    def __getitem__(self, index):
-        return self._make()[index]
-
-    def __len__(self) -> int:
-        return len(self._make())
-
-
-class LiveDict(Mapping):
-    """A dict made from the registry at each use (see LiveTuple)."""
-
-    def __init__(self, make: Callable[[], dict]):
-        self._make = make
-
-    def __getitem__(self, key):
-        return self._make()[key]
-
-    def __iter__(self):
-        return iter(self._make())
-
-    def __len__(self) -> int:
-        return len(self._make())
-
-
 # --- the built-in metrics ---------------------------------------------------------------------
 class SplitLossTerms(metrics.LossTerms):
     def update(self, batch: EvalBatch) -> None:
@@ -136,31 +121,50 @@ class SplitLossTerms(metrics.LossTerms):
 
 
 class IWAE(metrics.IWAELogLikelihood):
-    """IWAE bound on the first ``iwae_images`` test images, and its gap to their ELBO."""
+    """IWAE bound on the first ``iwae_images`` test images, and its gap to their ELBO: the mean of
+    the per-image differences, so its SE is that of the paired differences."""
 
     def __init__(self, settings: dict):
         super().__init__(settings["iwae_k"])
         self.images, self.chunk = settings["iwae_images"], settings["iwae_batch"]
         self.generator = torch.Generator().manual_seed(settings["seed"] + 2)  # not the terms' eps
-        self.add_state("elbo_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        for state in ("gap_sum", "gap_sq"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, batch: EvalBatch) -> None:
         n = min(len(batch.x), self.images - batch.start)
-        self.elbo_sum += batch.out["elbo"][:max(n, 0)].double().sum()
         for i in range(0, n, self.chunk):
-            super().update(batch.model, batch.x[i:min(i + self.chunk, n)], self.generator)
+            j = min(i + self.chunk, n)
+            bound = metrics.iwae_log_likelihood(batch.model, batch.x[i:j], self.k, self.generator,
+                                                self.max_elements)  # (b,)
+            self._add(bound)
+            gap = bound.detach().double() - batch.out["elbo"][i:j].detach().double()  # (b,)
+            self.gap_sum += gap.sum()
+            self.gap_sq += gap.pow(2).sum()
 
     def compute(self) -> dict[str, float]:
-        iwae_ll = float(super().compute())
-        return {"iwae_ll": iwae_ll, "iwae_gap": iwae_ll - float(self.elbo_sum / self.count)}
+        return {**{k: float(v) for k, v in super().compute().items()},
+                "iwae_gap": float(self.gap_sum / self.count),
+                "iwae_gap_se": float(standard_error(self.gap_sum, self.gap_sq, self.count))}
 
 
 class SplitActiveUnits(metrics.ActiveUnits):
+    """The count, and its SE by a seeded bootstrap over the test images: it keeps the mu rows,
+    (N, D), gathered across processes (in rank order, so other draws than one process's)."""
+
+    def __init__(self, settings: dict):
+        super().__init__(settings["latent_dim"])
+        self.seed = settings["seed"] + 5
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+
     def update(self, batch: EvalBatch) -> None:
         super().update(batch.out["mu"])
+        self.rows.append(batch.out["mu"].detach().cpu().double())
 
-    def compute(self) -> dict[str, int]:
-        return {"active_units": int(super().compute())}
+    def compute(self) -> dict[str, float]:
+        counts = active_units_bootstrap(dim_zero_cat(self.rows), self.threshold,
+                                        torch.Generator().manual_seed(self.seed))  # (R,)
+        return {"active_units": int(super().compute()), "active_units_se": float(counts.double().std())}
 
 
 class MeansProbe(Metric):
@@ -177,8 +181,10 @@ class MeansProbe(Metric):
         getattr(self, f"{batch.split}_y").append(batch.labels.cpu())
 
     def compute(self) -> dict[str, float]:
-        return {self.key: self.score(torch.cat(self.train_mu), torch.cat(self.train_y),
-                                     torch.cat(self.test_mu), torch.cat(self.test_y))}
+        test_y = dim_zero_cat(self.test_y)
+        accuracy = self.score(dim_zero_cat(self.train_mu), dim_zero_cat(self.train_y),
+                              dim_zero_cat(self.test_mu), test_y)
+        return {self.key: accuracy, f"{self.key}_se": binomial_standard_error(accuracy, len(test_y))}
 
 
 class BatchedMutualInformation(representation.MutualInformation):
@@ -200,7 +206,7 @@ class BatchedMutualInformation(representation.MutualInformation):
         self.pending = [rows[full:]]
 
     def compute(self) -> dict[str, float]:
-        return {"mutual_information": float(super().compute()), "mutual_information_batch": self.size}
+        return {**{k: float(v) for k, v in super().compute().items()}, "mutual_information_batch": self.size}
 
 
 class InferenceGaps(Metric):
@@ -211,7 +217,7 @@ class InferenceGaps(Metric):
         super().__init__()
         self.images, self.seed = settings["gap_images"], settings["seed"]
         self.settings = inference_gaps.GapSettings()
-        for state in ("amortization", "approximation", "count"):
+        for state in ("amortization", "amortization_sq", "approximation", "approximation_sq", "count"):
             self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, batch: EvalBatch) -> None:
@@ -222,42 +228,59 @@ class InferenceGaps(Metric):
         generator = torch.Generator(device=x.device).manual_seed(self.seed + 4 + batch.start)
         gaps = inference_gaps.inference_gaps(inference_gaps.bernoulli_log_likelihood(batch.model.decoder),
                                              x, mu[:n], logvar[:n], self.settings, generator)
-        self.amortization += gaps["amortization_gap"].double().sum()
-        self.approximation += gaps["approximation_gap"].double().sum()
+        for name in ("amortization", "approximation"):
+            gap = gaps[f"{name}_gap"].detach().double()  # (n,)
+            getattr(self, name).add_(gap.sum())
+            getattr(self, f"{name}_sq").add_(gap.pow(2).sum())
         self.count += n
 
     def compute(self) -> dict:
-        return {"amortization_gap": float(self.amortization / self.count),
-                "approximation_gap": float(self.approximation / self.count),
-                "inference_gaps_settings": {**self.settings.as_dict(), "images": int(self.count)}}
+        result = {}
+        for name in ("amortization", "approximation"):
+            total, total_sq = getattr(self, name), getattr(self, f"{name}_sq")
+            result[f"{name}_gap"] = float(total / self.count)
+            result[f"{name}_gap_se"] = float(standard_error(total, total_sq, self.count))
+        return {**result, "inference_gaps_settings": {**self.settings.as_dict(), "images": int(self.count)}}
 
 
+ONE_Z = "sqrt(sample variance / n) of the per-image values, one z each: z's noise is in it too"
+BINOMIAL = "sqrt(p (1 - p) / n), the classifier fit on the training images held fixed"
 register_metric(MetricInfo("loss_terms", lambda s: SplitLossTerms(), {
     "kl_consistency": Key("KL(q(z'|x') || q(z|x)), test mean, nats", "lower",
                           "test KL(z'||z) [nats] (lower: more consistent)"),
     "elbo": Key("ELBO (1 sample of z, analytic KL), test mean, nats", "higher", "test ELBO [nats]"),
     "recon": Key("-log p(x|z) (Bernoulli), test mean, nats", "lower"),
-    "kl": Key("KL(q(z|x) || N(0, I)), test mean, nats")}))
+    "kl": Key("KL(q(z|x) || N(0, I)), test mean, nats"),
+    **{f"{t}_se": se_key(t, ONE_Z) for t in ("kl_consistency", "elbo", "recon")},
+    "kl_se": se_key("kl")}))
 register_metric(MetricInfo("iwae", IWAE, {
     "iwae_ll": Key("IWAE bound on log p(x), K samples, nats", "higher", "test IWAE log-lik. [nats]"),
-    "iwae_gap": Key("iwae_ll - ELBO of the same images, nats", label="IWAE - ELBO gap [nats]")}))
-register_metric(MetricInfo("active_units", lambda s: SplitActiveUnits(s["latent_dim"]), {
-    "active_units": Key("dims with Var_x[mu(x)] > 0.01", label="active units")}))
+    "iwae_gap": Key("iwae_ll - ELBO of the same images, nats", label="IWAE - ELBO gap [nats]"),
+    "iwae_ll_se": se_key("iwae_ll"),
+    "iwae_gap_se": se_key("iwae_gap", "of the paired per-image differences iwae - elbo")}))
+register_metric(MetricInfo("active_units", SplitActiveUnits, {
+    "active_units": Key("dims with Var_x[mu(x)] > 0.01", label="active units"),
+    "active_units_se": se_key("active_units", "std of the count over 200 seeded bootstrap "
+                                              "resamples of the test images")}))
 register_metric(MetricInfo("probe_accuracy", lambda s: MeansProbe(
     "probe_accuracy", metrics.linear_probe_accuracy), {
     "probe_accuracy": Key("logistic regression on mu(x): train -> test", "higher",
-                          "linear probe accuracy")}, ("train", "test")))
+                          "linear probe accuracy"),
+    "probe_accuracy_se": se_key("probe_accuracy", BINOMIAL)}, ("train", "test")))
 register_metric(MetricInfo("knn_accuracy", lambda s: MeansProbe(
     "knn_accuracy", representation.knn_accuracy), {
     "knn_accuracy": Key("5-nearest-neighbour vote on mu(x): train -> test", "higher",
-                        "5-NN accuracy on mu(x)")},
-    ("train", "test")))
+                        "5-NN accuracy on mu(x)"),
+    "knn_accuracy_se": se_key("knn_accuracy", BINOMIAL)}, ("train", "test")))
 register_metric(MetricInfo("mutual_information", BatchedMutualInformation, {
     "mutual_information": Key("I(x; z) of q(x, z), He et al. 2019, nats (<= log B)", "higher",
                               "I(x; z) [nats]"),
-    "mutual_information_batch": Key("B, the images per estimate of q(z)")}))
+    "mutual_information_batch": Key("B, the images per estimate of q(z)"),
+    "mutual_information_se": se_key("mutual_information", "sample std of the per-batch "
+                                                          "estimates / sqrt(batches)")}))
 register_metric(MetricInfo("inference_gaps", InferenceGaps, {
     "amortization_gap": Key("ELBO* - ELBO of the encoder, nats (Cremer et al. 2018)", "lower",
                             "amortisation gap [nats]"),
-    "approximation_gap": Key("log p(x) - ELBO*, nats", "lower", "approximation gap [nats]")},
-    default=False))
+    "approximation_gap": Key("log p(x) - ELBO*, nats", "lower", "approximation gap [nats]"),
+    "amortization_gap_se": se_key("amortization_gap"),
+    "approximation_gap_se": se_key("approximation_gap")}, default=False))

@@ -176,15 +176,22 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     return results
 
 
+def _shown(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
+
+
 def format_table(results: dict) -> str:
-    """The metrics as an aligned text table: key, value, meaning."""
+    """The metrics as an aligned text table: key, value (± its standard error, where
+    ``KEY_se`` is in the results: not a row of its own), meaning."""
     rows = []
     docs = {**{k: key.doc for k, key in eval_metrics.docs().items()}, **METRIC_DOCS}
     for key, doc in docs.items():
-        if key not in results or isinstance(results[key], dict):
+        if key not in results or isinstance(results[key], dict) \
+                or (key.endswith("_se") and key.removesuffix("_se") in results):
             continue
-        value = results[key]
-        shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value)
+        shown = _shown(results[key])
+        if f"{key}_se" in results:
+            shown += f" ± {results[f'{key}_se']:.2g}"  # two digits: the SE's own precision
         rows.append((key, shown, doc))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     head = (f"{results['ckpt_path']}  ({results['dataset']}, latent_dim {results['latent_dim']}, "

@@ -3,7 +3,8 @@
 Each ``torchmetrics.Metric`` keeps *sums* (float64) and a count, reduced by sum across
 processes, so a split of the data over ranks or batches gives the same mean as one pass over it
 (evaluation must use ``datamodule.UnpaddedDistributedSampler``: padded duplicates would count
-twice). Per-example maths lives in plain functions beside them.
+twice). Sums of squares beside them give each mean's standard error over images
+(``standard_errors.py``), as ``KEY_se``. Per-example maths lives in plain functions beside them.
 
 Per-example loss terms come from the model's own forward (``ConsistencyVAE.forward``) with the
 eps rows of ``noise.eval_noise``: one row per image, so KL(z'||z) and the ELBO of an image are the
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from consistency_vae import losses
+from consistency_vae.evaluation.standard_errors import standard_error
 from consistency_vae.networks import MLPDecoder
 
 TERMS = ("recon", "kl", "kl_consistency", "elbo")
@@ -29,9 +31,10 @@ MIN_K_SHORTCUT = 64  # fewer samples per image: the dense decoder is as fast as 
 
 
 class LossTerms(Metric):
-    """Dataset means of recon, kl, kl_consistency and elbo (nats per image).
+    """Dataset means of recon, kl, kl_consistency and elbo (nats per image), and their SEs.
 
-    ``update`` takes per-example values, (B,) each; ``compute`` returns a dict of scalars.
+    ``update`` takes per-example values, (B,) each; ``compute`` returns a dict of scalars: each
+    term's mean and, as ``TERM_se``, its standard error over the images.
     """
 
     full_state_update = False
@@ -39,16 +42,20 @@ class LossTerms(Metric):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.add_state("sums", torch.zeros(len(TERMS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sums_sq", torch.zeros(len(TERMS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, terms: dict[str, Tensor]) -> None:
         values = torch.stack([terms[t].detach().double() for t in TERMS])  # (4, B)
         self.sums += values.sum(-1)
+        self.sums_sq += values.pow(2).sum(-1)
         self.count += values.shape[-1]
 
     def compute(self) -> dict[str, Tensor]:
         means = self.sums / self.count
-        return {t: means[i] for i, t in enumerate(TERMS)}
+        errors = standard_error(self.sums, self.sums_sq, self.count)  # (4,)
+        return {**{t: means[i] for i, t in enumerate(TERMS)},
+                **{f"{t}_se": errors[i] for i, t in enumerate(TERMS)}}
 
 
 def _softplus_sum(logits: Tensor) -> Tensor:
@@ -159,9 +166,10 @@ def iwae_log_likelihood(model: nn.Module, x: Tensor, k: int, generator: torch.Ge
 
 
 class IWAELogLikelihood(Metric):
-    """Dataset mean of the K-sample IWAE bound on log p(x), nats per image.
+    """Dataset mean of the K-sample IWAE bound on log p(x), nats per image, and its SE.
 
-    ``update(model, x, generator)`` computes the bound of each image (``iwae_log_likelihood``).
+    ``update(model, x, generator)`` computes the bound of each image (``iwae_log_likelihood``);
+    ``compute`` returns ``{"iwae_ll": mean, "iwae_ll_se": standard error over the images}``.
     """
 
     full_state_update = False
@@ -172,15 +180,22 @@ class IWAELogLikelihood(Metric):
             raise ValueError(f"iwae k must be >= 1, got {k}")
         self.k, self.max_elements = k, max_elements
         self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, model: nn.Module, x: Tensor, generator: torch.Generator | None = None) -> None:
-        bound = iwae_log_likelihood(model, x, self.k, generator, self.max_elements)
-        self.total += bound.double().sum()
+        self._add(iwae_log_likelihood(model, x, self.k, generator, self.max_elements))
+
+    def _add(self, bound: Tensor) -> None:
+        """Adds per-image bounds, (B,); for subclasses' ``update`` that use the bounds too."""
+        bound = bound.detach().double()
+        self.total += bound.sum()
+        self.total_sq += bound.pow(2).sum()
         self.count += len(bound)
 
-    def compute(self) -> Tensor:
-        return self.total / self.count
+    def compute(self) -> dict[str, Tensor]:
+        return {"iwae_ll": self.total / self.count,
+                "iwae_ll_se": standard_error(self.total, self.total_sq, self.count)}
 
 
 class ActiveUnits(Metric):

@@ -22,6 +22,7 @@ from torchmetrics import Metric
 
 from consistency_vae import losses
 from consistency_vae.evaluation.metrics import probe_accuracy
+from consistency_vae.evaluation.standard_errors import standard_error
 
 
 def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
@@ -48,9 +49,11 @@ def mutual_information_batch(mu: Tensor, logvar: Tensor, generator: torch.Genera
 class MutualInformation(Metric):
     """Mean over batches of ``mutual_information_batch``; ``update(mu, logvar, generator)``.
 
-    The estimate is a per-batch quantity, so the state is the sum of the batch estimates and
-    their number (reduced by sum across processes), plus the batch size, which must not change:
-    compare runs only at the same B (``batch_size`` in the result).
+    The estimate is a per-batch quantity, so the state is the sum of the batch estimates, of
+    their squares and their number (reduced by sum across processes), plus the batch size, which
+    must not change: compare runs only at the same B (``batch_size``). ``compute`` returns
+    ``{"mutual_information": mean, "mutual_information_se": s / sqrt(batches)}``, with s the
+    sample std of the batch estimates (NaN for one batch).
     """
 
     full_state_update = False
@@ -58,6 +61,7 @@ class MutualInformation(Metric):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("batches", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.batch_size: int | None = None
 
@@ -67,8 +71,11 @@ class MutualInformation(Metric):
         elif len(mu) != self.batch_size:
             raise ValueError(f"MutualInformation: every batch must hold {self.batch_size} images (the "
                              f"estimate depends on B), got {len(mu)}: drop the last, smaller batch")
-        self.total += mutual_information_batch(mu.detach(), logvar.detach(), generator).double()
+        estimate = mutual_information_batch(mu.detach(), logvar.detach(), generator).double()
+        self.total += estimate
+        self.total_sq += estimate.pow(2)
         self.batches += 1
 
-    def compute(self) -> Tensor:
-        return self.total / self.batches
+    def compute(self) -> dict[str, Tensor]:
+        return {"mutual_information": self.total / self.batches,
+                "mutual_information_se": standard_error(self.total, self.total_sq, self.batches)}

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from consistency_vae import datasets
 from consistency_vae.evaluation import eval_metrics
+from consistency_vae.evaluation.live_views import LiveDict, LiveTuple
 
 # The evaluation metrics registry's labelled keys (eval_metrics.py: a metric registered there is
 # summarised here), then the run's own numbers.
 RUN_LABELS = {"train_epoch_s": "training s / epoch", "alpha": "final alpha"}
-LABELS = eval_metrics.LiveDict(lambda: {**eval_metrics.summary_labels(), **RUN_LABELS})
-METRICS = eval_metrics.LiveTuple(lambda: tuple(LABELS))
+LABELS = LiveDict(lambda: {**eval_metrics.summary_labels(), **RUN_LABELS})
+METRICS = LiveTuple(lambda: tuple(LABELS))
 PAPER = {"mnist": {"vae": {"kl_consistency": 3.09}, "consistency": {"kl_consistency": 0.79}}}
 TOLERANCE = 1.10  # "within 10% of epsilon or below it"
 NAMES = datasets.TITLES  # dataset name -> its title, from the dataset registry

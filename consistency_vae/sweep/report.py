@@ -21,11 +21,12 @@ import yaml
 from consistency_vae import cli_help, run_folders
 from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
+from consistency_vae.evaluation.live_views import LiveTuple
 
 # Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better), the
 # evaluation metrics registry's keys with a label and a direction: a metric registered there is a
 # column here (eval_metrics.py).
-METRICS = eval_metrics.LiveTuple(eval_metrics.report_rows)
+METRICS = LiveTuple(eval_metrics.report_rows)
 
 
 # --- collecting runs (pure file reading) --------------------------------------------------
