@@ -48,6 +48,8 @@ def wandb_run_line(loggers: list) -> str | None:
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             run = logger.experiment
+            if run.settings.mode == "disabled":  # WANDB_MODE=disabled: a no-op run, no page
+                return None
             if run.settings.mode == "offline" or run.offline:
                 return f"  W&B (offline): {os.path.dirname(run.dir)}; upload with wandb sync"
             return f"  W&B: {run.url}"

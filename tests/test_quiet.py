@@ -31,3 +31,16 @@ def test_fit_output_ends_with_the_result_and_holds_no_library_noise(tmp_path, da
     assert last[0].startswith("Done. Best checkpoint: ") and "test ELBO" in last[1], last
     assert last[2].startswith("  W&B (offline): "), last
     assert os.path.isdir(tmp_path / last[2].split()[2].rstrip(";"))
+
+
+
+def test_a_disabled_wandb_run_gets_no_wandb_line(tmp_path, monkeypatch):
+    """WANDB_MODE=disabled: no "W&B: None" line (offline: the fit test above checks its line)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from consistency_vae.quiet import wandb_run_line
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logger = WandbLogger(project="consistency-vae", save_dir=str(tmp_path))
+    logger.experiment  # noqa: B018 - starts the (no-op) run, as fit does
+    assert wandb_run_line([logger]) is None
