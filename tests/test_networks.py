@@ -1,0 +1,54 @@
+"""The MLPs' ``activation`` option: tanh really is tanh, and the default is the ReLU MLP it always was."""
+
+import pytest
+import torch
+from torch import nn
+
+from consistency_vae.errors import ConfigError
+from consistency_vae.networks import MLPDecoder, MLPEncoder, bound_logvar
+
+SHAPE = (1, 4, 4)  # 16 pixels: small enough to check by hand
+REFERENCE = {"relu": torch.relu, "tanh": torch.tanh}
+
+
+def by_hand(net: nn.Sequential, x: torch.Tensor, act) -> torch.Tensor:
+    """The MLP written out: act(W x + b) for every Linear but the last, which stays linear."""
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    for layer in linears[:-1]:
+        x = act(x @ layer.weight.T + layer.bias)
+    return x @ linears[-1].weight.T + linears[-1].bias
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_mlps_compute_the_named_activation(activation):
+    torch.manual_seed(0)
+    encoder = MLPEncoder(3, SHAPE, hidden_dims=[5, 6], activation=activation)
+    decoder = MLPDecoder(3, SHAPE, hidden_dims=[5, 6], activation=activation)
+    x, z = torch.rand(7, *SHAPE), torch.randn(7, 3)
+    mu, logvar = encoder(x)
+    raw = by_hand(encoder.net, x.flatten(1), REFERENCE[activation])
+    torch.testing.assert_close(mu, raw[:, :3])
+    torch.testing.assert_close(logvar, bound_logvar(raw[:, 3:]))
+    torch.testing.assert_close(decoder(z).flatten(1), by_hand(decoder.net, z, REFERENCE[activation]))
+    other = REFERENCE["relu" if activation == "tanh" else "tanh"]  # the check can tell them apart
+    assert not torch.allclose(mu, by_hand(encoder.net, x.flatten(1), other)[:, :3])
+
+
+def test_default_is_the_relu_mlp_of_before_with_the_same_seeded_weights():
+    """Same modules, parameter names and seeded values as the pre-option code built, so the
+    default runs and every existing checkpoint are unchanged."""
+    torch.manual_seed(0)
+    default = MLPEncoder(2)
+    torch.manual_seed(0)
+    before = nn.Sequential(nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 4))  # the old mlp()
+    assert [type(m) for m in default.net] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert default.net.state_dict().keys() == before.state_dict().keys()
+    for name, value in before.state_dict().items():
+        assert torch.equal(default.net.state_dict()[name], value), name
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(default(x)[0], before(x.flatten(1))[:, :2], rtol=0, atol=0)
+
+
+def test_an_unknown_activation_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"\['relu', 'tanh'\], got 'gelu'"):
+        MLPDecoder(2, activation="gelu")
