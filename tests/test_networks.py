@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from consistency_vae.errors import ConfigError
+from consistency_vae.evaluation.metrics import _bernoulli_log_likelihood, iwae_log_likelihood
+from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder, bound_logvar
 
 SHAPE = (1, 4, 4)  # 16 pixels: small enough to check by hand
@@ -52,3 +54,23 @@ def test_default_is_the_relu_mlp_of_before_with_the_same_seeded_weights():
 def test_an_unknown_activation_names_the_allowed_ones():
     with pytest.raises(ConfigError, match=r"\['relu', 'tanh'\], got 'gelu'"):
         MLPDecoder(2, activation="gelu")
+
+
+def test_iwae_of_a_one_hidden_layer_tanh_decoder_is_the_dense_bound():
+    """The IWAE shortcut for one-hidden-layer ReLU decoders must not be taken for tanh."""
+    torch.manual_seed(0)
+    model = ConsistencyVAE(encoder=lambda d, s: MLPEncoder(d, s, (32,), "tanh"),
+                           decoder=lambda d, s: MLPDecoder(d, s, (32,), "tanh"), latent_dim=2).eval()
+    x = torch.bernoulli(torch.rand(3, 1, 28, 28))
+    k = 64  # the shortcut's threshold (metrics.MIN_K_SHORTCUT)
+    with torch.no_grad():
+        got = iwae_log_likelihood(model, x, k, torch.Generator().manual_seed(1))
+        mu, logvar = model.encode(x)
+        eps = torch.randn((k, 3, 2), generator=torch.Generator().manual_seed(1))
+        z = mu + (0.5 * logvar).exp() * eps  # (K, B, D): the same draws as the function's
+        log_px = _bernoulli_log_likelihood(model.decoder(z.reshape(-1, 2)).reshape(k, 3, -1), x.flatten(1))
+        normal = torch.distributions.Normal
+        log_w = (log_px + normal(0.0, 1.0).log_prob(z).sum(-1)
+                 - normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1))
+        expected = torch.logsumexp(log_w, 0) - torch.log(torch.tensor(float(k)))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
