@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from consistency_vae.errors import ConfigError
 from consistency_vae.evaluation.metrics import _bernoulli_log_likelihood, iwae_log_likelihood
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder, bound_logvar
+from tests.conftest import ROOT
 
 SHAPE = (1, 4, 4)  # 16 pixels: small enough to check by hand
 REFERENCE = {"relu": torch.relu, "tanh": torch.tanh}
@@ -54,6 +56,20 @@ def test_default_is_the_relu_mlp_of_before_with_the_same_seeded_weights():
 def test_an_unknown_activation_names_the_allowed_ones():
     with pytest.raises(ConfigError, match=r"\['relu', 'tanh'\], got 'gelu'"):
         MLPDecoder(2, activation="gelu")
+
+
+def test_binarized_mnist_config_is_burdas_784_200_200_50_tanh_vae():
+    config = yaml.safe_load((ROOT / "configs/binarized_mnist.yaml").read_text())
+    model = config["model"]
+    assert model["alpha"] == 0.0 and config["data"]["binarize"] == "dynamic"
+    encoder = MLPEncoder(model["latent_dim"], **model["encoder"]["init_args"])
+    decoder = MLPDecoder(model["latent_dim"], **model["decoder"]["init_args"])
+    sizes = [(m.in_features, m.out_features) for m in encoder.net if isinstance(m, nn.Linear)]
+    assert sizes == [(784, 200), (200, 200), (200, 100)]  # 100 = mean and log-variance of 50
+    sizes = [(m.in_features, m.out_features) for m in decoder.net if isinstance(m, nn.Linear)]
+    assert sizes == [(50, 200), (200, 200), (200, 784)]
+    for net in (encoder.net, decoder.net):
+        assert sum(isinstance(m, nn.Tanh) for m in net) == 2 and not any(isinstance(m, nn.ReLU) for m in net)
 
 
 def test_iwae_of_a_one_hidden_layer_tanh_decoder_is_the_dense_bound():
