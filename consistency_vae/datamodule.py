@@ -258,6 +258,8 @@ class MNISTDataModule(LightningDataModule):
         """Dynamic binarisation: a fresh Bernoulli draw of each training batch's grey levels."""
         if self.hparams.binarize != "dynamic" or self.trainer is None or not self.trainer.training:
             return batch
+        if isinstance(batch, Tensor):  # the model summary's example input, not a training batch
+            return batch
         x, y = batch
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # as the training noise: resumes draw alike
         generator = seeded_generator(x.device, BINARIZE, seed, self.trainer.global_step,

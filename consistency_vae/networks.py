@@ -13,6 +13,7 @@ A decoder returns Bernoulli logits, (B, C, H, W).
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,10 @@ from consistency_vae.errors import ConfigError
 ImageShape = tuple[int, int, int]  # (C, H, W)
 MNIST_SHAPE: ImageShape = (1, 28, 28)  # the default, as in every checkpoint written before the link
 LOGVAR_BOUND = 10.0  # variances in [4.5e-5, 2.2e4]: far wider than any trained posterior needs
+# Hidden-unit nonlinearity of the MLPs. ReLU is the default (the paper's 784-400-D MLP); tanh is
+# there for literature comparisons such as Burda et al.'s 784-200-200-50 (configs/binarized_mnist.yaml).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+Activation = Literal["relu", "tanh"]
 
 
 def bound_logvar(raw: Tensor) -> Tensor:
@@ -29,13 +34,16 @@ def bound_logvar(raw: Tensor) -> Tensor:
     return LOGVAR_BOUND * torch.tanh(raw / LOGVAR_BOUND)
 
 
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them (none after the last)."""
+def mlp(sizes: Sequence[int], activation: Activation = "relu") -> nn.Sequential:
+    """Linear layers with ``activation`` between them (none after the last)."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}: set "
+                          f"init_args.activation of MLPEncoder/MLPDecoder to one of them")
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -43,9 +51,9 @@ class MLPEncoder(nn.Module):
     """C*H*W -> hidden_dims -> 2D, the paper-style fully connected encoder (784-400-D on MNIST)."""
 
     def __init__(self, latent_dim: int, image_shape: ImageShape = MNIST_SHAPE,
-                 hidden_dims: Sequence[int] = (400,)):
+                 hidden_dims: Sequence[int] = (400,), activation: Activation = "relu"):
         super().__init__()
-        self.net = mlp([math.prod(image_shape), *hidden_dims, 2 * latent_dim])
+        self.net = mlp([math.prod(image_shape), *hidden_dims, 2 * latent_dim], activation)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, raw = self.net(x.flatten(1)).chunk(2, dim=-1)  # (B, D) each
@@ -56,10 +64,10 @@ class MLPDecoder(nn.Module):
     """D -> reversed hidden_dims -> C*H*W Bernoulli logits."""
 
     def __init__(self, latent_dim: int, image_shape: ImageShape = MNIST_SHAPE,
-                 hidden_dims: Sequence[int] = (400,)):
+                 hidden_dims: Sequence[int] = (400,), activation: Activation = "relu"):
         super().__init__()
         self.image_shape = tuple(image_shape)
-        self.net = mlp([latent_dim, *reversed(hidden_dims), math.prod(image_shape)])
+        self.net = mlp([latent_dim, *reversed(hidden_dims), math.prod(image_shape)], activation)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).view(-1, *self.image_shape)  # (B, C, H, W)

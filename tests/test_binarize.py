@@ -43,8 +43,8 @@ def test_dynamic_redraws_every_training_batch_and_fixes_the_evaluation_splits(da
     dm = MNISTDataModule(data_dir=str(data_dir), subset=512, batch_size=512, binarize="dynamic")
     record = RecordBatches()
     trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, accelerator="cpu", callbacks=[record])
-    trainer.fit(ConsistencyVAE(), datamodule=dm)
+                      enable_model_summary=True, limit_val_batches=0, accelerator="cpu", callbacks=[record])
+    trainer.fit(ConsistencyVAE(), datamodule=dm)  # the summary's example input is no (x, y) batch
     first, second = record.batches  # one batch per epoch: the same 512 images, in another order
     assert is_binary(first) and is_binary(second)
     assert not is_binary(dm.train_set.images)  # the grey levels stay, each step draws from them

@@ -44,7 +44,7 @@ def test_help_after_a_config_shows_the_values_it_sets(capsys):
     assert "[3.0]" in option_line(text, "--model.alpha")
     assert "CSVLogger" in option_line(text, "--trainer.logger")
     assert "AtomicModelCheckpoint" in option_line(text, "--trainer.callbacks")
-    assert "MLPEncoder(hidden_dims=[400])" in option_line(text, "--model.encoder")
+    assert "MLPEncoder(hidden_dims=[400], activation=relu)" in option_line(text, "--model.encoder")
     assert "{mnist,fashion_mnist,images}" in text  # the dataset registry's names
 
 

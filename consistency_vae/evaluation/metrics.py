@@ -83,9 +83,9 @@ def _bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
 
 
 def _one_hidden_layer(decoder: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
-    """(first, last) Linear layers of the default MLPDecoder with one hidden layer, else None."""
+    """(first, last) Linear layers of the default MLPDecoder with one hidden ReLU layer, else None."""
 
-    if type(decoder) is not MLPDecoder or len(decoder.net) != 3:
+    if type(decoder) is not MLPDecoder or len(decoder.net) != 3 or type(decoder.net[1]) is not nn.ReLU:
         return None
     return decoder.net[0], decoder.net[2]
 
