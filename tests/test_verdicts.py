@@ -26,6 +26,12 @@ def fixed_records(**extra):
     return [run(a, s, kl, elbo, **extra) for a, seeds in FIXED for s, (kl, elbo) in enumerate(seeds)]
 
 
+def test_an_alpha_beaten_on_both_kl_and_elbo_is_not_on_the_front():
+    dominated = [run(0.3, s, 2.5, -103.0) for s in (0, 1)]  # KL 2.5 > 2 and ELBO -103 < -102 (alpha 1)
+    points = verdicts.front(fixed_records() + dominated, "mnist", "paper")
+    assert [p["alpha"] for p in points] == [3.0, 1.0, 0.0]
+
+
 def test_the_front_is_read_linearly_in_log_kl_and_never_extrapolated():
     points = verdicts.front(fixed_records(), "mnist", "paper")
     assert [p["alpha"] for p in points] == [3.0, 1.0, 0.0]  # increasing mean KL
