@@ -1,0 +1,58 @@
+"""The multiplier study (docs/method.md, "Which update rule") against the fixed-alpha front.
+
+    consistency-vae sweep sweeps/multiplier_study_2d.yaml --runs_dir runs/multiplier_study   # and _20d
+    make reproduce                                  # the fixed-alpha runs of the front
+    python scripts/multipliers_vs_front.py [STUDY_GLOB] [REPRODUCTION_DIR]
+
+Each run's test KL(z'||z) and ELBO at its last epoch (its per-epoch test log: the numbers of
+``evaluate`` on its last.ckpt), against the front of the reproduction's finished fixed-alpha runs
+(reproduction/verdicts.py), printed as a markdown table.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+from consistency_vae.reproduction import verdicts
+from consistency_vae.reproduction.runs import Run
+from consistency_vae.reproduction.summary import epoch_curve
+
+
+def last_epoch(folder: Path) -> dict | None:
+    """The run's record as the summary has it, with the rule's name and arguments; None unfinished."""
+    if '"finished"' not in (folder / "status.json").read_text():
+        return None
+    run = Run.from_folder(folder)
+    kl, elbo = (epoch_curve(folder, run.epochs, key) for key in ("test/kl_consistency", "test/elbo"))
+    if not kl or math.isnan(kl[-1]):
+        return None
+    import yaml
+
+    rule = yaml.safe_load((folder / "config.yaml").read_text())["model"].get("multiplier") or {}
+    shown = {k: v for k, v in rule.get("init_args", {}).items() if k not in ("ema", "alpha_min", "alpha_max")}
+    return {"dataset": run.dataset, "setting": run.setting, "kl_target": run.kl_target, "seed": run.seed,
+            "alpha_init": run.alpha, "model": run.model, "kl_consistency": kl[-1], "elbo": elbo[-1],
+            "rule": f"{rule.get('class_path', 'DualAscent').rsplit('.', 1)[-1]} {shown}"}
+
+
+def main(study_glob: str = "runs/multiplier_study*", reproduction: str = "runs/reproduce") -> None:
+    def records(folders):
+        return [r for f in folders if (r := last_epoch(f.parent)) is not None]
+
+    fixed = [r for r in records(Path(reproduction).glob("*/version_*/status.json")) if r["kl_target"] is None]
+    study = records(Path().glob(f"{study_glob}/*/version_*/status.json"))
+    print(f"front: {len(fixed)} fixed-alpha runs of {reproduction}; study: {len(study)} runs\n")
+    print("| setting | epsilon | rule | KL (vs epsilon) | ELBO | front at that KL (alphas) | ELBO - front |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(study, key=lambda r: (r["dataset"], r["setting"], r["kl_target"], r["rule"])):
+        at = verdicts.front_at(verdicts.front(fixed, r["dataset"], r["setting"]), r["kl_consistency"])
+        lo, hi = at["between_alphas"] if at else (None, None)
+        where = f"{at['elbo']:.2f} ({lo:g}-{hi:g})" if at else "outside"
+        print(f"| {r['dataset']} {r['setting']} | {r['kl_target']:g} | {r['rule']} "
+              f"| {r['kl_consistency']:.3f} ({r['kl_consistency'] / r['kl_target'] - 1:+.1%}) "
+              f"| {r['elbo']:.2f} | {where} | "
+              + (f"{r['elbo'] - at['elbo']:+.2f} |" if at else "- |"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
