@@ -79,6 +79,23 @@ def test_a_difference_counts_only_beyond_the_spread_over_seeds(diffs, better, ex
     assert verdicts.direction(verdicts.stats(diffs), better) == expected
 
 
+def test_a_difference_within_twice_its_image_noise_is_no_difference():
+    # one seed each side, KL SE 0.03 per run: the mean difference's image SE is sqrt(0.03^2 * 2)
+    records = [run(0.0, 0, 1.30, -100.0, kl_consistency_se=0.03), run(1.0, 0, 1.25, -100.0,
+                                                                      kl_consistency_se=0.03)]
+    d = verdicts.paired_difference(records, "mnist", "paper", "kl_consistency")
+    assert d["image_se"] == pytest.approx(math.sqrt(2) * 0.03)
+    assert verdicts.direction(d["diff"], "lower", d["image_se"]) == "no difference"  # 0.05 < 0.085
+    records[1]["kl_consistency"] = 1.2  # 0.1 > 0.085
+    d = verdicts.paired_difference(records, "mnist", "paper", "kl_consistency")
+    assert verdicts.direction(d["diff"], "lower", d["image_se"]) == "better"
+    # two seeds: the mean of the variances over seeds, over n
+    two = [run(a, s, kl, -100.0, kl_consistency_se=se) for a, s, kl, se in
+           ((0.0, 0, 2.0, 0.1), (1.0, 0, 1.0, 0.2), (0.0, 1, 2.0, 0.3), (1.0, 1, 1.0, 0.4))]
+    d = verdicts.paired_difference(two, "mnist", "paper", "kl_consistency")
+    assert d["image_se"] == pytest.approx(math.sqrt((0.01 + 0.04 + 0.09 + 0.16) / 2 / 2))
+
+
 def claim_records(kl_vae, kl_ours, gap_vae, gap_ours, setting):
     return ([run(0.0, s, kl, -100.0, setting=setting, iwae_gap=g) for s, (kl, g) in
              enumerate(zip(kl_vae, gap_vae, strict=True))]

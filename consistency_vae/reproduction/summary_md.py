@@ -64,7 +64,8 @@ def claims_section(claims: dict) -> list[str]:
     out = ["## Verdict per claim", "",
            "The plain VAE (alpha = 0) against the paper's consistency VAE (alpha = 1), paired by seed, "
            "mean ± std over seeds. A difference counts when its mean over seeds exceeds the std of the "
-           "per-seed differences.", ""]
+           "per-seed differences and twice its standard error over images (see below); otherwise it "
+           "is *no difference*.", ""]
     for c in claims.values():
         found = ", ".join(f"{n} {d}" for d, n in c["count"].items() if n)
         out.append(f"- **{c['claim']}**: **{c['verdict']}** ({found or 'no runs'}).")
@@ -79,10 +80,12 @@ def claims_section(claims: dict) -> list[str]:
 def noise_section(rows: list[dict]) -> list[str]:
     """How much of a difference between runs one z per image explains."""
     out = ["## How much is noise", "",
-           "KL(z'||z) and the ELBO use one z per image. The standard error over the 10k test images of "
-           "one run (median over runs) against the spread over seeds at one alpha (median over "
-           "alphas): two runs whose numbers differ by less than about 3 image standard errors "
-           "(2 x sqrt(2) SE) are not told apart by one evaluation.", "",
+           "KL(z'||z) and the ELBO are means over the 10k test images with one z per image. Their "
+           "standard error over images (median over runs) says how far a run's test-set mean may lie "
+           "from its mean over all such images; the std over seeds (median over alphas) is what "
+           "training noise moves it by. Two runs evaluated on the same images share most of the image "
+           "noise, so sqrt(SE_1^2 + SE_2^2) bounds the noise of their difference from above; the "
+           "verdicts count a difference only beyond twice that bound and beyond the seed std.", "",
            "| setting | metric | SE over images, one run | std over seeds |", "| --- | --- | --- | --- |"]
     for r in rows:
         shown = ["-" if math.isnan(v) else f"{v:.4f}" for v in (r["image_se"], r["seed_std"])]

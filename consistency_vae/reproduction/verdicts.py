@@ -10,8 +10,8 @@
 - ``noise``: how much of a difference between two runs one z per image explains.
 
 A difference "beyond the spread" is one whose mean over seeds exceeds the sample standard deviation
-of the per-seed differences (n - 1). With one seed there is no spread: only its sign counts, and
-the verdict says "1 seed".
+of the per-seed differences (n - 1) and twice the standard error over images of that mean (from
+each run's ``KEY_se``). With one seed only the image noise is there, and the verdict says "1 seed".
 """
 
 import math
@@ -112,20 +112,28 @@ def constrained_vs_front(records: list[dict]) -> list[dict]:
 
 
 def paired_difference(records: list[dict], dataset: str, setting: str, key: str) -> dict:
-    """alpha = 1 minus alpha = 0 of ``key``, per seed both have: stats, plus both sides' stats."""
+    """alpha = 1 minus alpha = 0 of ``key``, per seed both have: stats, both sides' stats, and the
+    image noise of the mean difference, sqrt(mean over seeds of se_0^2 + se_1^2) / sqrt(n), from
+    each run's ``KEY_se`` (NaN without them). It treats the two runs' test-set means as independent,
+    although they share the test images: an upper bound on the noise of their difference."""
     fixed = fixed_runs(records, dataset, setting)
-    side = {a: {r["seed"]: r[key] for r in fixed if r["alpha_init"] == a and key in r} for a in (0.0, 1.0)}
+    side = {a: {r["seed"]: r for r in fixed if r["alpha_init"] == a and key in r} for a in (0.0, 1.0)}
     seeds = sorted(side[0.0].keys() & side[1.0].keys())
-    return {"diff": stats([side[1.0][s] - side[0.0][s] for s in seeds]),
-            "vae": stats(list(side[0.0].values())), "consistency": stats(list(side[1.0].values()))}
+    variances = [side[0.0][s].get(f"{key}_se", math.nan) ** 2 + side[1.0][s].get(f"{key}_se", math.nan) ** 2
+                 for s in seeds]
+    image_se = math.sqrt(sum(variances) / len(seeds) / len(seeds)) if seeds else math.nan
+    return {"diff": stats([side[1.0][s][key] - side[0.0][s][key] for s in seeds]), "image_se": image_se,
+            "vae": stats([r[key] for r in side[0.0].values()]),
+            "consistency": stats([r[key] for r in side[1.0].values()])}
 
 
-def direction(diff: dict, better: str) -> str:
-    """"better", "worse" or "no difference" (within the spread) for the consistency VAE."""
+def direction(diff: dict, better: str, image_se: float = math.nan) -> str:
+    """"better", "worse" or "no difference" for the consistency VAE: a mean difference counts when
+    it exceeds the std of the per-seed differences (n > 1) and twice its image noise (if known)."""
     mean, std, n = diff["mean"], diff["std"], diff["n"]
     if n == 0 or mean == 0:
         return "no difference"
-    if n > 1 and abs(mean) <= std:
+    if (n > 1 and abs(mean) <= std) or abs(mean) <= 2 * image_se:  # NaN: no image noise known
         return "no difference"
     return "better" if (mean > 0) == (better == "higher") else "worse"
 
@@ -155,7 +163,7 @@ def claims(records: list[dict]) -> dict[str, dict]:
                 d = paired_difference(records, dataset, setting, key)
                 if d["diff"]["n"]:
                     tests.append({"key": key, "dataset": dataset, "setting": setting, **d,
-                                  "better": better, "direction": direction(d["diff"], better)})
+                                  "better": better, "direction": direction(d["diff"], better, d["image_se"])})
         found = [t["direction"] for t in tests]
         verdict = ("not measured" if not found else "holds" if all(f == "better" for f in found)
                    else "does not hold" if "better" not in found else "partly holds")
