@@ -59,13 +59,31 @@ def front_figure(records: list[dict], paper: dict) -> Figure:
                 ax.axvline(paper[d][model]["kl_consistency"], color="0.3", ls=ls, lw=1,
                            label=f"paper, {'VAE' if model == 'vae' else 'alpha=1'}: KL "
                                  f"{paper[d][model]['kl_consistency']}")
-        ax.set(xscale="log", xlabel="test KL(z'||z) [nats]", ylabel="test ELBO [nats]", title=_title(d, s))
+        hidden = _zoom_to_targets(ax, points, group(records, dataset=d, setting=s, model="constrained"))
+        ax.set(xscale="log", xlabel="test KL(z'||z) [nats]", ylabel="test ELBO [nats]",
+               title=_title(d, s) + (f" (off the panel: alpha {', '.join(hidden)})" if hidden else ""))
         _plain_log_ticks(ax.xaxis)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     for ax in axes[len(pairs):]:
         ax.axis("off")
     return fig
+
+
+def _zoom_to_targets(ax, points: list[dict], constrained: list[dict]) -> list[str]:
+    """ELBO limits around the constrained runs and the alphas whose KL is at least half the smallest
+    epsilon (a collapsed alpha = 30 at KL 0.07 would squash the rest); the alphas left out."""
+    if not constrained:
+        return []
+    low_kl = 0.5 * min(r["kl_target"] for r in constrained)
+    shown = [p for p in points if p["kl_consistency"]["mean"] >= low_kl]
+    elbos = [r["elbo"] for r in constrained] + [p["elbo"]["mean"] - _std(p["elbo"]) for p in shown]
+    top = max(elbos + [p["elbo"]["mean"] + _std(p["elbo"]) for p in shown])
+    bottom = min(elbos)
+    margin = 0.08 * (top - bottom) + 0.05
+    ax.set_ylim(bottom - margin, top + margin)
+    ax.set_xlim(left=0.8 * min([low_kl] + [p["kl_consistency"]["mean"] for p in shown]))
+    return [f"{p['alpha']:g}" for p in points if p["elbo"]["mean"] < bottom - margin]
 
 
 def against_alpha(records: list[dict], keys: tuple[str, ...], title: str) -> Figure:
