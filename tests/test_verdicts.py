@@ -49,7 +49,9 @@ def test_constrained_runs_are_judged_against_epsilon_and_the_front():
         # eps 1.0: one run 20% over; ELBO far below the front
         run(1.0, 0, 1.2, -110.0, kl_target=1.0), run(1.0, 1, 1.0, -110.0, kl_target=1.0),
         # eps 0.5: KL 0.5, below the front's range
-        run(1.0, 0, 0.5, -108.0, kl_target=0.5)]
+        run(1.0, 0, 0.5, -108.0, kl_target=0.5),
+        # eps 3: one seed, inside the front: no spread to judge it by
+        run(1.0, 0, 3.0, -150.0, kl_target=3.0)]
     rows = {r["kl_target"]: r for r in verdicts.constrained_vs_front(records)}
     ok = rows[1.5]
     assert ok["within_10pct"] and ok["worst_excess"] == pytest.approx(1.6 / 1.5 - 1)
@@ -66,6 +68,8 @@ def test_constrained_runs_are_judged_against_epsilon_and_the_front():
     outside = rows[0.5]
     assert outside["front"] is None and outside["on_or_above_front"] is None
     assert math.isnan(outside["elbo"]["std"])  # one seed: no spread, not 0
+    alone = rows[3.0]
+    assert alone["elbo_minus_front"] < -40 and alone["on_or_above_front"] is None  # not "no": unknown
 
 
 @pytest.mark.parametrize("diffs, better, expected", [

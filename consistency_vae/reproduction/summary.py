@@ -17,6 +17,7 @@ from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, check
 from consistency_vae.reproduction.runs import Run
 from consistency_vae.reproduction.verdicts import stats
 from consistency_vae.sweep.report import summarise
+from consistency_vae.sweep.sweep_file import load_sweep
 
 
 def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> list[float]:
@@ -131,7 +132,11 @@ def run_config(runs: list[Run], args) -> dict:
         return next(iter(values)) if len(values) == 1 else sorted(values, key=str)
 
     subsets = {(yaml.safe_load((r.folder / "config.yaml").read_text())["data"].get("subset")) for r in runs}
-    return {"seeds": len({r.seed for r in runs}), "epochs": one_or_all({r.epochs for r in runs}),
+    planned = None if args.from_runs else max(  # the sweep files' seeds
+        (len(load_sweep(f)["parameters"].get("seed_everything", {}).get("values", [0])) for f in args.sweeps),
+        default=None)
+    return {"seeds": len({r.seed for r in runs}), "planned_seeds": planned,
+            "epochs": one_or_all({r.epochs for r in runs}),
             "subset": one_or_all(subsets), "iwae_k": args.iwae_k, "iwae_images": args.iwae_images,
             "from_runs": args.from_runs, "sweeps": None if args.from_runs else args.sweeps}
 

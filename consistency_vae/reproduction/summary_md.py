@@ -106,10 +106,12 @@ def constrained_section(rows: list[dict]) -> list[str]:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         f = r["front"]
-        at = f"{f['elbo']:.2f} ± {f['std']:.2f} ({f['between_alphas'][0]:g}, {f['between_alphas'][1]:g})" \
-            if f else "outside the front"
-        diff = f"{r['elbo_minus_front']:+.2f} (sigma {r['sigma']:.2f})" if f else "-"
-        verdict = "-" if f is None else "yes" if r["on_or_above_front"] else "**no**"
+        at = (f"{cell({'mean': f['elbo'], 'std': f['std'], 'n': 1 if math.isnan(f['std']) else 2})} "
+              f"({f['between_alphas'][0]:g}, {f['between_alphas'][1]:g})") if f else "outside the front"
+        diff = "-" if f is None else f"{r['elbo_minus_front']:+.2f}" + (
+            "" if math.isnan(r["sigma"]) else f" (sigma {r['sigma']:.2f})")
+        verdict = {True: "yes", False: "**no**"}.get(r["on_or_above_front"],
+                                                      "-" if f is None else "n/a: 1 seed, no spread")
         out.append(f"| {title(r['dataset'], r['setting'])} | {r['kl_target']:g} "
                    f"| {cell(r['kl_consistency'], 3)} | {r['worst_excess']:+.1%} "
                    f"| {'yes' if r['within_10pct'] else '**no**'} "
@@ -124,6 +126,9 @@ def render(summary: dict) -> str:
            f"subset={cfg['subset']}, IWAE K={cfg['iwae_k']} on the first {cfg['iwae_images'] or 'all'} "
            "test images). Mean ± std over seeds (sample std); every other metric on the full "
            "10k test set. Evaluated at the last epoch, as the paper reports.", ""]
+    if cfg.get("planned_seeds") and cfg["seeds"] < cfg["planned_seeds"]:
+        out += [f"**Partial reproduction:** {cfg['seeds']} of the sweep files' {cfg['planned_seeds']} seeds "
+                "so far; a verdict marked (1 seed) has no spread over seeds yet.", ""]
     out += partial_warning(summary["seeds_per_group"])
     out += claims_section(summary["claims"]) + noise_section(summary["noise"]) + ["## Headline", ""]
     for d, by_setting in summary["results"].items():

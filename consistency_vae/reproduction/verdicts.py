@@ -86,7 +86,8 @@ def constrained_vs_front(records: list[dict]) -> list[dict]:
 
     ``within_10pct``: every run's KL is at most 10% above epsilon (below it is met, not missed).
     ``on_or_above_front``: mean ELBO >= front ELBO - sigma, sigma = sqrt(std_c^2 + std_front^2),
-    the spread over seeds of the difference of two independent means of seeds.
+    the spread over seeds of the difference of two independent means of seeds; None where either
+    side has one seed (no spread) or the KL is outside the front.
     """
     rows = []
     for dataset, setting in settings(records):
@@ -102,11 +103,11 @@ def constrained_vs_front(records: list[dict]) -> list[dict]:
                    "front": front_at(points, kl["mean"]), "elbo_minus_front": None,
                    "sigma": None, "on_or_above_front": None}
             if row["front"] is not None:
-                std_c = 0.0 if math.isnan(elbo["std"]) else elbo["std"]
-                std_f = 0.0 if math.isnan(row["front"]["std"]) else row["front"]["std"]
                 row["elbo_minus_front"] = elbo["mean"] - row["front"]["elbo"]
-                row["sigma"] = math.hypot(std_c, std_f)
-                row["on_or_above_front"] = row["elbo_minus_front"] >= -row["sigma"]
+                # NaN with one seed on either side: no spread to judge within (None, not "no")
+                row["sigma"] = math.hypot(elbo["std"], row["front"]["std"])
+                if not math.isnan(row["sigma"]):
+                    row["on_or_above_front"] = row["elbo_minus_front"] >= -row["sigma"]
             rows.append(row)
     return rows
 
