@@ -18,7 +18,7 @@ from consistency_vae.commands import COMMANDS
 from consistency_vae.errors import UserError
 from consistency_vae.guards import NonFiniteLossError
 from consistency_vae.quiet import quiet_libraries
-from consistency_vae.tracking import ensure_wandb_mode, finish_wandb_run
+from consistency_vae.tracking import finish_wandb_run
 from consistency_vae.training_cli import LIGHTNING_COMMANDS, ConsistencyCLI, lightning_cli
 
 __all__ = ["ConsistencyCLI", "cli_main", "lightning_cli"]
@@ -34,10 +34,7 @@ def cli_main(args: list[str] | None = None) -> None:
         return
     if argv[0] not in LIGHTNING_COMMANDS and not argv[0].startswith("-"):
         sys.exit(cli_help.unknown_command(argv[0], [*LIGHTNING_COMMANDS, *extra]))
-    evaluation_with_wandb = any(a.startswith("--wandb") and a != "--wandb=false" for a in argv)
     quiet_libraries()  # the libraries' tips, deprecations and W&B's console output
-    if argv[0] == "fit" or evaluation_with_wandb:  # test/validate/predict log to W&B only if asked
-        ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, rather than a hang or a crash
     try:
         lightning_cli(None if args is None else argv)
     except (UserError, NonFiniteLossError) as err:

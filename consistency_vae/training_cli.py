@@ -19,7 +19,7 @@ from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.quiet import wandb_run_line
-from consistency_vae.tracking import SaveConfigEverywhere
+from consistency_vae.tracking import SaveConfigEverywhere, ensure_wandb_mode
 
 # Absolute interpolation paths (${data.dataset}) keep working under the fit/test/... subcommands.
 set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
@@ -62,6 +62,13 @@ class ConsistencyCLI(LightningCLI):
         print(cli_help.subcommand_help(self._subcommand_parsers[sub], self.config[sub],
                                        f"consistency-vae {sub}", bool(self._config_files)))
         sys.exit(0)
+
+    def before_instantiate_classes(self) -> None:
+        # After parsing, so that a typo in a flag gets its error alone, without the W&B notice;
+        # before the logger exists. test/validate/predict log to W&B only if asked (--wandb).
+        sub = self.subcommand  # None: run=False, set up for the caller's own fit
+        if sub in ("fit", None) or self.config[sub].get("wandb"):
+            ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, not a hang or a crash
 
     def _parse_ckpt_path(self) -> None:
         """Runs right after parsing, where Lightning reads the checkpoint's hyperparameters into

@@ -113,6 +113,18 @@ def test_no_credentials_and_no_mode_means_offline_with_one_line(no_credentials, 
     assert "\n" not in message and "offline" in message and "wandb sync" in message
 
 
+def test_a_typo_in_a_flag_gets_its_error_alone_and_the_notice_comes_after_parsing(no_credentials, capsys,
+                                                                                   data_dir):
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", BASE, "--model.alpah=3"])
+    err = capsys.readouterr().err
+    assert "alpah" in err and "W&B" not in err and "WANDB_MODE" not in os.environ
+    from consistency_vae.training_cli import lightning_cli  # parsed and set up, not run
+
+    lightning_cli(["--config", BASE, f"--data.data_dir={data_dir}"], run=False)
+    assert os.environ["WANDB_MODE"] == "offline" and "logging to W&B offline" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("setting", ["mode", "api_key", "netrc"])
 def test_a_chosen_mode_or_any_credential_is_left_alone(no_credentials, monkeypatch, capsys, setting):
     key = "0123456789abcdef0123456789abcdef01234567"  # the 40-character shape of an API key
