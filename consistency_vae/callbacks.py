@@ -8,7 +8,7 @@ to ``<run folder>/figures/<name>_epoch<NN>.png``; never to the working directory
 The ``*_figure`` builders (model + images -> Figure) are shared with ``evaluate``.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from consistency_vae import datasets, figures
+from consistency_vae import figures
 from consistency_vae.errors import ConfigError
 from consistency_vae.evaluation.metrics import LossTerms
 from consistency_vae.noise import eval_noise, eval_noise_at, prior_noise
@@ -53,9 +53,11 @@ def example_indices(labels: Tensor, n_images: int = 3, one_per_class: bool = Fal
 
 # --- figure builders: model + data -> Figure (no_grad and eval mode are the caller's) --------
 def latent_drift_figure(model: nn.Module, images: Tensor, labels: Tensor, n_images: int = 3,
-                        one_per_class: bool = False, seed: int = 0, dataset: str = "mnist",
-                        title: str = "") -> Figure:
-    """Fig. 2 of the paper: q(z|x) against q(z'|x') for a few test images, plus all test means."""
+                        one_per_class: bool = False, seed: int = 0,
+                        class_names: Sequence[str] | None = None, title: str = "") -> Figure:
+    """Fig. 2 of the paper: q(z|x) against q(z'|x') for a few test images, plus all test means.
+
+    class_names: the datamodule's (registry or the user's files); None labels classes by number."""
     device = next(model.parameters()).device
     idx = example_indices(labels, n_images, one_per_class)
     x = images[idx].to(device)
@@ -65,7 +67,7 @@ def latent_drift_figure(model: nn.Module, images: Tensor, labels: Tensor, n_imag
     return figures.latent_drift_figure(
         out["mu"].cpu(), out["logvar"].cpu(), out["mu_prime"].cpu(), out["logvar_prime"].cpu(),
         out["kl_consistency"].cpu(), labels[idx].cpu(), all_mu.cpu(), labels.cpu(), dims, how,
-        datasets.class_names(dataset), title, images=x.cpu(), images_prime=out["x_prime"].cpu())
+        class_names, title, images=x.cpu(), images_prime=out["x_prime"].cpu())
 
 
 def reconstruction_figure(model: nn.Module, images: Tensor, labels: Tensor, seed: int = 0,
@@ -169,7 +171,7 @@ class _FigureCallback(Callback):
         self.every_n_epochs = every_n_epochs
 
     def make_figure(self, pl_module: LightningModule, images: Tensor, labels: Tensor,
-                    dataset: str, title: str) -> Figure:
+                    class_names: Sequence[str] | None, title: str) -> Figure:
         raise NotImplementedError
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
@@ -177,7 +179,8 @@ class _FigureCallback(Callback):
         dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "mnist")
         title = f"{dataset}, alpha={float(pl_module.alpha):.3g}, epoch {epoch}"
         with eval_mode(pl_module):
-            fig = self.make_figure(pl_module, images, labels, dataset, title)
+            fig = self.make_figure(pl_module, images, labels,
+                                   getattr(trainer.datamodule, "class_names", None), title)
         log_figure(trainer, self.name, fig, epoch)
         fig.clf()  # frees the artists now; Figure objects are never registered with pyplot
 
@@ -205,9 +208,9 @@ class LatentScatter(_FigureCallback):
         super().__init__(every_n_epochs)
         self.n_images, self.one_per_class, self.seed = n_images, one_per_class, seed
 
-    def make_figure(self, pl_module, images, labels, dataset, title):
+    def make_figure(self, pl_module, images, labels, class_names, title):
         return latent_drift_figure(pl_module, images, labels, self.n_images, self.one_per_class,
-                                   self.seed, dataset, title)
+                                   self.seed, class_names, title)
 
 
 class ReconstructionGrid(_FigureCallback):
@@ -215,7 +218,7 @@ class ReconstructionGrid(_FigureCallback):
 
     name = "reconstructions"
 
-    def make_figure(self, pl_module, images, labels, dataset, title):
+    def make_figure(self, pl_module, images, labels, class_names, title):
         return reconstruction_figure(pl_module, images, labels, title=f"Reconstructions: {title}")
 
 
@@ -228,5 +231,5 @@ class PriorSamples(_FigureCallback):
         super().__init__(every_n_epochs)
         self.n, self.seed = n, seed
 
-    def make_figure(self, pl_module, images, labels, dataset, title):
+    def make_figure(self, pl_module, images, labels, class_names, title):
         return prior_samples_figure(pl_module, self.n, self.seed, title=f"Prior samples: {title}")

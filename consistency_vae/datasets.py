@@ -91,12 +91,6 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
-def class_names(name: str) -> tuple[str, ...] | None:
-    """The registered class names of a dataset, or None (unknown name, or read from the files)."""
-    info = DATASETS.get(name)
-    return info.class_names if info is not None else None
-
-
 def _builtins() -> None:
     splits = idx_fetch.SPLITS
     register_dataset(DatasetInfo(

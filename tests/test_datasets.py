@@ -2,12 +2,15 @@
 dataset, written here, trains through the CLI with the MLP and the conv net, its shape reaching
 the networks through the CLI's link (data.image_shape -> model.image_shape)."""
 
+from types import SimpleNamespace
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from consistency_vae import datasets
+from consistency_vae import callbacks, datasets
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import ConfigError, DataError
 from consistency_vae.model import ConsistencyVAE
@@ -31,7 +34,7 @@ def test_registry_lists_the_builtins_and_names_the_choices():
     assert {"mnist", "fashion_mnist", "images"} <= set(datasets.list_datasets())
     mnist = datasets.get_dataset("mnist")
     assert mnist.image_shape == (1, 28, 28) and mnist.split_sizes == {"train": 60_000, "test": 10_000}
-    assert datasets.class_names("fashion_mnist")[9] == "Boot"
+    assert MNISTDataModule(dataset="fashion_mnist").class_names[9] == "Boot"
     with pytest.raises(ConfigError, match="unknown dataset 'cifar'.*fashion_mnist"):
         MNISTDataModule(dataset="cifar")
 
@@ -82,6 +85,14 @@ def test_folder_of_grey_pngs_without_test_split_trains_with_the_conv_net(run_cli
     assert dm.class_names == ("a", "b", "c")
     assert dm.split_sizes() == {"train": 120, "val": 15, "test": 15}  # a tenth each held out
     assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 150
+    legends = []  # the latent-drift figure names the classes by their folders, not 0, 1, 2
+
+    def log_figure(trainer, name, fig, epoch):  # read before the callback clears the figure
+        legends.append([t.get_text() for t in fig.axes[-1].get_legend().get_texts()])
+
+    with mock.patch.object(callbacks, "log_figure", log_figure):
+        callbacks.LatentScatter()._draw(SimpleNamespace(datamodule=dm), model, epoch=0)
+    assert legends == [["a", "b", "c", "shown left"]]
 
 
 def test_pt_file_and_refusals(tmp_path):

@@ -152,7 +152,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
             title = f"{name}, alpha={float(model.alpha):.3g}, {ckpt_path.name}"
             for fname, make in (
                 ("latent_drift", lambda: callbacks.latent_drift_figure(
-                    model, images, labels, seed=seed, dataset=name, title=title)),
+                    model, images, labels, seed=seed, class_names=dm.class_names, title=title)),
                 ("reconstructions", lambda: callbacks.reconstruction_figure(
                     model, images, labels, seed=seed, title=f"Reconstructions: {title}")),
                 ("prior_samples", lambda: callbacks.prior_samples_figure(
