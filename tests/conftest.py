@@ -13,6 +13,17 @@ DATA_DIR = ROOT / "data"
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_wandb_service():
+    """wandb.init puts its service's socket in os.environ (WANDB_SERVICE) for child processes to
+    share. A later test's subprocess would inherit the service of an earlier test's run, which may
+    be gone ("Failed to connect to service"): each test starts without one, as the sweep runner's
+    children do."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real MNIST and Fashion-MNIST, verified (fetched on first use, as `make data` does)."""

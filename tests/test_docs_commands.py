@@ -152,18 +152,39 @@ def test_readme_tour_runs_in_order(tmp_path, data_dir):
 
 
 def _docs_cases() -> list:
-    return [pytest.param(doc, command, id=f"{doc.stem}:{command[:60]}")
-            for doc in DOCS[1:] for command in doc_commands(doc)]
+    """Each distinct command of docs/ once (a command shown on two pages runs under the first)."""
+    cases, seen = [], set()
+    for doc in DOCS[1:]:
+        for command in doc_commands(doc):
+            if command not in seen:
+                seen.add(command)
+                cases.append(pytest.param(doc, command, id=f"{doc.stem}:{command[:60]}"))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def clone_with_a_run(tmp_path_factory, data_dir) -> Path:
+    """A fresh clone after `consistency-vae fit`: a run to test, evaluate or report on. Each test
+    works on its own copy; a command that resumes the run fits in its own clone instead, so that
+    the checkpoint's recorded folders are where `fit` wrote them, as for a user."""
+    clone = fresh_clone(tmp_path_factory.mktemp("clone_with_a_run"), data_dir)
+    run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml"))
+    return clone
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("doc", "command"), _docs_cases())
-def test_docs_command_runs(doc, command, tmp_path, data_dir):
+def test_docs_command_runs(doc, command, tmp_path, data_dir, request):
     if (why := skip_reason(command)) is not None:
         pytest.skip(why)
-    clone = fresh_clone(tmp_path, data_dir)
-    needs_run = "--ckpt_path" in command or command.startswith(("consistency-vae sweep-report",
-                                                                 "consistency-vae runs"))
-    if needs_run:  # something to resume, test, evaluate or report on
+    resumes = "--ckpt_path" in command and shlex.split(command)[1] == "fit"
+    reads_a_run = not resumes and ("--ckpt_path" in command or command.startswith(
+        ("consistency-vae sweep-report", "consistency-vae runs")))
+    if reads_a_run:  # something to test, evaluate or report on: a copy of the fitted clone
+        clone = tmp_path / "clone"
+        shutil.copytree(request.getfixturevalue("clone_with_a_run"), clone, symlinks=True)
+    else:
+        clone = fresh_clone(tmp_path, data_dir)
+    if resumes:
         run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml"))
     run(clone, as_argv(command))
