@@ -26,7 +26,7 @@ train: data  ## train the default config; make train ARGS="--model.alpha=3"
 	$(CLI) fit --config $(CONFIG) $(ARGS)
 
 test: data  ## the whole suite, slow tests included (minutes on 2 CPU cores; README, Tests)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)  # the slowest tests: where the suite's minutes go
 
 test-fast: data  ## unit tests and fast_dev_runs only
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
