@@ -6,7 +6,7 @@
 
 Each run's test KL(z'||z) and ELBO at its last epoch (its per-epoch test log: the numbers of
 ``evaluate`` on its last.ckpt), against the front of the reproduction's finished fixed-alpha runs
-(reproduction/verdicts.py), printed as a markdown table.
+of seed 0, the study's seed (reproduction/verdicts.py), printed as a markdown table.
 """
 
 import math
@@ -39,7 +39,8 @@ def main(study_glob: str = "runs/multiplier_study*", reproduction: str = "runs/r
     def records(folders):
         return [r for f in folders if (r := last_epoch(f.parent)) is not None]
 
-    fixed = [r for r in records(Path(reproduction).glob("*/version_*/status.json")) if r["kl_target"] is None]
+    fixed = [r for r in records(Path(reproduction).glob("*/version_*/status.json"))  # the study's seed: 0
+             if r["kl_target"] is None and r["seed"] == 0]
     study = records(Path().glob(f"{study_glob}/*/version_*/status.json"))
     print(f"front: {len(fixed)} fixed-alpha runs of {reproduction}; study: {len(study)} runs\n")
     print("| setting | epsilon | rule | KL (vs epsilon) | ELBO | front at that KL (alphas) | ELBO - front |")
