@@ -38,6 +38,7 @@ def test_the_front_is_read_linearly_in_log_kl_and_never_extrapolated():
     at = verdicts.front_at(points, math.sqrt(2.0))  # halfway between KL 1 and 2 in log KL
     assert at["elbo"] == pytest.approx(-104.0) and at["between_alphas"] == [3.0, 1.0]
     assert at["std"] == pytest.approx(math.sqrt(2) / 2)  # halfway between sqrt(2) and 0
+    assert at["n"] == 2  # the fewer seeds of the two alphas around it
     assert verdicts.front_at(points, 2.0)["elbo"] == pytest.approx(-102.0)  # on a point
     assert verdicts.front_at(points, 0.5) is None and verdicts.front_at(points, 5.0) is None
 

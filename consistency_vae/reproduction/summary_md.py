@@ -106,7 +106,7 @@ def constrained_section(rows: list[dict]) -> list[str]:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         f = r["front"]
-        at = (f"{cell({'mean': f['elbo'], 'std': f['std'], 'n': 1 if math.isnan(f['std']) else 2})} "
+        at = (f"{cell({'mean': f['elbo'], 'std': f['std'], 'n': f['n']})} "
               f"({f['between_alphas'][0]:g}, {f['between_alphas'][1]:g})") if f else "outside the front"
         diff = "-" if f is None else f"{r['elbo_minus_front']:+.2f}" + (
             "" if math.isnan(r["sigma"]) else f" (sigma {r['sigma']:.2f})")

@@ -67,8 +67,9 @@ def front(records: list[dict], dataset: str, setting: str) -> list[dict]:
 
 
 def front_at(points: list[dict], kl: float) -> dict | None:
-    """The front's ELBO (and its std over seeds) at test KL ``kl``, linear in log KL between the two
-    alphas around it; None outside the range the front covers (no extrapolation)."""
+    """The front's ELBO (its std over seeds, and n: the fewer seeds of the two alphas) at test KL
+    ``kl``, linear in log KL between the two alphas around it; None outside the range the front
+    covers (no extrapolation)."""
     for lo, hi in zip(points, points[1:], strict=False):
         k0, k1 = lo["kl_consistency"]["mean"], hi["kl_consistency"]["mean"]
         if k0 <= kl <= k1:
@@ -76,7 +77,7 @@ def front_at(points: list[dict], kl: float) -> dict | None:
             std = [p["elbo"]["std"] for p in (lo, hi)]
             return {"elbo": (1 - t) * lo["elbo"]["mean"] + t * hi["elbo"]["mean"],
                     "std": (1 - t) * std[0] + t * std[1] if not any(map(math.isnan, std)) else math.nan,
-                    "between_alphas": [lo["alpha"], hi["alpha"]]}
+                    "n": min(lo["elbo"]["n"], hi["elbo"]["n"]), "between_alphas": [lo["alpha"], hi["alpha"]]}
     return None
 
 
