@@ -232,7 +232,9 @@ class ConsistencyVAE(LightningModule):
         if saved != float(torch.tensor(wanted, dtype=state["alpha"].dtype)):
             guards.say(f"consistency-vae: the checkpoint was trained at alpha={saved:g}; this model uses "
                  f"model.alpha={wanted:g} (fixed mode: the hyper-parameter is the weight)")
-        state["alpha"] = torch.tensor(wanted, dtype=state["alpha"].dtype)
+        # on the saved tensor's device: Lightning moves the model to the device of the state's
+        # first tensor, which is alpha's (a CPU tensor here put a model loaded onto a GPU back on the CPU)
+        state["alpha"] = torch.full_like(state["alpha"], wanted)
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
         # New tensors, not in-place updates: this step's loss still needs the old alpha for backward.

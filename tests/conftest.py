@@ -34,6 +34,15 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """MNIST alone, verified: for tests that need no other dataset (a GPU machine may carry only it)."""
+    from consistency_vae import data_files
+
+    data_files.prepare(DATA_DIR, "mnist")
+    return DATA_DIR
+
+
 @pytest.fixture
 def run_cli(tmp_path, data_dir):
     """Run ``consistency-vae ARGS`` in-process, with outputs under tmp_path."""

@@ -77,6 +77,19 @@ def test_an_alpha_that_float32_cannot_hold_exactly_loads_silently(capsys):
     assert checkpoint["state_dict"]["alpha"].item() == pytest.approx(0.1)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_fixed_alpha_checkpoint_loads_whole_onto_the_gpu(tmp_path):
+    # Lightning moves a loaded model to the device of its state's first tensor, which is alpha's:
+    # a fixed alpha rebuilt on the CPU once put a model loaded with map_location="cuda" back on
+    # the CPU, and evaluate --device cuda failed on its first batch.
+    torch.save({"state_dict": ConsistencyVAE(alpha=0.5).state_dict(), "hyper_parameters": {"alpha": 3.0},
+                "pytorch-lightning_version": "2.6.6"}, tmp_path / "fixed.ckpt")
+    loaded = ConsistencyVAE.load_from_checkpoint(tmp_path / "fixed.ckpt", map_location="cuda")
+    assert {t.device.type for t in loaded.state_dict().values()} == {"cuda"}
+    assert loaded.alpha.item() == 3.0
+
+
 def test_a_constrained_multiplier_resumes_from_the_checkpoint(tmp_path):
     model = ConsistencyVAE(alpha=1.0, alpha_mode="constrained")
     model.alpha = torch.tensor(2.5)  # as after some dual ascent steps

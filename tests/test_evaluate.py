@@ -44,8 +44,8 @@ def save_checkpoint(path: Path, data_dir, latent_dim: int = 2, hparams_dim: int 
 
 
 @pytest.fixture
-def ckpt(tmp_path, data_dir) -> Path:
-    return save_checkpoint(tmp_path / "model.ckpt", data_dir)
+def ckpt(tmp_path, mnist_dir) -> Path:
+    return save_checkpoint(tmp_path / "model.ckpt", mnist_dir)
 
 
 def test_writes_every_key_and_real_pngs(ckpt, tmp_path):
