@@ -67,7 +67,7 @@ def skip_reason(command: str) -> str | None:
             return why
     if "--trainer.devices=4" in command:
         return "needs 4 devices (tests/test_ddp.py runs DDP with 2 gloo processes)"
-    if "--device cuda" in command and not _has_cuda():
+    if ("--device cuda" in command or command.startswith("python scripts/gpu_check.py")) and not _has_cuda():
         return "needs a GPU"
     return None
 
