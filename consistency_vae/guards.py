@@ -10,6 +10,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from consistency_vae.errors import ConfigError
+from consistency_vae.schedules import SCHEDULES
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,7 +56,8 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr) -> None:
+def check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr,
+                  lr_schedule="constant") -> None:
     """Fail before any work, naming the value and what is allowed."""
     if isinstance(alpha, bool) or not isinstance(alpha, int | float):
         raise ConfigError(f"model.alpha must be a number >= 0, got {alpha!r}")
@@ -69,6 +71,7 @@ def check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint
         (alpha_lr > 0, "model.alpha_lr must be > 0", alpha_lr),
         (0 <= constraint_ema < 1, "model.constraint_ema must be in [0, 1)", constraint_ema),
         (lr > 0, "model.lr must be > 0", lr),
+        (lr_schedule in SCHEDULES, "model.lr_schedule must be 'constant' or 'cosine'", lr_schedule),
     ]
     for ok, message, value in checks:
         if not ok:

@@ -13,9 +13,7 @@ Design choices the paper leaves open, made explicit here:
   DDP the update uses the constraint averaged over all ranks, so alpha is the same on every rank.
 - ``alpha_mode: fixed``: the hyper-parameter is the weight. The ``alpha`` buffer stays in the
   state_dict (old checkpoints load), but a checkpoint's value never overrides ``model.alpha``.
-- Checkpoints are chosen by ``val/selection`` (``constraint.selection_criterion``), which does
-  not move with alpha: -val/elbo among epochs whose val KL(z'||z) meets kl_target (constrained),
-  val/loss at the fixed alpha (fixed).
+- Checkpoints are chosen by ``val/selection``, which does not move with alpha (``constraint.py``).
 - Evaluation noise is ``noise.eval_noise``: one eps row per image, whatever the batching.
 """
 
@@ -29,7 +27,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from consistency_vae import guards, losses
+from consistency_vae import guards, losses, schedules
 from consistency_vae.constraint import selection_criterion
 from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
 from consistency_vae.errors import ConfigError
@@ -65,6 +63,7 @@ class ConsistencyVAE(LightningModule):
         constraint_ema: moving-average factor of the constraint estimate (likewise).
         consistency_grad_through_decoder: let the consistency gradient reach the decoder via x'.
         lr: Adam learning rate.
+        lr_schedule: ``constant`` (the paper's) or ``cosine``, annealed to 0 over the run (``schedules.py``).
         image_shape: (C, H, W) of the images. Under the CLI it comes from the data
             (``data.image_shape``, linked in training_cli.py); the default is MNIST's, as before the link.
         divergence: the consistency term that is trained (``divergences.py``); None is the paper's
@@ -86,12 +85,14 @@ class ConsistencyVAE(LightningModule):
         constraint_ema: float = 0.99,
         consistency_grad_through_decoder: bool = True,
         lr: float = 1e-3,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         image_shape: ImageShape = MNIST_SHAPE,
         divergence: ConsistencyDivergence | None = None,
         multiplier: MultiplierRule | None = None,
     ):
         super().__init__()
-        guards.check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr)
+        guards.check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr,
+                             lr_schedule)
         self.save_hyperparameters()  # under the CLI: the encoder/decoder class_path configs
         self.encoder = encoder(latent_dim, tuple(image_shape))
         self.decoder = decoder(latent_dim, tuple(image_shape))
@@ -108,10 +109,8 @@ class ConsistencyVAE(LightningModule):
         # TERMS and its batch count (len(TERMS) + 1,), and non-finite steps not yet reported ().
         self._train_sums: Tensor | None = None
         self._bad_steps: Tensor | None = None
-        self.eval_metrics = nn.ModuleDict({
-            stage: MetricCollection({t: MeanMetric() for t in TERMS}, prefix=f"{stage}/")
-            for stage in STAGES
-        })
+        self.eval_metrics = nn.ModuleDict({stage: MetricCollection({t: MeanMetric() for t in TERMS},
+                                                                  prefix=f"{stage}/") for stage in STAGES})
 
     # --- public API -------------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -158,6 +157,7 @@ class ConsistencyVAE(LightningModule):
 
     # --- training ---------------------------------------------------------------------------
     def on_train_start(self) -> None:
+        schedules.check_resumed_length(self)
         self._bad_steps = torch.zeros((), device=self.device)
         # also here: a run resumed mid-epoch (SIGTERM checkpoint) gets no on_train_epoch_start
         self._train_sums = torch.zeros(len(TERMS) + 1, device=self.device)
@@ -232,8 +232,7 @@ class ConsistencyVAE(LightningModule):
         if saved != float(torch.tensor(wanted, dtype=state["alpha"].dtype)):
             guards.say(f"consistency-vae: the checkpoint was trained at alpha={saved:g}; this model uses "
                  f"model.alpha={wanted:g} (fixed mode: the hyper-parameter is the weight)")
-        # on the saved tensor's device: Lightning moves the model to the device of the state's
-        # first tensor, which is alpha's (a CPU tensor here put a model loaded onto a GPU back on the CPU)
+        # on alpha's device: Lightning moves a loaded model to the device of its state's first tensor, alpha
         state["alpha"] = torch.full_like(state["alpha"], wanted)
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
@@ -296,5 +295,6 @@ class ConsistencyVAE(LightningModule):
         mu, logvar = self.encode(x)
         return {"mu": mu, "logvar": logvar, "label": y}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> dict:
+        steps = self.trainer.estimated_stepping_batches if self.hparams.lr_schedule == "cosine" else None
+        return schedules.adam(self.parameters(), self.hparams.lr, self.hparams.lr_schedule, steps)

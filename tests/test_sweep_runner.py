@@ -272,8 +272,11 @@ def test_a_real_run_cut_off_after_one_epoch_resumes_in_its_own_folder(tmp_path, 
     sweep = ROOT / "sweeps/reproduce_constrained_2d.yaml"
     runs, config = tmp_path / "runs", load_sweep(sweep)
     params = grid_points(config)[0]
+    # constant: a cosine schedule spans the run's max_epochs, so the stand-in cut below (a 1-epoch
+    # run resumed as a 2-epoch one) would be refused as another schedule (test_lr_schedule.py)
     extra = [f"--data.data_dir={data_dir}", "--data.subset=512", "--trainer.max_epochs=2",
-             "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
+             "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2",
+             "--model.lr_schedule=constant"]
     first = [*build_command(config, params), f"--trainer.default_root_dir={runs}", *extra,
              "--trainer.max_epochs=1"]  # stands in for a run killed after its first epoch
     done = subprocess.run(first, cwd=ROOT, capture_output=True, text=True, timeout=300)
