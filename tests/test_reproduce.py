@@ -62,6 +62,8 @@ def test_quick_reproduce_writes_every_result_file(quick):
         image = mpimg.imread(results / f"{name}.png")
         assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0.01  # a real picture
     assert "# Reproduction" in (results / "summary.md").read_text()
+    assert "learning rate cosine" in (results / "summary.md").read_text()  # as the sweep files train
+    assert summary_of(results)["config"]["lr_schedule"] == "cosine"
     runs = summary_of(results)["runs"]
     assert sorted(r["name"] for r in runs) == sorted(
         [f"mnist_alpha{a}_seed{s}" for a in (0.0, 1.0, 3.0) for s in (0, 1)]

@@ -131,13 +131,16 @@ def run_config(runs: list[Run], args) -> dict:
     def one_or_all(values: set):
         return next(iter(values)) if len(values) == 1 else sorted(values, key=str)
 
-    subsets = {(yaml.safe_load((r.folder / "config.yaml").read_text())["data"].get("subset")) for r in runs}
+    configs = [yaml.safe_load((r.folder / "config.yaml").read_text()) for r in runs]
+    subsets = {c["data"].get("subset") for c in configs}
+    schedules = {c["model"].get("lr_schedule", "constant") for c in configs}  # older runs: constant
     planned = None if args.from_runs else max(  # the sweep files' seeds
         (len(load_sweep(f)["parameters"].get("seed_everything", {}).get("values", [0])) for f in args.sweeps),
         default=None)
     return {"seeds": len({r.seed for r in runs}), "planned_seeds": planned,
             "epochs": one_or_all({r.epochs for r in runs}),
-            "subset": one_or_all(subsets), "iwae_k": args.iwae_k, "iwae_images": args.iwae_images,
+            "subset": one_or_all(subsets), "lr_schedule": one_or_all(schedules), "iwae_k": args.iwae_k,
+            "iwae_images": args.iwae_images,
             "from_runs": args.from_runs, "sweeps": None if args.from_runs else args.sweeps}
 
 
