@@ -34,7 +34,8 @@ def save_checkpoint(path: Path, data_dir, latent_dim: int = 2, hparams_dim: int 
     """A Lightning-format ConsistencyVAE checkpoint (untrained), data config on a 300-image subset."""
     torch.manual_seed(0)
     model = ConsistencyVAE(latent_dim=latent_dim, alpha=0.5)
-    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": lightning.__version__,
+    torch.save({"state_dict": model.state_dict(), "epoch": 3,
+                "pytorch-lightning_version": lightning.__version__,
                 "hyper_parameters": {"latent_dim": hparams_dim or latent_dim, "alpha": 0.5},
                 "datamodule_hyper_parameters": {"dataset": "mnist", "data_dir": str(data_dir),
                                                 "subset": 300,  # as LightningCLI saves them:
@@ -54,6 +55,7 @@ def test_writes_every_key_and_real_pngs(ckpt, tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == results and KEYS <= saved.keys()
     assert saved["alpha"] == 0.5 and saved["latent_dim"] == 2 and saved["dataset"] == "mnist"
+    assert saved["ckpt_epoch"] == 3  # the checkpoint's own epoch: a moved run folder still knows it
     assert saved["test_images"] == 300 and saved["iwae_images"] == 40 and saved["iwae_k"] == 5
     assert all(math.isfinite(saved[k]) for k in METRIC_DOCS)
     assert saved["elbo"] == pytest.approx(-(saved["recon"] + saved["kl"]), rel=1e-6)

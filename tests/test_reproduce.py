@@ -18,6 +18,7 @@ from consistency_vae import run_record
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction import reproduce
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders
+from consistency_vae.reproduction.summary import evaluated_epoch
 from tests.conftest import ROOT
 
 QUICK = ["--datasets", "mnist", "--seeds", "2", "--epochs", "2", "--subset", "1000", "--iwae_k", "5",
@@ -134,6 +135,15 @@ def test_a_run_whose_last_checkpoint_is_not_its_last_epoch_stops_the_reproductio
     with pytest.raises(UserError, match=r"1 runs would be evaluated before their last epoch "
                                         r"\(.*b/version_0: epoch 19 of 0..24\).*resume them"):
         check_last_epochs([done, early])
+
+
+def test_a_moved_run_folder_still_knows_the_epoch_it_was_evaluated_at(tmp_path):
+    folder = fake_run(tmp_path / "gathered/mnist_alpha1.0_seed0/version_0", 25, 24)
+    # metrics.json records where the checkpoint was when evaluate read it: on another machine, or
+    # before the folder moved (and a run of the same name may train there now)
+    metrics = {"ckpt_path": str(tmp_path / "runs/mnist_alpha1.0_seed0/version_0/checkpoints/last.ckpt")}
+    assert evaluated_epoch(folder, metrics) == 24  # the folder's own last.ckpt
+    assert evaluated_epoch(folder, {**metrics, "ckpt_epoch": 19}) == 19  # as evaluate recorded it
 
 
 def test_gathered_folders_count_each_grid_point_once(tmp_path, capsys):

@@ -113,7 +113,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
                         "choose another --output")
     if iwae_k < 1 or (iwae_images is not None and iwae_images < 1):
         raise ConfigError(f"--iwae_k and --iwae_images must be >= 1, got {iwae_k} and {iwae_images}")
-    _read_checkpoint(ckpt_path, allow_pickle)  # a clear error for a file that is not ours
+    ckpt_epoch = _read_checkpoint(ckpt_path, allow_pickle).get("epoch")  # a clear error if not ours
     dev = _device(device)
     model = _load_model(ckpt_path, dev, allow_pickle)
     dm = _datamodule(ckpt_path, allow_pickle, dataset=dataset, data_dir=data_dir, subset=subset,
@@ -165,7 +165,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
 
     results.update({
         "alpha": float(model.alpha), "alpha_mode": model.hparams.alpha_mode, "latent_dim": dim,
-        "dataset": dm.hparams.dataset, "ckpt_path": str(ckpt_path), "metrics": chosen, "iwae_k": iwae_k,
+        "dataset": dm.hparams.dataset, "ckpt_path": str(ckpt_path), "ckpt_epoch": ckpt_epoch,
+        "metrics": chosen, "iwae_k": iwae_k,
         "iwae_images": n_iwae, "test_images": n, "seed": seed, "device": str(dev),
         "cpu_threads": torch.get_num_threads(),
         "figures": pngs, "wall_seconds": round(time.perf_counter() - started, 1),

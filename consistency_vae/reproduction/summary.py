@@ -34,6 +34,16 @@ def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> 
     return [by_epoch.get(e, math.nan) for e in range(epochs)] if by_epoch else []
 
 
+def evaluated_epoch(folder: Path, metrics: dict) -> int | None:
+    """The epoch of the checkpoint that ``metrics`` (eval/metrics.json) were computed from: as
+    evaluate recorded it, else that checkpoint's file in the run's own folder. The recorded
+    ckpt_path is where the file was at evaluation, which a gathered or moved folder no longer is."""
+    if metrics.get("ckpt_epoch") is not None:
+        return int(metrics["ckpt_epoch"])
+    name = Path(metrics.get("ckpt_path", "")).name
+    return checkpoint_epoch(folder / "checkpoints" / name) if name else None
+
+
 def record(run: Run, metrics: dict) -> dict:
     folder, epochs = run.folder, run.epochs
     times = [t for t in epoch_curve(folder, epochs, "time/train_epoch_s") if not math.isnan(t)]
@@ -45,7 +55,7 @@ def record(run: Run, metrics: dict) -> dict:
             **{f"{m}_se": float(metrics[f"{m}_se"]) for m in METRICS if f"{m}_se" in metrics},
             # the median: a shared machine's load spikes hit single epochs
             "train_epoch_s": statistics.median(times) if times else math.nan,
-            "evaluated_epoch": checkpoint_epoch(Path(metrics.get("ckpt_path", ""))),
+            "evaluated_epoch": evaluated_epoch(folder, metrics),
             "curve": epoch_curve(folder, epochs)}
 
 
