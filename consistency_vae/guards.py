@@ -71,7 +71,8 @@ def check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint
         (alpha_lr > 0, "model.alpha_lr must be > 0", alpha_lr),
         (0 <= constraint_ema < 1, "model.constraint_ema must be in [0, 1)", constraint_ema),
         (lr > 0, "model.lr must be > 0", lr),
-        (lr_schedule in SCHEDULES, "model.lr_schedule must be 'constant' or 'cosine'", lr_schedule),
+        (lr_schedule in SCHEDULES, f"model.lr_schedule must be {' or '.join(map(repr, SCHEDULES))}",
+         lr_schedule),
     ]
     for ok, message, value in checks:
         if not ok:

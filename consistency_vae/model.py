@@ -296,5 +296,4 @@ class ConsistencyVAE(LightningModule):
         return {"mu": mu, "logvar": logvar, "label": y}
 
     def configure_optimizers(self) -> dict:
-        steps = self.trainer.estimated_stepping_batches if self.hparams.lr_schedule == "cosine" else None
-        return schedules.adam(self.parameters(), self.hparams.lr, self.hparams.lr_schedule, steps)
+        return schedules.adam(self.parameters(), self.hparams.lr, self.hparams.lr_schedule, self.trainer)

@@ -13,19 +13,20 @@ its length (another ``trainer.max_epochs``) is refused before any step.
 from collections.abc import Iterable
 
 import torch
-from lightning import LightningModule
+from lightning import LightningModule, Trainer
 
 from consistency_vae.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine")
 
 
-def adam(params: Iterable[torch.nn.Parameter], lr: float, schedule: str, steps: int | None) -> dict:
-    """What ``configure_optimizers`` returns: Adam, with the schedule over ``steps`` optimizer steps
-    (read only for ``cosine``: pass ``trainer.estimated_stepping_batches``)."""
+def adam(params: Iterable[torch.nn.Parameter], lr: float, schedule: str, trainer: Trainer) -> dict:
+    """What ``configure_optimizers`` returns: Adam, with the schedule over the run's optimizer
+    steps (``trainer.estimated_stepping_batches``, read for ``cosine`` only)."""
     optimizer = torch.optim.Adam(params, lr=lr)
     if schedule == "constant":
         return {"optimizer": optimizer}
+    steps = trainer.estimated_stepping_batches
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
