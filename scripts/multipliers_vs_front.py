@@ -1,12 +1,16 @@
 """The multiplier study (docs/method.md, "Which update rule") against the fixed-alpha front.
 
     consistency-vae sweep sweeps/multiplier_study_2d.yaml --runs_dir runs/multiplier_study   # and _20d
-    make reproduce                                  # the fixed-alpha runs of the front
-    python scripts/multipliers_vs_front.py [STUDY_GLOB] [REPRODUCTION_DIR]
+    # the front at the study's learning-rate schedule (the paper's constant rate; the reproduction's
+    # sweep files anneal it, so their runs make the front of cosine runs only):
+    consistency-vae sweep sweeps/reproduce_fixed.yaml --runs_dir runs/front_constant_lr --parallel 2 \
+        --only seed_everything=0 --extra-args --model.lr_schedule=constant
+    python scripts/multipliers_vs_front.py [STUDY_GLOB] [FRONT_DIR]     # defaults: the two above
 
 Each run's test KL(z'||z) and ELBO at its last epoch (its per-epoch test log: the numbers of
-``evaluate`` on its last.ckpt), against the front of the reproduction's finished fixed-alpha runs
-of seed 0, the study's seed (reproduction/verdicts.py), printed as a markdown table.
+``evaluate`` on its last.ckpt), against the front of the finished fixed-alpha runs of seed 0, the
+study's seed, trained at the same learning-rate schedule as that run (reproduction/verdicts.py),
+printed as a markdown table.
 """
 
 import math
@@ -28,25 +32,33 @@ def last_epoch(folder: Path) -> dict | None:
         return None
     import yaml
 
-    rule = yaml.safe_load((folder / "config.yaml").read_text())["model"].get("multiplier") or {}
+    model = yaml.safe_load((folder / "config.yaml").read_text())["model"]
+    rule = model.get("multiplier") or {}
     shown = {k: v for k, v in rule.get("init_args", {}).items() if k not in ("ema", "alpha_min", "alpha_max")}
     return {"dataset": run.dataset, "setting": run.setting, "kl_target": run.kl_target, "seed": run.seed,
             "alpha_init": run.alpha, "model": run.model, "kl_consistency": kl[-1], "elbo": elbo[-1],
-            "rule": f"{rule.get('class_path', 'DualAscent').rsplit('.', 1)[-1]} {shown}"}
+            "rule": f"{rule.get('class_path', 'DualAscent').rsplit('.', 1)[-1]} {shown}",
+            "lr_schedule": model.get("lr_schedule", "constant")}
 
 
-def main(study_glob: str = "runs/multiplier_study*", reproduction: str = "runs/reproduce") -> None:
+def main(study_glob: str = "runs/multiplier_study*", front_dir: str = "runs/front_constant_lr") -> None:
     def records(folders):
         return [r for f in folders if (r := last_epoch(f.parent)) is not None]
 
-    fixed = [r for r in records(Path(reproduction).glob("*/version_*/status.json"))  # the study's seed: 0
+    fixed = [r for r in records(Path(front_dir).glob("*/version_*/status.json"))  # the study's seed: 0
              if r["kl_target"] is None and r["seed"] == 0]
     study = records(Path().glob(f"{study_glob}/*/version_*/status.json"))
-    print(f"front: {len(fixed)} fixed-alpha runs of {reproduction}; study: {len(study)} runs\n")
+    missing = {r["lr_schedule"] for r in study} - {r["lr_schedule"] for r in fixed}
+    if missing:
+        sys.exit(f"no finished fixed-alpha run of seed 0 at lr_schedule={', '.join(sorted(missing))} in "
+                 f"{front_dir}: a front compares only runs trained alike; train one as this file's "
+                 "docstring shows and give its folder as the second argument")
+    print(f"front: {len(fixed)} fixed-alpha runs of {front_dir}; study: {len(study)} runs\n")
     print("| setting | epsilon | rule | KL (vs epsilon) | ELBO | front at that KL (alphas) | ELBO - front |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in sorted(study, key=lambda r: (r["dataset"], r["setting"], r["kl_target"], r["rule"])):
-        at = verdicts.front_at(verdicts.front(fixed, r["dataset"], r["setting"]), r["kl_consistency"])
+        alike = [f for f in fixed if f["lr_schedule"] == r["lr_schedule"]]
+        at = verdicts.front_at(verdicts.front(alike, r["dataset"], r["setting"]), r["kl_consistency"])
         lo, hi = at["between_alphas"] if at else (None, None)
         where = f"{at['elbo']:.2f} ({lo:g}-{hi:g})" if at else "outside"
         print(f"| {r['dataset']} {r['setting']} | {r['kl_target']:g} | {r['rule']} "
