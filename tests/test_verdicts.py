@@ -41,6 +41,20 @@ def test_the_front_is_read_linearly_in_log_kl_and_never_extrapolated():
     assert at["n"] == 2  # the fewer seeds of the two alphas around it
     assert verdicts.front_at(points, 2.0)["elbo"] == pytest.approx(-102.0)  # on a point
     assert verdicts.front_at(points, 0.5) is None and verdicts.front_at(points, 5.0) is None
+    assert not at["flat"]
+
+
+def test_beyond_its_largest_kl_the_front_is_flat_up_to_the_largest_fixed_kl():
+    # alpha 0.1 beats alpha 0 on both (KL 3 < 4, ELBO -99 > -100): the front ends at KL 3
+    records = fixed_records() + [run(0.1, s, 3.0, -99.0) for s in (0, 1)]
+    points = verdicts.front(records, "mnist", "paper")
+    assert [p["alpha"] for p in points] == [3.0, 1.0, 0.1]
+    at = verdicts.front_at(points, 3.5, reach=4.0)  # alpha 0 reaches 3.5, with a lower ELBO than -99
+    assert at["flat"] and at["elbo"] == pytest.approx(-99.0) and at["between_alphas"] == [0.1, 0.1]
+    assert verdicts.front_at(points, 3.5) is None and verdicts.front_at(points, 4.5, reach=4.0) is None
+    constrained = [run(1.0, s, 3.5, -99.5, kl_target=3.5) for s in (0, 1)]
+    row = verdicts.constrained_vs_front(records + constrained)[0]
+    assert row["front"]["flat"] and row["elbo_minus_front"] == pytest.approx(-0.5)
 
 
 def test_constrained_runs_are_judged_against_epsilon_and_the_front():

@@ -98,7 +98,9 @@ def constrained_section(rows: list[dict]) -> list[str]:
     out = ["", "## Choosing alpha automatically: the constrained mode against the fixed-alpha front", "",
            "Constraint: test KL(z'||z) <= epsilon, met when every run ends at most "
            f"{TOLERANCE - 1:.0%} above epsilon. The front's ELBO is read at the constrained runs' mean "
-           "KL, linear in log KL between the two fixed alphas around it; *on or above the front* means "
+           "KL, linear in log KL between the two fixed alphas around it (beyond the front's largest KL, "
+           "flat at its last alpha: the alphas that drift more there have lower ELBOs; *flat beyond*); "
+           "*on or above the front* means "
            "a mean ELBO no lower than the front's minus sigma = sqrt(std_constrained^2 + std_front^2), "
            "the spread over seeds.", "",
            "| setting | epsilon | KL | worst run vs epsilon | within 10%? | final alpha | ELBO "
@@ -106,8 +108,12 @@ def constrained_section(rows: list[dict]) -> list[str]:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         f = r["front"]
-        at = (f"{cell({'mean': f['elbo'], 'std': f['std'], 'n': f['n']})} "
-              f"({f['between_alphas'][0]:g}, {f['between_alphas'][1]:g})") if f else "outside the front"
+        if f:
+            lo, hi = f["between_alphas"]
+            at = f"{cell({'mean': f['elbo'], 'std': f['std'], 'n': f['n']})} " + (
+                f"({lo:g}, flat beyond)" if f.get("flat") else f"({lo:g}, {hi:g})")
+        else:
+            at = "outside the front"
         diff = "-" if f is None else f"{r['elbo_minus_front']:+.2f}" + (
             "" if math.isnan(r["sigma"]) else f" (sigma {r['sigma']:.2f})")
         verdict = {True: "yes", False: "**no**"}.get(r["on_or_above_front"],
