@@ -1,0 +1,45 @@
+"""The committed results/: one whole `make reproduce` of the sweep files as they are (every grid
+point, 3 seeds, each run evaluated at its last epoch), and the README's headline numbers are its."""
+
+import json
+
+import pytest
+
+from consistency_vae.reproduction.reproduce import SWEEPS
+from consistency_vae.sweep.sweep_file import grid_points, load_sweep
+from tests.conftest import ROOT
+
+SUMMARY = ROOT / "results" / "summary.json"
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    return json.loads(SUMMARY.read_text())
+
+
+def test_results_are_one_whole_reproduction_of_the_sweep_files(summary):
+    assert summary["config"]["from_runs"] is None  # trained by `make reproduce` itself
+    assert summary["config"]["lr_schedule"] == "cosine"  # as the sweep files train
+    assert summary["seeds_per_group"]["most"] == 3 and not summary["seeds_per_group"]["short"]
+    assert len(summary["runs"]) == sum(len(grid_points(load_sweep(ROOT / f))) for f in SWEEPS)
+    targets = {(p["data.dataset"], p["model.latent_dim"], p["model.kl_target"])
+               for f in SWEEPS[1:] for p in grid_points(load_sweep(ROOT / f))}
+    setting = {2: "paper", 20: "d20"}
+    assert {(r["dataset"], r["setting"], r["kl_target"]) for r in summary["constrained_vs_front"]} == {
+        (d, setting[z], eps) for d, z, eps in targets}
+
+
+def test_every_run_is_evaluated_at_its_last_epoch(summary):
+    runs = summary["runs"]
+    assert not [(r["name"], r["evaluated_epoch"]) for r in runs if r["evaluated_epoch"] != r["epochs"] - 1]
+
+
+def test_readme_headline_quotes_the_summary(summary):
+    readme = (ROOT / "README.md").read_text()
+    mnist = summary["results"]["mnist"]["paper"]
+    for model in ("vae", "consistency"):
+        kl = mnist[model]["kl_consistency"]
+        assert f"{kl['mean']:.2f} ± {kl['std']:.2f}" in readme, model
+    rows = summary["constrained_vs_front"]
+    within = sum(r["within_10pct"] for r in rows)
+    assert f"{within} of the {len(rows)} targets" in readme
