@@ -204,3 +204,29 @@ def test_a_reproduction_started_twice_waits_for_the_other_runner(tmp_path, monke
     results = reproduce.evaluate_all([run], iwae_k=5, iwae_images=None, data_dir="data")
     assert results[run]["elbo"] == -99.0 and (run.folder / "eval.claim").exists()  # theirs, left alone
     assert "waiting for another runner's evaluation of mnist_alpha1.0_seed0" in capsys.readouterr().out
+
+
+def test_an_evaluation_held_by_another_runner_is_passed_over_until_the_rest_is_done(tmp_path, monkeypatch):
+    """Two reproductions side by side evaluate different runs at once: this one does not wait on
+    the first run, which the other holds, but evaluates the second, then reads the first."""
+    from consistency_vae.evaluation import evaluate
+
+    held, free = (Run.from_folder(fake_run(tmp_path / f"{n}/version_0", 25, 24)) for n in ("held", "free"))
+    (held.folder / "eval.claim").write_text(json.dumps({"host": "node-elsewhere", "pid": 1}))
+    events = []
+
+    def evaluate_here(ckpt, out, **kwargs):
+        events.append(("evaluate", Path(ckpt).parents[1]))
+        return {"kl_consistency": 2.0, "elbo": -98.0}
+
+    def the_other_runner_finishes(seconds):
+        events.append(("wait", seconds))
+        (held.folder / "eval").mkdir()
+        (held.folder / "eval/metrics.json").write_text(json.dumps({"kl_consistency": 1.0, "elbo": -99.0}))
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", evaluate_here)
+    monkeypatch.setattr(reproduce.time, "sleep", the_other_runner_finishes)
+    results = reproduce.evaluate_all([held, free], iwae_k=5, iwae_images=None, data_dir="data")
+    assert events == [("evaluate", free.folder), ("wait", reproduce.WAIT_S)]  # waits once nothing is left
+    assert list(results) == [held, free]  # in the runs' order
+    assert results[held]["elbo"] == -99.0 and results[free]["elbo"] == -98.0

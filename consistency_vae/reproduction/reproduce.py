@@ -92,32 +92,41 @@ def wait_for_other_runners(stores: list) -> None:
 def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str,
                  gap_images: int = 200) -> dict[Run, dict]:
     """Evaluate each run's last.ckpt into its folder's eval/metrics.json (kept if there): every
-    default metric and the inference gaps (on the first ``gap_images`` test images)."""
+    default metric and the inference gaps (on the first ``gap_images`` test images). A run that
+    another runner evaluates now is passed over and read when it is done, so two reproductions
+    started side by side evaluate different runs at once."""
     from consistency_vae.evaluation.evaluate import (
         evaluate_checkpoint,  # torch and Lightning: only to evaluate
     )
 
-    results, start = {}, time.perf_counter()
-    for i, run in enumerate(runs, 1):
-        out, claim = run.folder / "eval", run.folder / "eval.claim"  # one evaluator per run
-        while not (out / "metrics.json").is_file() and not claims.claim(claim):
-            print(f"reproduce: waiting for another runner's evaluation of {run.name}", flush=True)
-            time.sleep(WAIT_S)
-        try:
-            if (out / "metrics.json").is_file():  # kept from an earlier (or another) reproduce
-                results[run] = json.loads((out / "metrics.json").read_text())
+    results, start, pending = {}, time.perf_counter(), list(runs)
+    while pending:
+        elsewhere = []
+        for run in pending:
+            out, claim = run.folder / "eval", run.folder / "eval.claim"  # one evaluator per run
+            if not (out / "metrics.json").is_file() and not claims.claim(claim):
+                elsewhere.append(run)
                 continue
-            figures = run.setting == "paper" and run.model in ("vae", "consistency") and run.seed == 0
-            results[run] = evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
-                                               iwae_images=iwae_images, data_dir=data_dir,
-                                               figures=figures, progress=False,
-                                               metrics=["inference_gaps"], gap_images=gap_images)
-        finally:
-            claims.release(claim)
-        print(f"[eval {i}/{len(runs)}] {run.name}: KL(z'||z) {results[run]['kl_consistency']:.3f}, "
-              f"ELBO {results[run]['elbo']:.2f}   ({(time.perf_counter() - start) / 60:.1f} min)",
-              flush=True)
-    return results
+            try:
+                if (out / "metrics.json").is_file():  # kept from an earlier (or another) reproduce
+                    results[run] = json.loads((out / "metrics.json").read_text())
+                    continue
+                figures = run.setting == "paper" and run.model in ("vae", "consistency") and run.seed == 0
+                results[run] = evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
+                                                   iwae_images=iwae_images, data_dir=data_dir,
+                                                   figures=figures, progress=False,
+                                                   metrics=["inference_gaps"], gap_images=gap_images)
+            finally:
+                claims.release(claim)
+            print(f"[eval {len(results)}/{len(runs)}] {run.name}: KL(z'||z) "
+                  f"{results[run]['kl_consistency']:.3f}, ELBO {results[run]['elbo']:.2f}   "
+                  f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+        if len(elsewhere) == len(pending):  # nothing left to do here but wait for the others
+            names = ", ".join(r.name for r in elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
+            print(f"reproduce: waiting for another runner's evaluation of {names}", flush=True)
+            time.sleep(WAIT_S)
+        pending = elsewhere
+    return {run: results[run] for run in runs}
 
 
 def main(argv: list[str] | None = None) -> None:
