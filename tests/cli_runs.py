@@ -35,10 +35,16 @@ def start(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """``python -m consistency_vae ARGS`` in cwd, stdout and stderr together in cwd/cli.log;
     ``env`` adds variables to ENV."""
     log = open(cwd / "cli.log", "a")  # noqa: SIM115 - the child writes to it until it exits
-    # its own process group: a DDP run's worker processes end with it (see run)
+    # its own process group: a DDP run's worker processes end with it (see run). SIGINT as in a
+    # terminal: under a shell's background job (`bash .ci/run &`) it is inherited ignored, and a
+    # Python started so never turns Ctrl-C into KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "consistency_vae", *args], cwd=cwd,
                             env={**ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(cwd: Path, *args: str, timeout: float = 300, env: dict | None = None) -> tuple[int, str]:
