@@ -58,7 +58,8 @@ def main(study_glob: str = "runs/multiplier_study*", front_dir: str = "runs/fron
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in sorted(study, key=lambda r: (r["dataset"], r["setting"], r["kl_target"], r["rule"])):
         alike = [f for f in fixed if f["lr_schedule"] == r["lr_schedule"]]
-        at = verdicts.front_at(verdicts.front(alike, r["dataset"], r["setting"]), r["kl_consistency"])
+        at = verdicts.front_at(verdicts.front(alike, r["dataset"], r["setting"]), r["kl_consistency"],
+                               verdicts.largest_kl(alike, r["dataset"], r["setting"]))
         lo, hi = at["between_alphas"] if at else (None, None)
         where = f"{at['elbo']:.2f} ({lo:g}-{hi:g})" if at else "outside"
         print(f"| {r['dataset']} {r['setting']} | {r['kl_target']:g} | {r['rule']} "

@@ -2,10 +2,12 @@
 point, 3 seeds, each run evaluated at its last epoch), and the README's headline numbers are its."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from consistency_vae.reproduction.reproduce import SWEEPS
+from consistency_vae.reproduction.runs import Run
 from consistency_vae.sweep.sweep_file import grid_points, load_sweep
 from tests.conftest import ROOT
 
@@ -22,11 +24,10 @@ def test_results_are_one_whole_reproduction_of_the_sweep_files(summary):
     assert summary["config"]["lr_schedule"] == "cosine"  # as the sweep files train
     assert summary["seeds_per_group"]["most"] == 3 and not summary["seeds_per_group"]["short"]
     assert len(summary["runs"]) == sum(len(grid_points(load_sweep(ROOT / f))) for f in SWEEPS)
-    targets = {(p["data.dataset"], p["model.latent_dim"], p["model.kl_target"])
+    targets = {Run(Path(), p["data.dataset"], p["model.latent_dim"], 0, 1.0, p["model.kl_target"], 25)
                for f in SWEEPS[1:] for p in grid_points(load_sweep(ROOT / f))}
-    setting = {2: "paper", 20: "d20"}
     assert {(r["dataset"], r["setting"], r["kl_target"]) for r in summary["constrained_vs_front"]} == {
-        (d, setting[z], eps) for d, z, eps in targets}
+        (t.dataset, t.setting, t.kl_target) for t in targets}
 
 
 def test_every_run_is_evaluated_at_its_last_epoch(summary):

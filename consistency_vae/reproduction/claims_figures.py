@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from consistency_vae.reproduction.common import LABELS, NAMES, TOLERANCE, group
 from consistency_vae.reproduction.results_figures import _figure, _plain_log_ticks
-from consistency_vae.reproduction.verdicts import by_alpha, front, settings, stats
+from consistency_vae.reproduction.verdicts import by_alpha, front, largest_kl, settings, stats
 
 SETTING_TITLES = {"paper": "2-D"}
 
@@ -41,8 +41,8 @@ def front_figure(records: list[dict], paper: dict) -> Figure:
                     capsize=3, ls="none", label="fixed alpha (mean ± std over seeds)")
         envelope = front(records, d, s)
         kls = [p["kl_consistency"]["mean"] for p in envelope]
-        reach = max(p["kl_consistency"]["mean"] for p in points)
-        if kls[-1] < reach:  # flat to the largest KL: the alphas there have lower ELBOs (verdicts.front_at)
+        reach = largest_kl(records, d, s)
+        if kls and kls[-1] < reach:  # flat to the largest KL: the alphas there have lower ELBOs (front_at)
             envelope, kls = [*envelope, envelope[-1]], [*kls, reach]
         ax.plot(kls, [p["elbo"]["mean"] for p in envelope], color="tab:blue", lw=1,
                 label="the front (no alpha better on both)")

@@ -111,7 +111,7 @@ def constrained_section(rows: list[dict]) -> list[str]:
         if f:
             lo, hi = f["between_alphas"]
             at = f"{cell({'mean': f['elbo'], 'std': f['std'], 'n': f['n']})} " + (
-                f"({lo:g}, flat beyond)" if f.get("flat") else f"({lo:g}, {hi:g})")
+                f"({lo:g}, flat beyond)" if f["flat"] else f"({lo:g}, {hi:g})")
         else:
             at = "outside the front"
         diff = "-" if f is None else f"{r['elbo_minus_front']:+.2f}" + (

@@ -66,13 +66,20 @@ def front(records: list[dict], dataset: str, setting: str) -> list[dict]:
     return kept
 
 
+def largest_kl(records: list[dict], dataset: str, setting: str) -> float | None:
+    """The largest mean test KL(z'||z) of any fixed alpha: how far the front reaches, flat past its
+    last point (``front_at``); None without fixed-alpha runs."""
+    fixed = by_alpha(records, dataset, setting, ("kl_consistency",))
+    return max((r["kl_consistency"]["mean"] for r in fixed if r["kl_consistency"]["n"]), default=None)
+
+
 def front_at(points: list[dict], kl: float, reach: float | None = None) -> dict | None:
     """The front's ELBO (its std over seeds, and n: the fewer seeds of the two alphas) at test KL
     ``kl``, linear in log KL between the two alphas around it. Beyond the front's largest KL, up to
-    ``reach`` (the largest mean KL of any fixed alpha), it is flat: every alpha there drifts more
-    and has a lower ELBO than the front's last point (the plain VAE, when a small alpha beats it on
-    both), so that point is the best a fixed alpha does at a KL of at most ``kl`` (``flat``: True).
-    None below the front's smallest KL or beyond ``reach`` (no extrapolation)."""
+    ``reach`` (``largest_kl``: the largest mean KL of any fixed alpha), it is flat: every alpha there
+    drifts more and has a lower ELBO than the front's last point (the plain VAE, when a small alpha
+    beats it on both), so that point is the best a fixed alpha does at a KL of at most ``kl``
+    (``flat``: True). None below the front's smallest KL or beyond ``reach`` (no extrapolation)."""
     for lo, hi in zip(points, points[1:], strict=False):
         k0, k1 = lo["kl_consistency"]["mean"], hi["kl_consistency"]["mean"]
         if k0 <= kl <= k1:
@@ -101,8 +108,7 @@ def constrained_vs_front(records: list[dict]) -> list[dict]:
     rows = []
     for dataset, setting in settings(records):
         points = front(records, dataset, setting)
-        fixed = by_alpha(records, dataset, setting, ("kl_consistency",))
-        reach = max((r["kl_consistency"]["mean"] for r in fixed if r["kl_consistency"]["n"]), default=None)
+        reach = largest_kl(records, dataset, setting)
         for eps in sorted({r["kl_target"] for r in group(records, dataset=dataset, setting=setting,
                                                            model="constrained")}):
             runs = group(records, dataset=dataset, setting=setting, model="constrained", kl_target=eps)
