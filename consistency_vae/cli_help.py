@@ -130,8 +130,15 @@ def _key_of(message: str) -> str | None:
     return None
 
 
-class ProjectParser(LightningArgumentParser):
-    """LightningCLI's parser, with a parse error that ends with the error and a short usage."""
+class _ShortErrors:
+    """A parse error that ends with the error, after a short usage and a "did you mean".
+
+    No abbreviations: argparse would take ``--trainer.max_epoch=2`` for ``--trainer.max_epochs``
+    silently; refused, it gets the "did you mean" of any other unknown key."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         from jsonargparse._common import debug_mode_active
@@ -142,8 +149,10 @@ class ProjectParser(LightningArgumentParser):
         prog = parser.prog.replace(" [options]", "")
         if getattr(parser, "_subcommands_action", None) is not None:  # the top level: no command
             hint = [f"usage: {prog} COMMAND [options]   ({prog} --help lists the commands)"]
-        else:
+        elif isinstance(parser, LightningArgumentParser):
             hint = [f"usage: {prog} [--config FILE ...] [--KEY VALUE ...]   ({prog} --help lists the keys)"]
+        else:  # a project command
+            hint = [f"usage: {prog} [options]   ({prog} --help lists the options)"]
         actions = {a.dest: a for a in parser._actions if a.option_strings}
         key = _key_of(message)
         if key and key not in actions:
@@ -156,6 +165,15 @@ class ProjectParser(LightningArgumentParser):
         one_line = " ".join(message.split())
         sys.stderr.write("\n".join(hint) + f"\nerror: {one_line}\n")
         self.exit(2)
+
+
+class ProjectParser(_ShortErrors, LightningArgumentParser):
+    """LightningCLI's parser, with short parse errors (_ShortErrors)."""
+
+
+class CommandParser(_ShortErrors, ArgumentParser):
+    """A project command's parser (data, sweep, evaluate...): jsonargparse's, as LightningCLI's for
+    fit, so ``--help`` shows each option's type and default; short parse errors (_ShortErrors)."""
 
 
 LIGHTNING_HELP = {
@@ -187,7 +205,6 @@ def unknown_command(name: str, commands: list[str]) -> str:
             f"{', '.join(commands)} (consistency-vae --help says what each does)")
 
 
-def command_parser(prog: str, description: str) -> ArgumentParser:
-    """The parser of a project command (data, sweep, evaluate...): jsonargparse's, as LightningCLI's
-    for fit; ``--help`` shows each option's type and default."""
-    return ArgumentParser(prog=prog, description=description)
+def command_parser(prog: str, description: str) -> CommandParser:
+    """The parser of a project command."""
+    return CommandParser(prog=prog, description=description)

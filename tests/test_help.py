@@ -82,3 +82,21 @@ def test_an_unknown_command_is_one_line_naming_the_commands():
     message = str(exit_.value.code)
     assert message.startswith("consistency-vae: error: unknown command 'fti': did you mean 'fit'?")
     assert all(name in message for name in ["predict", *COMMANDS]) and "\n" not in message
+
+
+@pytest.mark.parametrize("argv, meant", [
+    (["fit", "--config", BASE, "--trainer.max_epoch=2"], "--trainer.max_epochs"),
+    (["validate", "--config", BASE, "--model.alph=3"], "--model.alpha"),
+    (["runs", "--cs"], "--csv"),
+    (["data", "--datase", "mnist"], "--dataset"),
+    (["sweep", "sweeps/alpha_mnist.yaml", "--paral", "2"], "--parallel"),
+    (["evaluate", "--ckpt", "x.ckpt"], "--ckpt_path"),
+])
+def test_an_abbreviated_flag_is_refused_with_did_you_mean(capsys, argv, meant):
+    # argparse's prefix matching once trained `fit --trainer.max_epoch=2` for 2 epochs, silently
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"did you mean {meant}?" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: unrecognized arguments: ")
