@@ -16,8 +16,9 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from consistency_vae import data_files, datasets
+from consistency_vae import data_files, datasets, image_files
 from consistency_vae.errors import ConfigError
+from consistency_vae.image_values import unit_float
 from consistency_vae.networks import ImageShape
 from consistency_vae.noise import BINARIZE, seeded_generator
 
@@ -173,13 +174,17 @@ class MNISTDataModule(LightningDataModule):
 
     @cached_property
     def loaded(self) -> datasets.Loaded:
-        """The dataset's images, read once (uint8, on the CPU): downloadable IDX files through
-        data_files (verified by md5), else the entry's own ``load`` of data.path."""
+        """The dataset's images, read once (on the CPU): downloadable IDX files through data_files
+        (verified by md5), else the entry's own ``load`` of data.path, checked here (uint8 or float
+        [0, 1] images, labels 0..K-1) so that a bad file stops the run before it trains."""
         info, data_dir = self.info, self.hparams.data_dir
         if info.files is not None:
             return datasets.Loaded(data_files.load_idx(data_dir, info.name, train=True),
                                    data_files.load_idx(data_dir, info.name, train=False), info.class_names)
-        return info.load(self.hparams.path)
+        path = self.hparams.path
+        loaded = info.load(path)
+        source = f"data.dataset={info.name}" + (f" data.path={path}" if path else "")
+        return image_files.check_loaded(loaded, info.class_names or loaded.class_names, source)
 
     @property
     def image_shape(self) -> ImageShape:
@@ -218,14 +223,14 @@ class MNISTDataModule(LightningDataModule):
         hp = self.hparams
         device = self.trainer.strategy.root_device if self.trainer and hp.on_device else "cpu"
         loaded = self.loaded
-        images, labels = loaded.train[0].float().div_(255.0), loaded.train[1]  # (N, C, H, W) in [0, 1]
+        images, labels = unit_float(loaded.train[0]), loaded.train[1]  # (N, C, H, W) in [0, 1]
         val_size = self.val_images(len(labels))
         perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(hp.split_seed))
         if loaded.test is None:  # no test file: a seeded test split, then val, out of train
             test_idx, perm = perm[:val_size], perm[val_size:]
             test_images, test_labels = images[test_idx], labels[test_idx]
         else:
-            test_images, test_labels = loaded.test[0].float().div_(255.0), loaded.test[1]
+            test_images, test_labels = unit_float(loaded.test[0]), loaded.test[1]
         if self.info.files is not None:  # the registry knows the rest: free the uint8 copies
             del self.loaded
         val_idx, train_idx = perm[:val_size], perm[val_size:]

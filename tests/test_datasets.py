@@ -103,7 +103,8 @@ def test_pt_file_and_refusals(tmp_path):
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (30, 5, 5)
     np.savez(tmp_path / "float.npz", images=images.astype(np.float32), labels=labels)
-    with pytest.raises(DataError, match="images must be uint8"):
+    with pytest.raises(DataError, match=r"images: float pixels must lie in \[0, 1\], got min 0, max 220: "
+                                        "divide by 255"):  # every format: tests/test_image_files.py
         _ = MNISTDataModule(dataset="images", path=str(tmp_path / "float.npz")).image_shape
     with pytest.raises(DataError, match="--data.path"):
         _ = MNISTDataModule(dataset="images").image_shape
