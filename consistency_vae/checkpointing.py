@@ -9,7 +9,7 @@
   ``SIGTERMException`` at the next batch boundary; the callback then writes ``last.ckpt`` for the
   current step, so ``fit --ckpt_path last`` continues from there.
 - No checkpoint of non-finite weights is ever written: the last good one stays in place.
-- ``load_checkpoint``, ``read_checkpoint_shapes`` and ``check_architecture``: a truncated file, a
+- ``load_checkpoint``, ``read_cli_checkpoint`` and ``check_architecture``: a truncated file, a
   plain torch file, or a checkpoint of another architecture fails in one line before any data is
   loaded (``fit``/``test``... and ``evaluate`` share them).
 """
@@ -167,10 +167,10 @@ def _first_bytes(path: str | Path, n: int = 64) -> bytes | None:
         return None
 
 
-def read_checkpoint_shapes(path: str | Path, model_class: type) -> dict[str, tuple[int, ...]]:
-    """The shape of each tensor of the checkpoint's ``state_dict`` (see ``load_checkpoint`` for
-    unreadable files). Also refuses hyperparameters that ``model_class`` does not take, which
-    LightningCLI would next read into the config."""
+def read_cli_checkpoint(path: str | Path, model_class: type) -> dict:
+    """The checkpoint of ``--ckpt_path``, read once (see ``load_checkpoint`` for unreadable files).
+    Refuses hyperparameters that ``model_class`` does not take, which LightningCLI would next read
+    into the config."""
     # LightningCLI itself reads the hyperparameters with weights_only=True, whatever the flags say
     ckpt = load_checkpoint(path, pickle_hint="the CLI loads checkpoints safely only: use one "
                            "written by `consistency-vae fit`")
@@ -180,11 +180,13 @@ def read_checkpoint_shapes(path: str | Path, model_class: type) -> dict[str, tup
         raise CheckpointError(
             f"--ckpt_path {path} holds the hyperparameters of another model ({', '.join(foreign[:3])} "
             f"are not arguments of {model_class.__name__}): pass a .ckpt written by `consistency-vae fit`")
-    return {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    return ckpt
 
 
-def check_architecture(path: str | Path, shapes: dict[str, tuple[int, ...]], model: torch.nn.Module) -> None:
-    """Raise CheckpointError unless the checkpoint's tensors are exactly ``model``'s, shape for shape."""
+def check_architecture(path: str | Path, state: dict, model: torch.nn.Module) -> None:
+    """Raise CheckpointError unless the checkpoint's tensors (``state``, its state_dict) are exactly
+    ``model``'s, shape for shape."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     problems = [f"{k} missing" for k in ours if k not in shapes]
     problems += [f"unexpected {k}" for k in shapes if k not in ours]

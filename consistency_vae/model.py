@@ -3,16 +3,14 @@
 Design choices the paper leaves open, made explicit here:
 - ``x'`` is the decoder's *mean* (sigmoid of the logits) at one sample ``z ~ q(z|x)``, the same
   sample that the ELBO uses, so the consistency term costs one extra encoder pass.
-- Gradients flow through ``x'`` into the decoder by default (``consistency_grad_through_decoder``);
-  with ``False``, ``x'`` is detached and only the encoder is asked to be consistent.
-- Gradients flow into both posteriors of the KL, ``q(z'|x')`` and ``q(z|x)``.
+- Gradients flow into both posteriors of the KL, and through ``x'`` into the decoder unless
+  ``consistency_grad_through_decoder`` is False (then only the encoder is asked to be consistent).
 - Terms are sums over pixels / latent dims, means over the batch, so ``alpha`` does not depend on
   the dataset size or batch size.
 - ``alpha_mode: constrained`` treats alpha as a Lagrange multiplier for KL(z'||z) <= kl_target
   (see ``constraint.py``); alpha then lives in a buffer, so checkpoints keep and resume it. Under
   DDP the update uses the constraint averaged over all ranks, so alpha is the same on every rank.
-- ``alpha_mode: fixed``: the hyper-parameter is the weight. The ``alpha`` buffer stays in the
-  state_dict (old checkpoints load), but a checkpoint's value never overrides ``model.alpha``.
+- ``alpha_mode: fixed``: the hyper-parameter is the weight, never a checkpoint's (``resume_state.py``).
 - Checkpoints are chosen by ``val/selection``, which does not move with alpha (``constraint.py``).
 - Evaluation noise is ``noise.eval_noise``: one eps row per image, whatever the batching.
 """
@@ -27,7 +25,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from consistency_vae import guards, losses, schedules
+from consistency_vae import guards, losses, resume_state, schedules
 from consistency_vae.constraint import selection_criterion
 from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
 from consistency_vae.errors import ConfigError
@@ -50,8 +48,7 @@ class ConsistencyVAE(LightningModule):
     """VAE with the consistency loss of "Towards Consistent Variational Auto-Encoding".
 
     Args:
-        encoder: class (or partial) taking ``latent_dim, image_shape``; in YAML, ``class_path`` +
-            ``init_args``.
+        encoder: class (or partial) taking ``latent_dim, image_shape``; in YAML, class_path + init_args.
         decoder: likewise, returning Bernoulli logits.
         latent_dim: size of z. 2 as in the paper's figures.
         alpha: weight of KL(q(z'|x') || q(z|x)), >= 0. 0 is the plain VAE. In constrained mode,
@@ -64,11 +61,9 @@ class ConsistencyVAE(LightningModule):
         consistency_grad_through_decoder: let the consistency gradient reach the decoder via x'.
         lr: Adam learning rate.
         lr_schedule: ``constant`` (the paper's) or ``cosine``, annealed to 0 over the run (``schedules.py``).
-        image_shape: (C, H, W) of the images. Under the CLI it comes from the data
-            (``data.image_shape``, linked in training_cli.py); the default is MNIST's, as before the link.
+        image_shape: (C, H, W) of the images; under the CLI, the data's (linked in training_cli.py).
         divergence: the consistency term that is trained (``divergences.py``); None is the paper's
-            KL(q(z'|x') || q(z|x)). KL(z'||z) is measured and logged whatever is trained, and the
-            constrained mode constrains it.
+            KL(z'||z), which is logged, and constrained in constrained mode, whatever is trained.
         multiplier: how alpha moves in constrained mode (``multipliers.py``: DualAscent, GECO,
             NuPI); None is ``DualAscent(step=alpha_lr, ema=constraint_ema)``.
     """
@@ -107,8 +102,8 @@ class ConsistencyVAE(LightningModule):
         self.register_buffer("constraint_avg", torch.tensor(float("nan")))
         # Plain tensors, not buffers (DDP would overwrite them with rank 0's): the epoch's sums of
         # TERMS and its batch count (len(TERMS) + 1,), and non-finite steps not yet reported ().
-        self._train_sums: Tensor | None = None
-        self._bad_steps: Tensor | None = None
+        self._train_sums, self._bad_steps = None, None
+        self._weights_epoch: int | None = None  # the epoch these weights finished (labels a test row)
         self.eval_metrics = nn.ModuleDict({stage: MetricCollection({t: MeanMetric() for t in TERMS},
                                                                   prefix=f"{stage}/") for stage in STAGES})
 
@@ -150,6 +145,10 @@ class ConsistencyVAE(LightningModule):
                 "elbo": -(recon + kl), "loss": recon + kl + self.alpha * trained,
                 "mu": mu, "logvar": logvar, "mu_prime": mu_prime, "logvar_prime": logvar_prime,
                 "x_prime": x_prime}
+
+    @property
+    def _fitting(self) -> bool:
+        return self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
 
     @property
     def _is_plain_vae(self) -> bool:
@@ -210,30 +209,23 @@ class ConsistencyVAE(LightningModule):
         self.log_dict({f"train/{t}_epoch": v for t, v in zip(TERMS, means, strict=True)},
                       on_step=False, on_epoch=True, sync_dist=True)
         self.log("train/alpha_epoch", self.alpha, on_step=False, on_epoch=True, sync_dist=True)
+        self._weights_epoch = self.current_epoch
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[resume_state.INITIAL_ALPHA] = float(self.hparams.alpha)  # see resume_state
         # Between two checks (on a GPU) a non-finite step may be pending: never save its state.
-        if self._bad_steps is not None and self._trainer is not None \
-                and self._trainer.state.fn == TrainerFn.FITTING:
+        if self._bad_steps is not None and self._fitting:
             self._raise_if_nonfinite(self._sum_over_ranks(self._bad_steps.clone()),
                                      self._finite_check_every())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Fixed mode: ``model.alpha`` is the weight, whatever the checkpoint's buffer says (the
-        key stays, so every checkpoint loads). Constrained mode: the multiplier is state; it resumes.
-        A rule's own state that an older checkpoint lacks (NuPI's xi) starts fresh."""
-        state = checkpoint.get("state_dict", {})
+        """What the checkpoint's state gives way to, and what it keeps: resume_state.py. A rule's
+        own state that an older checkpoint lacks (NuPI's xi) starts fresh."""
+        self._weights_epoch = checkpoint.get("epoch")
         for key, value in self.multiplier.state_dict(prefix="multiplier.").items():
-            state.setdefault(key, value)
-        if self.hparams.alpha_mode != "fixed" or "alpha" not in state:
-            return
-        # compared in the buffer's dtype: a float32 0.1 is not the float 0.1
-        saved, wanted = float(state["alpha"]), float(self.hparams.alpha)
-        if saved != float(torch.tensor(wanted, dtype=state["alpha"].dtype)):
-            guards.say(f"consistency-vae: the checkpoint was trained at alpha={saved:g}; this model uses "
-                 f"model.alpha={wanted:g} (fixed mode: the hyper-parameter is the weight)")
-        # on alpha's device: Lightning moves a loaded model to the device of its state's first tensor, alpha
-        state["alpha"] = torch.full_like(state["alpha"], wanted)
+            checkpoint.get("state_dict", {}).setdefault(key, value)
+        resume_state.apply_lr(self.hparams, checkpoint, fitting=self._fitting)
+        resume_state.apply_alpha(self.hparams, checkpoint)
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
         # New tensors, not in-place updates: this step's loss still needs the old alpha for backward.
@@ -289,6 +281,11 @@ class ConsistencyVAE(LightningModule):
         self.log("val/selection", selection_criterion(
             val["elbo"].compute(), val["kl_consistency"].compute(), val["loss"].compute(),
             self.hparams.alpha_mode, self.hparams.kl_target))
+
+    def on_test_epoch_end(self) -> None:
+        # the test row names its weights' epoch (after fit the trainer's is one past the last)
+        if self._weights_epoch is not None:
+            self.log("epoch", self._weights_epoch)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch

@@ -14,7 +14,15 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from consistency_vae import checkpointing, cli_checks, cli_help, run_folders, run_name, run_record
+from consistency_vae import (
+    checkpointing,
+    cli_checks,
+    cli_help,
+    resume_flags,
+    run_folders,
+    run_name,
+    run_record,
+)
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import CheckpointError
 from consistency_vae.model import ConsistencyVAE
@@ -33,7 +41,7 @@ class ConsistencyCLI(LightningCLI):
     """LightningCLI with up-front checks and a one-line summary after ``fit``."""
 
     _output: tuple[Path, Path | None] = (Path("runs"), None)  # (save_dir, run folder if known)
-    _ckpt_shapes: dict | None = None  # parameter shapes of the --ckpt_path file, once read
+    _ckpt: dict | None = None  # the --ckpt_path file, once read
     _run_start: run_record.RecordRunStart | None = None  # fit's; knows whether training began
     _config_files: list[str] = []  # the --config files of the command line
 
@@ -86,24 +94,23 @@ class ConsistencyCLI(LightningCLI):
                 if not Path(ckpt).is_file():
                     raise CheckpointError(f"--ckpt_path {ckpt} does not exist: give the path of a .ckpt "
                                           "file, or 'last' to resume the latest run")
-                self._ckpt_shapes = checkpointing.read_checkpoint_shapes(ckpt, self._model_class)
-        alpha = self.config[subcommand].model.alpha if subcommand else None
+                self._ckpt = checkpointing.read_cli_checkpoint(ckpt, self._model_class)
+        asked = self.config[subcommand].clone() if subcommand else None
         try:
             super()._parse_ckpt_path()
         except SystemExit as err:  # its hyperparameters are not ConsistencyVAE's
             raise CheckpointError(f"--ckpt_path {ckpt} holds the hyperparameters of another model: pass a "
                                   ".ckpt written by `consistency-vae fit`") from err
-        if subcommand == "fit" and self.config[subcommand].model.alpha != alpha:
-            # Lightning let the checkpoint's alpha override the config's, which has already named
-            # the run folder (alpha${model.alpha}): the config's wins, so the folder, hparams.yaml,
-            # the logs and the new checkpoints all say the alpha that is trained (the module's
-            # on_load_checkpoint says so when it replaces the checkpoint's fixed alpha).
-            # test/validate/predict evaluate the checkpoint as it was trained: its alpha stays.
-            self.config[subcommand].model.alpha = alpha
+        if subcommand == "fit" and self._ckpt is not None:
+            # Lightning read the checkpoint's hyper-parameters over the config's, which has already
+            # named the run folder: each difference is honoured (the config's value back) or refused.
+            # test/validate/predict evaluate the checkpoint as it was trained: its values stay.
+            for line in resume_flags.check(ckpt, asked, self.config[subcommand].model, self._ckpt):
+                print(line, file=sys.stderr)
 
     def _check_ckpt_path(self) -> None:
-        if self._ckpt_shapes is not None:
-            checkpointing.check_architecture(self.config[self.subcommand].ckpt_path, self._ckpt_shapes,
+        if self._ckpt is not None:
+            checkpointing.check_architecture(self.config[self.subcommand].ckpt_path, self._ckpt["state_dict"],
                                              self.model)
 
     def _check_output(self, need_bytes: int = 0) -> None:
@@ -179,30 +186,47 @@ class ConsistencyCLI(LightningCLI):
             print(f"consistency-vae: predictions written to {path}")
 
     def after_fit(self) -> None:
-        """Test the best checkpoint and print where it is with its test ELBO and KL(z'||z)."""
+        """Test the best checkpoint and print where it is with its test ELBO and KL(z'||z); say which
+        epoch it is, and the last epoch's KL(z'||z) when that is another (last.ckpt and the figures)."""
         trainer = self.trainer
         if trainer.interrupted or trainer.fast_dev_run:
             return
         cli_checks.refuse_untrained(trainer)  # no "Done" for a fit that trained no step
         ckpt = trainer.checkpoint_callback
         best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+        last_epoch, last_kl = trainer.current_epoch, _last_kl(trainer.callback_metrics)  # before test
         results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best,
                                verbose=False)
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if trainer.is_global_zero and results:
             r = results[0]
+            tested = self.model._weights_epoch  # 0-based, as in the checkpoint's file name
             if best:
-                where = best
+                where = f"{best} (epoch {tested + 1} of {last_epoch}, chosen by {ckpt.monitor})"
             elif ckpt is not None and ckpt.last_model_path:  # e.g. --trainer.limit_val_batches=0
                 where = (f"none (no validation to select by): tested the final weights, saved as "
                          f"{ckpt.last_model_path}")
             else:
                 where = "(no checkpoint callback: weights kept in memory only)"
-            wandb_line = wandb_run_line(trainer.loggers)
-            print(f"\nDone. Best checkpoint: {where}\n"
-                  f"  test ELBO {r['test/elbo']:.2f} nats   test KL(z'||z) "
-                  f"{r['test/kl_consistency']:.3f} nats   (run folder: {log_dir})"
-                  + (f"\n{wandb_line}" if wandb_line else ""))
+            target = (f" (kl_target {self.model.hparams.kl_target:g})"
+                      if self.model.hparams.alpha_mode == "constrained" else "")
+            lines = [f"\nDone. Best checkpoint: {where}",
+                     f"  test ELBO {r['test/elbo']:.2f} nats   test KL(z'||z) {r['test/kl_consistency']:.3f} "
+                     f"nats{target}   (run folder: {log_dir})"]
+            if best and tested + 1 != last_epoch and last_kl is not None:
+                lines.append(f"  the last epoch ({last_epoch}), in last.ckpt and the run's figures: "
+                             f"{last_kl[0]} KL(z'||z) {last_kl[1]:.3f} nats")
+            if wandb_line := wandb_run_line(trainer.loggers):
+                lines.append(wandb_line)
+            print("\n".join(lines))
+
+
+def _last_kl(metrics: dict) -> tuple[str, float] | None:
+    """The last epoch's KL(z'||z): the test set's (TestSetConsistency), else the validation set's."""
+    for key in ("test/kl_consistency", "val/kl_consistency"):
+        if key in metrics:
+            return key.split("/")[0], float(metrics[key])
+    return None
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> ConsistencyCLI:

@@ -90,10 +90,16 @@ def test_a_fixed_alpha_checkpoint_loads_whole_onto_the_gpu(tmp_path):
     assert loaded.alpha.item() == 3.0
 
 
-def test_a_constrained_multiplier_resumes_from_the_checkpoint(tmp_path):
+def test_a_constrained_multiplier_resumes_from_the_checkpoint_and_says_so(tmp_path, capsys):
     model = ConsistencyVAE(alpha=1.0, alpha_mode="constrained")
     model.alpha = torch.tensor(2.5)  # as after some dual ascent steps
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": "2.6.6"}, tmp_path / "c.ckpt")
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                  "pytorch-lightning_version": "2.6.6"}
+    model.on_save_checkpoint(checkpoint)  # as Lightning's save calls it
+    torch.save(checkpoint, tmp_path / "c.ckpt")
     loaded = ConsistencyVAE.load_from_checkpoint(tmp_path / "c.ckpt", alpha=5.0)
-    assert loaded.hparams.alpha == 5.0 and loaded.alpha.item() == 2.5  # 5 is only the initial value
+    # 5 would only be the initial value: the multiplier goes on from 2.5, and hparams record what was
+    # used (they once said 5.0, silently)
+    assert loaded.alpha.item() == 2.5 and loaded.hparams.alpha == 1.0
+    assert ("constrained mode continues the checkpoint's multiplier at alpha=2.5; model.alpha=5 would only "
+            "be its initial value and is not used") in capsys.readouterr().err

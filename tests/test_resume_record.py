@@ -86,8 +86,9 @@ def test_resume_continues_the_same_wandb_run_and_one_record(offline_wandb, data_
     rows = list(csv.DictReader((folder / run_record.MERGED).open()))
     val_epochs = [int(r["epoch"]) for r in rows if r.get("val/loss")]
     assert val_epochs == [0, 1]
-    # each attempt's final test of its best checkpoint, after 1 and after 2 epochs, once each
-    assert [int(r["epoch"]) for r in rows if r.get("test/loss")] == [1, 2]
+    # each attempt's final test of its best checkpoint (epoch 0 of 1, then epoch 1 of 2), once each,
+    # in a row that names the epoch of the weights it tested
+    assert [int(float(r["epoch"])) for r in rows if r.get("test/loss")] == [0, 1]
     assert json.loads((folder / "status.json").read_text())["status"] == "finished"
 
     # a finished run: refused, with the fix, before anything in the folder changed

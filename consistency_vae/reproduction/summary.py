@@ -25,10 +25,13 @@ def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> 
 
     Read from the run's one record over all its attempts (``run_record.merged_rows``: a resumed
     run's epochs once each, the resumed attempt's where they overlap). The final test after
-    ``fit`` logs the same key with epoch == epochs; it is not on the curve.
+    ``fit`` logs the same key in the row that holds test/loss (labelled with the best checkpoint's
+    epoch; in older runs, epoch == epochs); it is not on the curve.
     """
     by_epoch: dict[int, float] = {}
     for row in run_record.merged_rows(folder):
+        if "test/loss" in row:
+            continue
         if key in row and "epoch" in row and (epoch := int(float(row["epoch"]))) < epochs:
             by_epoch.setdefault(epoch, float(row[key]))
     return [by_epoch.get(e, math.nan) for e in range(epochs)] if by_epoch else []
