@@ -1,12 +1,16 @@
 """The reproduction's verdicts (reproduction/verdicts.py) on hand-made records whose answers are
-worked out in the comments: the front read in log KL, the constrained runs against it, one
-verdict per claim, and image noise against seed spread."""
+worked out in the comments: the front read in log KL, the constrained runs against it (Welch,
+Holm), one verdict per claim (paired t, Holm), and image noise against seed spread; and the rule
+on simulated claims with a known answer: 5% of families declare a difference where there is none,
+and a large effect is found."""
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
-from consistency_vae.reproduction import verdicts
+from consistency_vae.reproduction import significance, verdicts
 from consistency_vae.reproduction.summary import seeds_per_group
 
 
@@ -37,7 +41,9 @@ def test_the_front_is_read_linearly_in_log_kl_and_never_extrapolated():
     assert [p["alpha"] for p in points] == [3.0, 1.0, 0.0]  # increasing mean KL
     at = verdicts.front_at(points, math.sqrt(2.0))  # halfway between KL 1 and 2 in log KL
     assert at["elbo"] == pytest.approx(-104.0) and at["between_alphas"] == [3.0, 1.0]
-    assert at["std"] == pytest.approx(math.sqrt(2) / 2)  # halfway between sqrt(2) and 0
+    # a weighted mean of two independent means: 0.5^2 sqrt(2)^2 / 2 + 0.5^2 0^2 / 2
+    assert [v for v, _ in at["parts"]] == pytest.approx([0.25, 0.0]) and at["se"] == pytest.approx(0.5)
+    assert [n for _, n in at["parts"]] == [2, 2]
     assert at["n"] == 2  # the fewer seeds of the two alphas around it
     assert verdicts.front_at(points, 2.0)["elbo"] == pytest.approx(-102.0)  # on a point
     assert verdicts.front_at(points, 0.5) is None and verdicts.front_at(points, 5.0) is None
@@ -51,89 +57,140 @@ def test_beyond_its_largest_kl_the_front_is_flat_up_to_the_largest_fixed_kl():
     assert [p["alpha"] for p in points] == [3.0, 1.0, 0.1]
     at = verdicts.front_at(points, 3.5, reach=4.0)  # alpha 0 reaches 3.5, with a lower ELBO than -99
     assert at["flat"] and at["elbo"] == pytest.approx(-99.0) and at["between_alphas"] == [0.1, 0.1]
+    assert at["parts"] == [(0.0, 2)]  # alpha 0.1 alone, std 0
     assert verdicts.front_at(points, 3.5) is None and verdicts.front_at(points, 4.5, reach=4.0) is None
     constrained = [run(1.0, s, 3.5, -99.5, kl_target=3.5) for s in (0, 1)]
     row = verdicts.constrained_vs_front(records + constrained)[0]
     assert row["front"]["flat"] and row["elbo_minus_front"] == pytest.approx(-0.5)
 
 
-def test_constrained_runs_are_judged_against_epsilon_and_the_front():
+def test_constrained_runs_are_judged_against_epsilon_and_the_front_by_welch_and_holm():
     records = fixed_records() + [
-        # eps 1.5: KL 1.5 and 1.6 (+6.7% worst: within 10%); front at KL 1.55: t = log(1.55)/log(2)
-        run(1.0, 0, 1.5, -103.0, kl_target=1.5), run(1.0, 1, 1.6, -104.0, kl_target=1.5),
-        # eps 1.0: one run 20% over; ELBO far below the front
-        run(1.0, 0, 1.2, -110.0, kl_target=1.0), run(1.0, 1, 1.0, -110.0, kl_target=1.0),
+        # eps 1: KL 1.0 on average, on alpha 3's point (ELBO -105, -107); ELBO far above it (Welch's
+        # df is about 1 with 2 seeds of the front: only a large margin is found)
+        run(1.0, 0, 0.95, -60.0, kl_target=1.0), run(1.0, 1, 1.05, -61.0, kl_target=1.0),
+        run(1.0, 2, 1.0, -60.5, kl_target=1.0),
+        # eps 1.5: KL 1.2 and 1.6 (+6.7% worst: within 10%), mean sqrt(2): the front there is -104
+        # (se 0.5); ELBO -103.5 and -104.5: on it
+        run(1.0, 0, 1.2, -103.5, kl_target=1.5), run(1.0, 1, 1.628, -104.5, kl_target=1.5),
+        # eps 3.5: one run 20% over; KL 4 on alpha 0's point (ELBO -99, -101); ELBO far below it
+        run(1.0, 0, 4.2, -130.0, kl_target=3.5), run(1.0, 1, 3.8, -131.0, kl_target=3.5),
         # eps 0.5: KL 0.5, below the front's range
         run(1.0, 0, 0.5, -108.0, kl_target=0.5),
-        # eps 3: one seed, inside the front: no spread to judge it by
+        # eps 3: one seed, inside the front: no spread to test with
         run(1.0, 0, 3.0, -150.0, kl_target=3.0)]
     rows = {r["kl_target"]: r for r in verdicts.constrained_vs_front(records)}
-    ok = rows[1.5]
-    assert ok["within_10pct"] and ok["worst_excess"] == pytest.approx(1.6 / 1.5 - 1)
-    t = math.log(1.55) / math.log(2.0)
-    front_elbo = (1 - t) * -106.0 + t * -102.0
-    assert ok["front"]["elbo"] == pytest.approx(front_elbo)
-    assert ok["elbo_minus_front"] == pytest.approx(-103.5 - front_elbo)
-    sigma = math.hypot(math.sqrt(0.5), (1 - t) * math.sqrt(2))  # constrained std, front std
-    assert ok["sigma"] == pytest.approx(sigma)
-    assert ok["on_or_above_front"] == (-103.5 - front_elbo >= -sigma)
-    bad = rows[1.0]
-    assert not bad["within_10pct"] and bad["worst_excess"] == pytest.approx(0.2)
-    assert bad["on_or_above_front"] is False  # -110 against about -104.6, sigma about 1
+    on = rows[1.5]
+    assert on["within_10pct"] and on["worst_excess"] == pytest.approx(1.628 / 1.5 - 1)
+    assert on["front"]["elbo"] == pytest.approx(-104.0, abs=1e-3)  # mean KL 1.414 ~ sqrt(2)
+    # three independent parts: the constrained runs' 0.5 / 2 and the front's two alphas
+    assert on["test"]["se"] == pytest.approx(math.sqrt(0.25 + on["front"]["se"] ** 2))
+    # the two ends read on a point of one alpha: Welch's two-sample test, as scipy computes it
+    above, below = rows[1.0], rows[3.5]
+    ref = {eps: stats.ttest_ind([r["elbo"] for r in records if r["kl_target"] == eps],
+                                [r["elbo"] for r in records if r["kl_target"] is None
+                                 and r["alpha_init"] == alpha], equal_var=False)
+           for eps, alpha in ((1.0, 3.0), (3.5, 0.0))}
+    assert above["test"]["p"] == pytest.approx(ref[1.0].pvalue, rel=1e-9)  # float64, same inputs
+    assert below["test"]["p"] == pytest.approx(ref[3.5].pvalue, rel=1e-9)
+    assert below["test"]["ci"] == pytest.approx(list(ref[3.5].confidence_interval(0.95)), rel=1e-9)
+    # Holm over the 3 tested targets
+    tested = [rows[e] for e in (1.0, 1.5, 3.5)]
+    holm = significance.holm([r["test"]["p"] for r in tested])
+    assert [r["p_holm"] for r in tested] == pytest.approx(holm)
+    assert [r["position"] for r in tested] == ["above", "on", "below"]
+    assert not below["within_10pct"] and below["worst_excess"] == pytest.approx(0.2)
+    assert on["detectable"] == pytest.approx(significance.detectable(on["test"]["se"], on["test"]["df"],
+                                                                     0.05 / 3))
     outside = rows[0.5]
-    assert outside["front"] is None and outside["on_or_above_front"] is None
+    assert outside["front"] is None and outside["position"] is None
     assert math.isnan(outside["elbo"]["std"])  # one seed: no spread, not 0
     alone = rows[3.0]
-    assert alone["elbo_minus_front"] < -40 and alone["on_or_above_front"] is None  # not "no": unknown
+    assert alone["elbo_minus_front"] < -40 and alone["test"] is None and alone["position"] is None
 
 
-@pytest.mark.parametrize("diffs, better, expected", [
-    ([-1.0, -1.2, -0.8], "lower", "better"),  # mean -1, std 0.2: beyond the spread
-    ([-1.0, 0.5, -1.0], "lower", "no difference"),  # mean -0.5, std 0.87: within it
-    ([0.3, 0.4, 0.2], "lower", "worse"),
-    ([0.3, 0.4, 0.2], "higher", "better"),
-    ([-0.1], "lower", "better"),  # one seed: the sign only
-])
-def test_a_difference_counts_only_beyond_the_spread_over_seeds(diffs, better, expected):
-    assert verdicts.direction(verdicts.stats(diffs), better) == expected
-
-
-def test_a_difference_within_twice_its_image_noise_is_no_difference():
-    # one seed each side, KL SE 0.03 per run: the mean difference's image SE is sqrt(0.03^2 * 2)
-    records = [run(0.0, 0, 1.30, -100.0, kl_consistency_se=0.03), run(1.0, 0, 1.25, -100.0,
-                                                                      kl_consistency_se=0.03)]
-    d = verdicts.paired_difference(records, "mnist", "paper", "kl_consistency")
-    assert d["image_se"] == pytest.approx(math.sqrt(2) * 0.03)
-    assert verdicts.direction(d["diff"], "lower", d["image_se"]) == "no difference"  # 0.05 < 0.085
-    records[1]["kl_consistency"] = 1.2  # 0.1 > 0.085
-    d = verdicts.paired_difference(records, "mnist", "paper", "kl_consistency")
-    assert verdicts.direction(d["diff"], "lower", d["image_se"]) == "better"
-    # two seeds: the mean of the variances over seeds, over n
+def test_a_comparison_reports_its_image_bound_beside_the_test():
+    # KL SE 0.1 and 0.2 (seed 0), 0.3 and 0.4 (seed 1): bound sqrt((0.01 + 0.04 + 0.09 + 0.16) / 2),
+    # not divided by the seeds: every run shares the test images
     two = [run(a, s, kl, -100.0, kl_consistency_se=se) for a, s, kl, se in
-           ((0.0, 0, 2.0, 0.1), (1.0, 0, 1.0, 0.2), (0.0, 1, 2.0, 0.3), (1.0, 1, 1.0, 0.4))]
+           ((0.0, 0, 2.0, 0.1), (1.0, 0, 1.0, 0.2), (0.0, 1, 2.1, 0.3), (1.0, 1, 1.0, 0.4))]
     d = verdicts.paired_difference(two, "mnist", "paper", "kl_consistency")
-    assert d["image_se"] == pytest.approx(math.sqrt((0.01 + 0.04 + 0.09 + 0.16) / 2 / 2))
+    assert d["image_bound"] == pytest.approx(math.sqrt(0.3 / 2))
+    assert d["diff"]["mean"] == pytest.approx(-1.05) and d["diff"]["n"] == 2
+    assert math.isnan(verdicts.paired_difference(fixed_records(), "mnist", "paper", "kl_consistency")
+                      ["image_bound"])  # no KEY_se: unknown
 
 
 def claim_records(kl_vae, kl_ours, gap_vae, gap_ours, setting):
-    return ([run(0.0, s, kl, -100.0, setting=setting, iwae_gap=g) for s, (kl, g) in
+    return ([run(0.0, s, kl, -100.0, setting=setting, iwae_gap=g, iwae_gap_se=0.01) for s, (kl, g) in
              enumerate(zip(kl_vae, gap_vae, strict=True))]
-            + [run(1.0, s, kl, -101.0, setting=setting, iwae_gap=g) for s, (kl, g) in
+            + [run(1.0, s, kl, -101.0, setting=setting, iwae_gap=g, iwae_gap_se=0.01) for s, (kl, g) in
                enumerate(zip(kl_ours, gap_ours, strict=True))])
 
 
-def test_each_claim_gets_one_verdict_from_every_setting():
-    records = (claim_records([3.0, 3.2], [0.8, 0.9], [5.0, 5.5], [4.0, 4.2], "paper")  # both better
-               + claim_records([9.0, 9.5], [2.0, 2.1], [5.0, 5.5], [5.6, 6.2], "d20"))  # gap worse
+def test_each_claim_gets_one_verdict_from_its_family_of_comparisons():
+    records = (claim_records([3.0, 3.2, 3.1], [0.8, 0.9, 0.85], [5.0, 5.5, 5.2], [4.0, 4.6, 4.1], "paper")
+               + claim_records([9.0, 9.5, 9.2], [2.0, 2.1, 2.0], [5.0, 5.5, 5.2], [6.0, 6.6, 6.1], "d20"))
     found = verdicts.claims(records)
-    assert found["drift"]["verdict"] == "holds" and found["drift"]["count"]["better"] == 2
-    drift = {t["setting"]: t for t in found["drift"]["tests"]}
-    assert drift["paper"]["diff"]["mean"] == pytest.approx(-2.25)
-    assert drift["paper"]["vae"]["mean"] == pytest.approx(3.1)
-    assert found["elbo_to_loglik"]["verdict"] == "partly holds"
+    drift = found["drift"]
+    assert drift["verdict"] == "holds" and drift["count"]["better"] == 2 and drift["family_size"] == 2
+    by = {t["setting"]: t for t in drift["tests"]}
+    assert by["paper"]["diff"]["mean"] == pytest.approx(-2.25)
+    assert by["paper"]["vae"]["mean"] == pytest.approx(3.1)
+    assert [by[s]["p_holm"] for s in ("paper", "d20")] == pytest.approx(
+        significance.holm([by[s]["diff"]["p"] for s in ("paper", "d20")]))
+    assert by["paper"]["detectable"] == pytest.approx(
+        significance.detectable(by["paper"]["diff"]["se"], 2, 0.05 / 2))
+    # the gap: -1.0, -0.9, -1.1 at 2-D (better), +1.0, +1.1, +0.9 at 20-D (worse): partly
+    gap = found["elbo_to_loglik"]
+    assert gap["verdict"] == "partly holds" and gap["count"] == {"better": 1, "no difference": 0, "worse": 1}
+    assert all(t["beyond_image_bound"] for t in gap["tests"])  # 1 nat against 1.96 x 0.014
     assert found["inference"]["verdict"] == "not measured"  # no amortization_gap in the records
-    one_seed = claim_records([3.0], [3.5], [5.0], [5.0], "paper")
-    assert verdicts.claims(one_seed)["drift"]["verdict"] == "does not hold (1 seed)"
+    noisy = claim_records([3.0, 3.2, 2.9], [3.1, 2.8, 3.0], [5.0] * 3, [5.0] * 3, "paper")
+    assert verdicts.claims(noisy)["drift"]["verdict"] == "does not hold"
+    one_seed = claim_records([3.0], [0.5], [5.0], [5.0], "paper")
+    assert verdicts.claims(one_seed)["drift"]["verdict"] == "not tested (1 seed)"
+    assert verdicts.claims(one_seed)["drift"]["tests"][0]["direction"] == "untested (1 seed)"
+
+
+def simulated_families(rng, families: int, m: int, effect: float, seeds: int = 3) -> list[list[dict]]:
+    """``families`` claims of ``m`` comparisons each, decided by the rule itself: per comparison,
+    alpha = 0 and alpha = 1 per seed with seed-to-seed noise sd 1 (shared by the pair, as a seed
+    shapes both runs alike) and the pair's own noise sd 1, the consistency VAE ``effect`` higher."""
+    out = []
+    for _ in range(families):
+        family = []
+        for _ in range(m):
+            seed_noise = rng.normal(size=seeds)
+            vae = 5.0 + seed_noise + rng.normal(size=seeds)
+            ours = 5.0 + effect + seed_noise + rng.normal(size=seeds)
+            family.append({"diff": significance.paired(list(ours), list(vae)), "better": "higher"})
+        verdicts.decide(family)
+        out.append(family)
+    return out
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_with_no_effect_a_family_declares_a_difference_5_percent_of_the_time(m):
+    """Holm rejects something iff the smallest of m independent uniform p-values is <= 0.05 / m:
+    1 - (1 - 0.05 / m)^m of the families (0.0500, 0.0491). The old rule (|mean| > std of the
+    per-seed differences) fired in 22% of single comparisons, 64% of families of 4."""
+    families = simulated_families(np.random.default_rng(23), 2000, m, effect=0.0)
+    rate = np.mean([any(t["direction"] != "no difference" for t in f) for f in families])
+    expected = 1 - (1 - 0.05 / m) ** m
+    assert abs(rate - expected) < 4 * math.sqrt(expected * (1 - expected) / 2000)
+
+
+def test_a_large_effect_is_found_and_the_detectable_one_at_least_80_percent_of_the_time():
+    rng = np.random.default_rng(24)
+    sd = math.sqrt(2)  # of a per-seed difference: two runs' own noise, sd 1 each
+    big = [t for f in simulated_families(rng, 250, 4, effect=20 * sd) for t in f]
+    assert np.mean([t["direction"] == "better" for t in big]) > 0.99
+    # every comparison of a family with the detectable effect: Holm is at least Bonferroni's 80%
+    effect = significance.detectable(sd / math.sqrt(3), 2, 0.05 / 4)
+    found = np.mean([t["direction"] == "better"
+                     for f in simulated_families(rng, 1000, 4, effect=effect) for t in f])
+    assert found > 0.8 - 4 * math.sqrt(0.8 * 0.2 / 4000)
 
 
 def test_noise_sets_the_image_standard_error_against_the_seed_spread():
