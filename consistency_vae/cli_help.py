@@ -198,6 +198,18 @@ def top_help(commands: dict) -> str:
     return "\n".join(lines)
 
 
+def resume_hint(argv: list[str]) -> str:
+    """How to continue a stopped fit, from its own command line: a run started with
+    ``--ckpt_path last`` already has it; one started from a file would restart from that file."""
+    given = next((a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+                  for i, a in enumerate(argv) if a.split("=", 1)[0] == "--ckpt_path"), None)
+    if given == "last":
+        return "continue with the same command (its --ckpt_path last)"
+    if given:
+        return f"continue with the same command, --ckpt_path last in place of --ckpt_path {given}"
+    return "continue with the same command plus --ckpt_path last"
+
+
 def unknown_command(name: str, commands: list[str]) -> str:
     close = difflib.get_close_matches(name, commands, n=1)
     guess = f"did you mean '{close[0]}'? " if close else ""

@@ -8,6 +8,7 @@ project's own commands, is cli.py.
 
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import set_parsing_settings
@@ -24,6 +25,7 @@ from consistency_vae import (
     run_record,
 )
 from consistency_vae.datamodule import MNISTDataModule
+from consistency_vae.epoch_lines import EpochLines, use_lines_without_a_terminal
 from consistency_vae.errors import CheckpointError
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.quiet import wandb_run_line
@@ -44,6 +46,7 @@ class ConsistencyCLI(LightningCLI):
     _ckpt: dict | None = None  # the --ckpt_path file, once read
     _run_start: run_record.RecordRunStart | None = None  # fit's; knows whether training began
     _config_files: list[str] = []  # the --config files of the command line
+    _epoch_lines = False  # fit without a terminal: EpochLines in place of the progress bar
 
     def add_arguments_to_parser(self, parser) -> None:
         # The image shape is the data's (datasets.py): it reaches the networks once, here.
@@ -77,6 +80,7 @@ class ConsistencyCLI(LightningCLI):
         sub = self.subcommand  # None: run=False, set up for the caller's own fit
         if sub in ("fit", None) or self.config[sub].get("wandb"):
             ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, not a hang or a crash
+        self._epoch_lines = sub == "fit" and use_lines_without_a_terminal(self.config[sub].trainer)
 
     def _parse_ckpt_path(self) -> None:
         """Runs right after parsing, where Lightning reads the checkpoint's hyperparameters into
@@ -121,6 +125,8 @@ class ConsistencyCLI(LightningCLI):
         if self.subcommand == "fit" and folder is not None and folder.is_dir():
             for kept in run_folders.keep_previous_attempt(folder):
                 print(f"consistency-vae: kept the earlier attempt's {kept.name}", file=sys.stderr)
+            # the CSVLogger's "Previous log files in this directory will be deleted": kept just above
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* is not empty")
         run_folders.check_writable(folder if folder is not None and folder.is_dir() else save_dir, need_bytes)
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -141,8 +147,8 @@ class ConsistencyCLI(LightningCLI):
             status = "interrupted"
             if run_folders.is_main_process():
                 last = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none yet"
-                print(f"consistency-vae: stopped by Ctrl-C (SIGINT); continue with the same command plus "
-                      f"--ckpt_path last (it restarts from the last checkpoint, {last})", file=sys.stderr)
+                print(f"consistency-vae: stopped by Ctrl-C (SIGINT); {cli_help.resume_hint(sys.argv)} "
+                      f"(it restarts from the last checkpoint, {last})", file=sys.stderr)
             raise SystemExit(128 + signal.SIGINT) from None  # the shell's code for Ctrl-C
         finally:
             self._record_run(status)
@@ -162,6 +168,8 @@ class ConsistencyCLI(LightningCLI):
 
     def before_fit(self) -> None:
         cli_checks.refuse_empty_epochs(self.datamodule, self.trainer)  # before any work
+        if self._epoch_lines:  # no terminal: a line per epoch, not a redrawn bar (epoch_lines.py)
+            self.trainer.callbacks.append(EpochLines())
         self._run_start = run_record.RecordRunStart()  # status and W&B id into the run folder, at setup
         self.trainer.callbacks.append(self._run_start)
         self._check_ckpt_path()
