@@ -1,11 +1,13 @@
 """The committed results/: one whole `make reproduce` of the sweep files as they are (every grid
-point, 3 seeds, each run evaluated at its last epoch), and the README's headline numbers are its."""
+point, 3 seeds, each run evaluated at its last epoch), its verdicts what the current statistics
+make of its runs, and the README's headline numbers and verdicts are its."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from consistency_vae.reproduction import summary_md, verdicts
 from consistency_vae.reproduction.reproduce import SWEEPS
 from consistency_vae.reproduction.runs import Run
 from consistency_vae.sweep.sweep_file import grid_points, load_sweep
@@ -44,3 +46,30 @@ def test_readme_headline_quotes_the_summary(summary):
     rows = summary["constrained_vs_front"]
     within = sum(r["within_10pct"] for r in rows)
     assert f"{within} of the {len(rows)} targets" in readme
+
+
+def test_the_verdicts_are_what_the_current_statistics_make_of_the_runs(summary):
+    """A change of the rule regenerates results/ (`reproduce --from-summary results/summary.json`)."""
+    runs = summary["runs"]
+    for key, fn in (("claims", verdicts.claims), ("constrained_vs_front", verdicts.constrained_vs_front)):
+        assert json.dumps(fn(runs), sort_keys=True) == json.dumps(summary[key], sort_keys=True), key
+    assert summary_md.render(summary) == (ROOT / "results" / "summary.md").read_text()
+
+
+README_CLAIMS = {"drift": "the drift exists and the loss removes it",
+                 "elbo_to_loglik": "the ELBO approaches the log-likelihood",
+                 "inference": "the encoder becomes a better posterior (amortisation gap)",
+                 "representation": "better representations"}
+
+
+def test_readme_verdicts_quote_the_summary(summary):
+    readme = (ROOT / "README.md").read_text()
+    for name, row in README_CLAIMS.items():
+        claim = summary["claims"][name]
+        assert f"| {row} | **{claim['verdict']}**" in readme, name
+    count = summary["claims"]["representation"]["count"]
+    assert (f"{count['better']} better, {count['no difference']} no difference, {count['worse']} worse"
+            in readme)
+    positions = [r["position"] for r in summary["constrained_vs_front"]]
+    front = f"{positions.count('above')} above it ("
+    assert front in readme and f"{positions.count('on')} on it, {positions.count('below')} below" in readme

@@ -1,11 +1,15 @@
 """The verdicts the README quotes: summary.recommend (which alpha to use) and summary.constrained_rows
 (does the constrained mode meet epsilon, and beat the best fixed alpha that does), on hand-made
-records whose answers are worked out in the comments."""
+records whose answers are worked out in the comments; and `reproduce --from-summary`, which
+rebuilds results/ from the run records of its summary.json."""
+
+import re
 
 import pytest
 
 from consistency_vae.reproduction.common import TOLERANCE
 from consistency_vae.reproduction.summary import constrained_rows, recommend
+from tests.conftest import ROOT
 
 
 def sweep_row(dataset, alpha, elbo, kl):
@@ -82,3 +86,33 @@ def test_no_fixed_alpha_meeting_epsilon_gives_no_comparison(records):
     (row,) = constrained_rows(strict)
     assert row["best_fixed_alpha"] is None and "fixed_elbo" not in row
     assert row["meets_target"] is True and row["elbo_at_least_best_fixed"] is None
+
+
+def test_from_summary_rebuilds_the_results_from_their_run_records_without_training(tmp_path, monkeypatch):
+    """`reproduce --from-summary results/summary.json`: the committed results again, from the run
+    records alone (what changed the statistics regenerates them with); nothing is trained or
+    evaluated, and the runs' folders (not on this machine) are not needed."""
+    from consistency_vae.reproduction import reproduce
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--from-summary must neither train nor evaluate")
+
+    monkeypatch.setattr(reproduce, "train", refuse)
+    monkeypatch.setattr(reproduce, "evaluate_all", refuse)
+    monkeypatch.chdir(ROOT)  # the path as the committed summary records it
+    reproduce.main(["--from-summary", "results/summary.json", "--output", str(tmp_path)])
+    assert (tmp_path / "summary.md").read_text() == (ROOT / "results/summary.md").read_text()
+    assert (tmp_path / "summary.json").read_text() == (ROOT / "results/summary.json").read_text()
+    assert (tmp_path / "front.png").is_file()
+
+
+def test_from_summary_refuses_a_missing_file_and_from_runs_beside_it(tmp_path):
+    """One line naming the value and the fix, no traceback (and nothing trained)."""
+    from consistency_vae.cli import cli_main
+
+    cases = (([str(tmp_path / "nope.json")], r"--from-summary \S*nope.json: no such file; give an"),
+             (["x.json", "--from-runs", str(tmp_path)], "--from-summary and --from-runs: give one"))
+    for argv, said in cases:
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["reproduce", "--from-summary", *argv, "--output", str(tmp_path)])
+        assert re.match(rf"consistency-vae[a-z ]*: error: {said}", str(exit_.value.code))

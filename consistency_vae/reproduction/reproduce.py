@@ -3,6 +3,7 @@
     make reproduce                       # the three sweeps of sweeps/reproduce_*.yaml, 108 runs
     make reproduce SEEDS=1 EPOCHS=5      # a quicker version
     consistency-vae reproduce --from-runs DIR   # only evaluate and summarise runs trained elsewhere
+    consistency-vae reproduce --from-summary results/summary.json   # only the tables, from its runs
 
 The reproduction is a set of sweep files, run by the same runner as any sweep
 (``consistency-vae sweep``, sweep/runner.py): for MNIST and Fashion-MNIST, 2-D and 20-D latents,
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--from-runs", dest="from_runs", type=str | None, default=None, metavar="DIR",
                         help="train nothing: evaluate and summarise the run folders gathered under DIR "
                              "(from `make agent` or SLURM jobs on other machines)")
+    parser.add_argument("--from-summary", dest="from_summary", type=str | None, default=None, metavar="FILE",
+                        help="train and evaluate nothing: rebuild summary.md, summary.json and the figures "
+                             "from the run records in FILE (an earlier summary.json), e.g. after a change "
+                             "of the statistics")
     parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
     parser.add_argument("--sweeps", type=str, nargs="+", default=SWEEPS,
                         help="the reproduction's sweep files")
@@ -156,6 +161,17 @@ def main(argv: list[str] | None = None) -> None:
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
     try:
+        if args.from_summary:  # the tables again, from the run records of an earlier summary
+            if args.from_runs:
+                raise UserError("--from-summary and --from-runs: give one (--from-runs evaluates run "
+                                "folders, --from-summary rebuilds the tables of an earlier summary.json)")
+            if not Path(args.from_summary).is_file():
+                raise UserError(f"--from-summary {args.from_summary}: no such file; give an earlier "
+                                "summary.json, e.g. results/summary.json")
+            runs = summary.rebuild(Path(args.from_summary), Path(args.output))["runs"]
+            print(f"reproduce: wrote {args.output}/summary.md from the {len(runs)} run records of "
+                  f"{args.from_summary}")
+            return
         if args.from_runs:
             runs, failed = from_folders(Path(args.from_runs), args.epochs, args.subset), 0
         else:

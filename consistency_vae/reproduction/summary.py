@@ -158,15 +158,30 @@ def run_config(runs: list[Run], args) -> dict:
 
 
 def write_all(runs: list[Run], results: dict[Run, dict], output: Path, args) -> dict:
-    output.mkdir(parents=True, exist_ok=True)
     records = [record(run, metrics) for run, metrics in results.items()]
+    return write_summary(records, run_config(list(results), args), output)
+
+
+def rebuild(summary_json: Path, output: Path) -> dict:
+    """summary.json, summary.md and the figures again from the run records of an earlier
+    summary.json (its "runs": every number each run's own files gave), without training or
+    evaluating: for a change of the statistics or the tables. Its config is kept, with
+    ``rebuilt_from``; figures that need the run folders (latent_drift_*.png) are left as they are."""
+    old = json.loads(Path(summary_json).read_text())
+    config = {**old["config"], "rebuilt_from": str(summary_json)}
+    return write_summary(old["runs"], config, output)
+
+
+def write_summary(records: list[dict], config: dict, output: Path) -> dict:
+    """Every table and verdict of the run ``records`` (``record``) into ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
     fixed_paper = [{**r, "alpha": r["alpha_init"]} for r in records
                    if r["setting"] == "paper" and r["kl_target"] is None]
     sweep_rows = summarise(fixed_paper)
     datasets = sorted({r["dataset"] for r in records})
     settings = sorted({r["setting"] for r in records}, key=lambda s: (s != "paper", len(s), s))
     summary = {
-        "config": run_config(list(results), args),
+        "config": config,
         "paper": PAPER,
         "results": {d: {s: comparison(records, d, s) for s in settings} for d in datasets},
         "sweep": sweep_rows,
