@@ -7,6 +7,7 @@
 - ``predict`` writes the posterior means, log-variances and labels it computed.
 """
 
+import math
 import os
 import re
 from pathlib import Path
@@ -59,7 +60,8 @@ def refuse_wandb_online_without_key(config: Namespace) -> None:
 
 def refuse_empty_epochs(datamodule, trainer) -> None:
     """A batch larger than the training split trains nothing (the incomplete batch is dropped):
-    refuse it before any data is loaded, naming the split's size."""
+    refuse it before any data is loaded, naming the split's size. Likewise a fractional
+    ``trainer.limit_*_batches`` that leaves a process no batch of a split (``refuse_empty_limits``)."""
     hp = datamodule.hparams
     sizes = datamodule.split_sizes()
     images = sizes["train"]
@@ -73,6 +75,57 @@ def refuse_empty_epochs(datamodule, trainer) -> None:
         raise ConfigError(
             f"data.batch_size={hp.batch_size} is larger than the training split ({images} images: "
             f"{size}{where}), so no step would be trained: use --data.batch_size <= {per_process}")
+    refuse_empty_limits(datamodule, trainer, ("train", "val", "test"))
+
+
+def fewest_batches(images: int, batch_size: int, processes: int, drop_last: bool) -> int:
+    """Batches of the process that gets the fewest: training drops the incomplete batch of each
+    process's equal share (DistributedSampler, drop_last); evaluation deals whole batches of the
+    split round-robin (datamodule.UnpaddedDistributedSampler), so the last processes get one less."""
+    if drop_last:
+        return images // processes // batch_size
+    return -(-images // batch_size) // processes
+
+
+def _limited(batches: int, limit: int | float) -> int:
+    """Lightning's count of batches after ``limit_*_batches`` (data_connector._parse_num_batches)."""
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+
+
+def least_fraction(batches: int) -> float:
+    """The smallest fraction of 3 decimals that keeps one of ``batches`` (0.334 of 3)."""
+    least = math.ceil(1000 / batches) / 1000
+    while _limited(batches, least) < 1:  # int(batches * least) rounded below 1 in binary
+        least = round(least + 0.001, 3)
+    return least
+
+
+def refuse_empty_limits(datamodule, trainer, splits: tuple[str, ...]) -> None:
+    """A fraction ``trainer.limit_SPLIT_batches`` that rounds a process's batches down to 0.
+
+    Lightning refuses it only on the processes it happens to, and under DDP the others then die
+    waiting for them (a gloo traceback). The count is computed here from the split's size, the
+    batch size and the limit, the same on every process, before the trainer runs.
+    """
+    if trainer.fast_dev_run:  # its own integer limits
+        return
+    hp, sizes, world = datamodule.hparams, datamodule.split_sizes(), trainer.world_size
+    loop = {"train": "training", "val": "validation", "test": "test"}
+    for split in splits:
+        limit = getattr(trainer, f"limit_{split}_batches")
+        images = min(sizes[split], hp.subset) if hp.subset else sizes[split]
+        size = hp.batch_size if split == "train" else hp.eval_batch_size
+        batches = fewest_batches(images, size, world, drop_last=split == "train")
+        if not isinstance(limit, float) or limit <= 0 or batches == 0 or _limited(batches, limit) > 0:
+            continue  # 0: no such loop; 0 batches: refused elsewhere, with its own fix
+        least = least_fraction(batches)
+        per = f" on the process with the fewest, of {world}" if world > 1 else ""
+        key = "batch_size" if split == "train" else "eval_batch_size"
+        raise ConfigError(
+            f"--trainer.limit_{split}_batches={limit} keeps int({batches} x {limit}) = 0 {loop[split]} "
+            f"batches ({images} images in batches of data.{key}={size}: {batches}{per}), so that loop "
+            f"would run none: use --trainer.limit_{split}_batches >= {least:g}, or a whole number of "
+            "batches (e.g. 1)")
 
 
 def refuse_untrained(trainer) -> None:
@@ -102,6 +155,17 @@ def save_predictions(trainer, datamodule) -> list[Path]:
     return [pt, npz]
 
 
+def _trainer_flag(text: str) -> str | None:
+    """The first backquoted name in Lightning's message that is a Trainer argument: "check 0.5 of
+    the `val_dataloader` ... increase the `limit_val_batches` argument" names limit_val_batches."""
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    flags = inspect.signature(Trainer.__init__).parameters
+    return next((name for name in re.findall(r"`(\w+)", text) if name in flags), None)
+
+
 def describe_library_error(err: Exception) -> str | None:
     """One line with the fix for a library error caused by the configuration, else None."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -111,8 +175,8 @@ def describe_library_error(err: Exception) -> str | None:
         if "gpu backend" in text or "accelerator is not available" in text:
             return (f"no GPU that torch can use on this machine ({text}): use "
                     "--trainer.accelerator=cpu, or auto to use a GPU only where there is one")
-        key = re.search(r"`(\w+)`", text)
-        where = f"--trainer.{key.group(1)}" if key else "the --trainer.KEY flag"
+        flag = _trainer_flag(text)
+        where = f"--trainer.{flag}" if flag else "the --trainer.KEY flag"
         return (f"Lightning refuses the trainer settings: {text.replace('`', '')} Fix {where} "
                 "(or the trainer: section of the config)")
     if type(err).__module__.startswith("wandb") and type(err).__name__ == "UsageError":
