@@ -23,7 +23,7 @@ FULL_HELP_FLAGS = ("--help=all", "--help-all")
 # Trainer keys a user of this project changes; the other ~70 are in --help=all.
 TRAINER_KEYS = ("trainer.max_epochs", "trainer.accelerator", "trainer.devices",
                 "trainer.default_root_dir", "trainer.logger", "trainer.callbacks")
-OTHER_KEYS = ("config", "print_config", "seed_everything", "ckpt_path", "wandb")
+OTHER_KEYS = ("config", "print_config", "seed_everything", "ckpt_path", "wandb", "threads")
 KEY_WIDTH, WIDTH = 34, 100
 
 

@@ -23,6 +23,7 @@ from consistency_vae import (
     run_folders,
     run_name,
     run_record,
+    threads,
 )
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.epoch_lines import EpochLines, use_lines_without_a_terminal
@@ -51,6 +52,7 @@ class ConsistencyCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The image shape is the data's (datasets.py): it reaches the networks once, here.
         parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.add_argument("--threads", type=int | None, default=None, help=threads.HELP)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -78,6 +80,7 @@ class ConsistencyCLI(LightningCLI):
         # After parsing, so that a typo in a flag gets its error alone, without the W&B notice;
         # before the logger exists. test/validate/predict log to W&B only if asked (--wandb).
         sub = self.subcommand  # None: run=False, set up for the caller's own fit
+        threads.apply(self.config[sub].get("threads") if sub else self.config.get("threads"))
         if sub in ("fit", None) or self.config[sub].get("wandb"):
             ensure_wandb_mode()  # no credentials and no WANDB_MODE: offline, not a hang or a crash
         self._epoch_lines = sub == "fit" and use_lines_without_a_terminal(self.config[sub].trainer)
