@@ -20,6 +20,7 @@ one row per logged moment, the resumed attempt's where they overlap.
 """
 
 import csv
+import io
 import json
 import os
 import re
@@ -31,6 +32,8 @@ from jsonargparse import Namespace
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from consistency_vae import atomic
 
 MERGED = "metrics.merged.csv"
 STATUS = "status.json"
@@ -75,19 +78,17 @@ def write_merged(folder: Path) -> Path | None:
     if not rows:
         return None
     keys = sorted(set().union(*rows))
-    path = Path(folder) / MERGED
-    partial = path.with_suffix(".partial")
-    with partial.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)  # a reader never sees half a file
+    path, text = Path(folder) / MERGED, io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, text.getvalue())  # a reader never sees half a file
     return path
 
 
 def write_status(folder: Path, status: str, **details) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / STATUS).write_text(json.dumps({"status": status, **details}) + "\n")
+    atomic.write_text(Path(folder) / STATUS, json.dumps({"status": status, **details}) + "\n")
 
 
 def read_status(folder: Path) -> dict:
@@ -144,4 +145,4 @@ class RecordRunStart(Callback):
         write_status(folder, "running", max_epochs=trainer.max_epochs)
         ids = [lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger) and lg.version]
         if ids:
-            (folder / WANDB_ID).write_text(f"{ids[0]}\n")
+            atomic.write_text(folder / WANDB_ID, f"{ids[0]}\n")

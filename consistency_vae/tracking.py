@@ -24,6 +24,8 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from consistency_vae import atomic
+
 RUN_INFO_ENV = "CONSISTENCY_VAE_RUN_INFO"  # path of the JSON a run writes for `consistency-vae sweep`
 CREDENTIAL_ENVS = ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")
 REACH_TIMEOUT_S = 3.0  # to resolve and connect to the W&B server; no network costs this, once
@@ -128,7 +130,7 @@ class SaveConfigEverywhere(SaveConfigCallback):
         if info_path := os.environ.get(RUN_INFO_ENV):
             info = {"run_dir": self._log_dir,
                     "wandb_run_dir": str(Path(wandb_runs[0].dir).parent) if wandb_runs else None}
-            Path(info_path).write_text(json.dumps(info))
+            atomic.write_text(info_path, json.dumps(info))  # the runner reads it at any moment
 
 
 def finish_wandb_run() -> None:

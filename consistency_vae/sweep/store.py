@@ -18,9 +18,19 @@ import os
 import time
 from pathlib import Path
 
+from consistency_vae import atomic
 from consistency_vae.sweep import claims
 
 ID_DIGITS = 4
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file another process writes, or None while it is missing or not yet whole (an empty
+    record just created, a run-info file from a writer that is not atomic)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def run_key(params: dict, extra_args: list[str]) -> str:
@@ -54,10 +64,7 @@ class SweepStore:
                 "runner": claims.holder_info(), "started": time.time()}
 
     def save(self, record: dict) -> None:
-        path = self._record_path(record["id"])
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
+        atomic.write_text(self._record_path(record["id"]), json.dumps(record, indent=1))
         self.write_manifest()
 
     def records(self) -> list[dict]:
@@ -65,13 +72,13 @@ class SweepStore:
         out = []
         for path in sorted((self.folder / "attempts").glob("*.json")):
             try:
-                record = json.loads(path.read_text())
                 touched = path.stat().st_mtime
-            except (json.JSONDecodeError, FileNotFoundError):  # just created, not yet written
+            except FileNotFoundError:
                 continue
-            info = self.folder / "logs" / f"{record['id']}.json"
-            if "run_dir" not in record and info.is_file():  # the run said where it writes
-                record.update(json.loads(info.read_text()))
+            if (record := read_json(path)) is None:  # just created, not yet written
+                continue
+            if "run_dir" not in record:  # the run said where it writes, once it has
+                record.update(read_json(self.folder / "logs" / f"{record['id']}.json") or {})
             if record["status"] == "running" and not claims.is_alive(record["runner"], touched):
                 record["status"] = "killed"
             out.append(record)
@@ -81,10 +88,8 @@ class SweepStore:
         claims.heartbeat(self._record_path(record["id"]))
 
     def write_manifest(self) -> None:
-        tmp = self.manifest.with_name(f".manifest.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"sweep_file": self.sweep_file, "sweep": self.sweep_config,
-                                   "runs": self.records()}, indent=1))
-        tmp.replace(self.manifest)
+        manifest = {"sweep_file": self.sweep_file, "sweep": self.sweep_config, "runs": self.records()}
+        atomic.write_text(self.manifest, json.dumps(manifest, indent=1))
 
     # --- grid points -------------------------------------------------------------------------
     def claim_path(self, key: str) -> Path:
