@@ -20,7 +20,8 @@ import yaml
 from consistency_vae.errors import ConfigError
 from consistency_vae.sweep import claims
 from consistency_vae.sweep.command import main as sweep_main
-from consistency_vae.sweep.runner import resume_args, run_sweep
+from consistency_vae.sweep.resume import resume_args
+from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import load_sweep
 from tests.conftest import ROOT

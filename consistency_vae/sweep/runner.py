@@ -4,20 +4,22 @@ Each run is a subprocess running the command wandb's own code builds (``sweep.bu
 with the CPU threads split between the runs at once. Grid points are claimed before they train
 (``consistency_vae.sweep.claims``), so two runners on one runs folder, on one machine or on many that
 share it, never train the same point twice; a point whose earlier attempt was cut off resumes
-from its last.ckpt. Records, logs and the manifest live in ``RUNS_DIR/sweep-NAME/``
-(``consistency_vae.sweep.store``).
+from its last.ckpt (``consistency_vae.sweep.resume``). Records, logs and the manifest live in
+``RUNS_DIR/sweep-NAME/`` (``consistency_vae.sweep.store``). However the runner ends (Ctrl-C,
+SIGTERM, SIGHUP, an error), it stops its runs and records them; the runs of a SIGKILLed runner
+are told to stop by the kernel (Linux), and while one still runs, no other runner resumes its
+grid point (``consistency_vae.sweep.children``).
 """
 
-import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
-from consistency_vae.errors import ConfigError, UserError
-from consistency_vae.run_folders import check_training_left
-from consistency_vae.sweep import claims
-from consistency_vae.sweep.store import SweepStore, run_key
+from consistency_vae.errors import ConfigError
+from consistency_vae.sweep import children, claims
+from consistency_vae.sweep.resume import finished_unrecorded, resume_args
+from consistency_vae.sweep.store import SweepStore, read_json, run_key
 from consistency_vae.sweep.sweep_file import (
     build_command,
     grid_points,
@@ -53,9 +55,7 @@ def _finish(run: dict, proc: subprocess.Popen, folder: Path, metric: str | None)
     run["status"] = "finished" if proc.returncode == 0 else "failed"
     run["ended"] = time.time()
     run["seconds"] = round(run["ended"] - run["started"], 1)
-    info_path = folder / "logs" / f"{run['id']}.json"
-    if info_path.is_file():
-        run.update(json.loads(info_path.read_text()))
+    run.update(read_json(folder / "logs" / f"{run['id']}.json") or {})  # the run folders it wrote
     if metric and run.get("run_dir"):
         run["history"] = metric_history(Path(run["run_dir"]) / "metrics.csv", metric)
 
@@ -72,36 +72,57 @@ def _report(run: dict, index: str, metric: str | None) -> None:
               f"{params}\n  last lines of {run['log']}:\n{_tail(Path(run['log']))}", flush=True)
 
 
-def resume_args(latest: dict | None) -> list[str]:
-    """``--ckpt_path last`` when an earlier attempt of the same grid point was cut off (or failed)
-    after writing a last.ckpt, and its folder is the one ``last`` finds (the newest of its name)."""
-    if not latest or latest["status"] == "finished" or not latest.get("run_dir"):
-        return []
-    folder = Path(latest["run_dir"])
-    newest = max((d for d in folder.parent.glob("version_*") if (d / "checkpoints/last.ckpt").is_file()),
-                 key=lambda d: int(d.name.split("_")[1]) if d.name.split("_")[1].isdigit() else -1,
-                 default=None)
-    return ["--ckpt_path", "last"] if newest is not None and newest.resolve() == folder.resolve() else []
+def _start(run: dict, claim: Path | None, env: dict, store: SweepStore, running: dict) -> None:
+    """Start the run's command, into ``running`` at once (so that every exit path stops it), and
+    name its process in the claim and the record: neither is stale while it runs."""
+    with open(run["log"], "w") as out:
+        proc = children.start(run["command"], out, env)
+    running[run["id"]] = (run, proc, claim)
+    if claim:
+        claims.add_child(claim, proc.pid)
+    run["runner"] = {**run["runner"], "child": claims.process_info(proc.pid)}
+    store.save(run)
 
 
-def training_complete(folder: Path, command: list[str]) -> bool:
-    """Whether the run in ``folder`` has trained all the epochs ``command`` asks for (its last.ckpt
-    says so), so that ``--ckpt_path last`` would be refused (run_folders.check_training_left)."""
-    import yaml
+def _why(err: BaseException) -> str:
+    if isinstance(err, children.Stopped | KeyboardInterrupt):
+        return str(err) or "stopped by Ctrl-C"
+    return f"stopped by an error ({type(err).__name__}: {err})"
 
 
-    try:
-        trainer = yaml.safe_load((folder / "config.yaml").read_text())["trainer"]
-        for arg in command:  # the command's own settings win over the earlier attempt's config
-            name, _, value = arg.partition("=")
-            if name in ("--trainer.max_epochs", "--trainer.max_steps"):
-                trainer[name.rsplit(".", 1)[1]] = int(value)
-        check_training_left(folder / "checkpoints/last.ckpt", trainer)
-    except UserError:
-        return True
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):  # unreadable: the run will say why
-        return False
-    return False
+def _stop_runs(running: dict, store: SweepStore, metric: str | None, why: str) -> None:
+    """Stop every run (SIGTERM, then SIGKILL after children.STOP_GRACE_S), record how each ended
+    (``interrupted``: the next runner resumes it from its last.ckpt), and give its claim back."""
+    if not running:
+        print(why, flush=True)
+        return
+    print(f"{why}: stopping its {len(running)} runs (up to {children.STOP_GRACE_S:.0f} s for them to "
+          "save a checkpoint)", flush=True)
+    with children.uninterrupted():
+        children.stop([proc for _, proc, _ in running.values()])
+        for run, proc, claim in running.values():
+            if proc.returncode == 0:  # it ended by itself just now
+                _finish(run, proc, store.folder, metric)
+            else:
+                run.update(status="interrupted", exit_code=proc.returncode, ended=time.time(),
+                           seconds=round(time.time() - run["started"], 1))
+            store.save(run)
+            if claim:
+                claims.release(claim)
+    ended = ", ".join(f"{r['id']} {r['status']}" for r, _, _ in running.values())
+    print(f"{why}: runs recorded ({ended}); the same command resumes the interrupted ones from their "
+          "last.ckpt", flush=True)
+
+
+def _count_as_finished(run: dict, latest: dict, why: str, store: SweepStore, claim: Path | None) -> None:
+    """Record ``run`` as finished by the earlier attempt ``latest`` (see finished_unrecorded)."""
+    run.update(status="finished", exit_code=0, ended=time.time(), seconds=0.0, command=[],
+               run_dir=latest["run_dir"], completes=latest["id"])
+    store.save(run)
+    if claim:
+        claims.release(claim)
+    print(f"[run {run['id']}] run {latest['id']} {why}: counted as finished, run folder "
+          f"{latest['run_dir']}", flush=True)
 
 
 class GridQueue:
@@ -177,6 +198,7 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
     launched, exhausted, outcomes, beat = 0, False, [], time.time()
     print(f"sweep {name} ({config['method']}): up to {count or 'all grid'} runs, {parallel} at a time, "
           f"{threads} thread(s) each; records in {store.folder}", flush=True)
+    restore_signals = children.stop_on_signals()  # SIGTERM, SIGHUP: Stopped, as Ctrl-C is KeyboardInterrupt
     try:
         while running or (not exhausted and (count is None or launched < count)):
             while (len(running) < parallel and not exhausted and (count is None or launched < count)
@@ -194,28 +216,20 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                         break
                     key = run_key(params, user_extra)
                 run = store.new_record(params, key, user_extra)
-                resume = resume_args(latest)
                 command = build_command(config, params) + extra
-                if resume and training_complete(Path(latest["run_dir"]), command):  # cut off in its test
-                    run.update(status="finished", exit_code=0, ended=time.time(), seconds=0.0, command=[],
-                               run_dir=latest["run_dir"], completes=latest["id"])
-                    store.save(run)
-                    if claim:
-                        claims.release(claim)
+                if done := finished_unrecorded(latest, command):
+                    _count_as_finished(run, latest, done, store, claim)
                     launched += 1
                     outcomes.append(True)
-                    print(f"[run {run['id']}] run {latest['id']} had trained all its epochs (cut off in its "
-                          f"final test): counted as finished, run folder {latest['run_dir']}", flush=True)
                     continue
+                resume = resume_args(latest)
                 run["command"] = command + resume
                 if resume:
                     run["resumes"] = latest["id"]
                 store.save(run)
                 launched += 1
-                with open(run["log"], "w") as out:
-                    env = _child_env(name, threads, Path(run["log"]).with_suffix(".json"))
-                    proc = subprocess.Popen(run["command"], stdout=out, stderr=subprocess.STDOUT, env=env)
-                running[run["id"]] = (run, proc, claim)
+                _start(run, claim, _child_env(name, threads, Path(run["log"]).with_suffix(".json")),
+                       store, running)
                 print(f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
                       f"{' (resuming run ' + latest['id'] + ')' if resume else ''}: "
                       + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
@@ -240,16 +254,13 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                     claims.release(claim)
                 outcomes.append(run["status"] == "finished")
                 _report(run, f"[run {run_id}]", metric)
-    except KeyboardInterrupt:
-        for run, proc, claim in running.values():
-            proc.terminate()
-            proc.wait()
-            run.update(status="killed", exit_code=proc.returncode, ended=time.time(),
-                       seconds=round(time.time() - run["started"], 1))
-            store.save(run)
-            if claim:
-                claims.release(claim)
+    except BaseException as err:  # Ctrl-C, SIGTERM, SIGHUP, an error: no run outlives its runner
+        _stop_runs(running, store, metric, f"sweep {name}: {_why(err)}")
+        if isinstance(err, children.Stopped):
+            raise SystemExit(128 + err.signum) from None  # the shell's code for "killed by SIGNAL"
         raise
+    finally:
+        restore_signals()
     finished = sum(outcomes)
     skipped = {k: v for k, v in (queue.skipped if queue else {}).items() if v}
     print(f"sweep {name}: {finished} of {len(outcomes)} runs finished"

@@ -116,8 +116,8 @@ def propose(sweep_config: dict, runs: list[dict]) -> dict | None:
 
     known = []
     for run in runs:
-        state = {"finished": RunState.finished, "running": RunState.running,
-                 "killed": RunState.killed}.get(run["status"], RunState.failed)
+        state = {"finished": RunState.finished, "running": RunState.running, "killed": RunState.killed,
+                 "interrupted": RunState.killed}.get(run["status"], RunState.failed)  # stopped, not failed
         metric = run.get("history") or []
         known.append(SweepRun(name=run["id"], state=state, history=metric,
                               config={k: {"value": v} for k, v in run["params"].items()}))
