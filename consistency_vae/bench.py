@@ -16,6 +16,7 @@ from lightning import Trainer
 
 from consistency_vae import cli_help, losses
 from consistency_vae.datamodule import MNISTDataModule
+from consistency_vae.errors import ConfigError
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import MLPDecoder, MLPEncoder
 from consistency_vae.quiet import quiet_libraries
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"],
                         help="where both sides run")
     args = parser.parse_args(argv)
+    if args.epochs < 1:  # else minutes of warm-up end in a median of no epochs
+        raise ConfigError(f"--epochs {args.epochs}: give at least 1 timed epoch per side")
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator gpu: no GPU that torch can use here: use --accelerator cpu, "
+                          "or auto to use a GPU only where there is one")
     quiet_libraries()  # its Trainers print Lightning's tips otherwise, once per timed side
 
     torch.manual_seed(0)

@@ -21,14 +21,23 @@ from consistency_vae.quiet import quiet_libraries
 from consistency_vae.tracking import finish_wandb_run
 from consistency_vae.training_cli import LIGHTNING_COMMANDS, ConsistencyCLI, lightning_cli
 
-__all__ = ["ConsistencyCLI", "cli_main", "lightning_cli"]
+__all__ = ["ConsistencyCLI", "cli_main", "error_line", "lightning_cli"]
+
+
+def error_line(err: Exception) -> str:
+    """What every command prints for a user mistake (exit code 1): the error's own message, which
+    names the bad value and the fix."""
+    return f"consistency-vae: error: {err}"
 
 
 def cli_main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     extra = COMMANDS
     if argv and argv[0] in extra:
-        return extra[argv[0]](argv[1:])
+        try:
+            return extra[argv[0]](argv[1:])
+        except (UserError, NonFiniteLossError) as err:  # a user mistake: one line, no traceback
+            sys.exit(error_line(err))
     if not argv or argv[0] in ("-h", "--help", *cli_help.FULL_HELP_FLAGS):
         print(cli_help.top_help(extra))
         return
@@ -38,7 +47,7 @@ def cli_main(args: list[str] | None = None) -> None:
     try:
         lightning_cli(None if args is None else argv)
     except (UserError, NonFiniteLossError) as err:
-        sys.exit(f"consistency-vae: error: {err}")
+        sys.exit(error_line(err))
     except Exception as err:  # a library's refusal that is really a configuration error
         if (message := cli_checks.describe_library_error(err)) is None:
             raise

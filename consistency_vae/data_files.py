@@ -126,7 +126,11 @@ def _try_torchvision(data_dir: Path, dataset: str) -> None:
 def prepare(data_dir: str | Path = "data", dataset: str = "mnist") -> Path:
     """Make sure the four verified IDX files of ``dataset`` are on disk; return their folder."""
     spec, folder = spec_for(dataset), raw_dir(data_dir, dataset)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # data_dir is a file, or not writable
+        raise DataError(f"cannot create {folder} ({err.strerror}): --data_dir {data_dir} must be a "
+                        "folder you can write to (default data/)") from None
     gunzip_present(folder)
     if all((folder / name).is_file() for name in SPLITS):
         verify(data_dir, dataset)  # files a user put there are checked, never overwritten

@@ -14,9 +14,9 @@ import math
 import sys
 from pathlib import Path
 
-import yaml
-
 from consistency_vae import cli_help, run_record
+from consistency_vae.errors import UserError
+from consistency_vae.user_files import read_yaml
 
 COLUMNS = ("run", "dataset", "mode", "alpha", "epsilon", "latent_dim", "seed", "epochs", "max_epochs",
            "status", "best_test_elbo", "best_test_kl_consistency", "last_test_elbo",
@@ -59,7 +59,8 @@ def test_numbers(rows: list[dict[str, str]]) -> dict[str, float]:
 
 
 def run_row(folder: Path, root: Path) -> dict:
-    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    config = read_yaml(folder / "config.yaml", "fix or delete it (fit writes it when a run starts), "
+                       "or move the run folder out of the listed folder")
     model, data, trainer = (config.get(k) or {} for k in ("model", "data", "trainer"))
     constrained = model.get("alpha_mode") == "constrained"
     done, max_epochs = epochs_done(folder), trainer.get("max_epochs")
@@ -118,14 +119,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     root = Path(args.dir)
     if not root.is_dir():
-        sys.exit(f"consistency-vae runs: error: {root} is not a folder: give the folder that holds the "
-                 "run folders (fit's --trainer.default_root_dir, default runs)")
+        raise UserError(f"{root} is not a folder: give the folder that holds the run folders (fit's "
+                        "--trainer.default_root_dir, default runs)")
     rows = [run_row(folder, root) for folder in find_run_folders(root)]
     if args.csv == "-":
         write_csv(rows, sys.stdout)
     elif args.csv:
-        with open(args.csv, "w", newline="") as f:
-            write_csv(rows, f)
+        try:
+            with open(args.csv, "w", newline="") as f:
+                write_csv(rows, f)
+        except OSError as err:  # no such folder, a folder of that name, no permission
+            raise UserError(f"--csv {args.csv}: cannot write it ({err.strerror}): give a file path in "
+                            "an existing folder, or --csv alone for stdout") from None
         print(f"consistency-vae runs: {len(rows)} runs written to {args.csv}")
     elif rows:
         print(table(rows))

@@ -92,7 +92,7 @@ def test_inference_gap_standard_errors_are_numpys_over_the_gap_images(monkeypatc
 def test_accuracy_standard_error_is_binomial_over_the_test_images():
     probe = eval_metrics.MeansProbe("knn_accuracy", lambda *args: 0.75)  # a fixed classifier's score
     for split, n in (("train", 300), ("test", 40), ("test", 60)):  # 100 test images in two batches
-        probe.update(eval_metrics.EvalBatch(None, torch.zeros(n, 1), torch.zeros(n), 0, split, 0,
+        probe.update(eval_metrics.EvalBatch(None, torch.zeros(n, 1), torch.arange(n) % 2, 0, split, 0,
                                             {"mu": torch.zeros(n, 2), "logvar": torch.zeros(n, 2)}))
     hits = np.r_[np.ones(75), np.zeros(25)]  # 75 of 100 right, the classifier held fixed
     assert probe.compute() == {"knn_accuracy": 0.75,

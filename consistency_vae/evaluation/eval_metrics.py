@@ -7,10 +7,13 @@ writes into metrics.json, what each is, and which way is better (for reports). `
 runs every default metric, and the opt-in ones (``--metrics NAME``; a dotted name,
 ``my_module.NAME``, imports ``my_module`` first). docs/extending.md has the recipe. A number
 estimated from the test images comes with ``KEY_se``, its standard error over them
-(``standard_errors.py``), registered with ``se_key``.
+(``standard_errors.py``), registered with ``se_key``. A metric that the data does not allow
+(a classifier on one class) raises ``MetricUnavailable`` in ``compute``: its keys are NaN, with the
+reason, and the other metrics are kept (``compute_or_skip``).
 """
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +30,11 @@ from consistency_vae.evaluation.standard_errors import (
     binomial_standard_error,
     standard_error,
 )
+
+
+class MetricUnavailable(Exception):
+    """A metric cannot be computed on this data (a classifier fit on one class): the message
+    says why. Only this is caught; any other error in a metric is a bug and stops ``evaluate``."""
 
 
 @dataclass
@@ -81,13 +89,28 @@ def register_metric(info: MetricInfo) -> MetricInfo:
 def get_metric(name: str) -> MetricInfo:
     if name not in METRICS and "." in name:
         module, _, short = name.rpartition(".")
-        importlib.import_module(module)  # registers its metrics
+        try:
+            importlib.import_module(module)  # registers its metrics
+        except ModuleNotFoundError as err:
+            if err.name is None or not (module == err.name or module.startswith(err.name + ".")):
+                raise  # the module exists but imports a missing one: its own bug, shown whole
+            raise ConfigError(f"--metrics {name}: no module {err.name!r} to import: give a module on "
+                              "the Python path (run from its folder, or set PYTHONPATH) whose import "
+                              "registers the metric (docs/extending.md)") from None
         name = short
     if name not in METRICS:
-
         raise ConfigError(f"--metrics: unknown metric {name!r}: choose from {list(METRICS)}, or a "
                           "dotted my_module.NAME whose module registers NAME (docs/extending.md)")
     return METRICS[name]
+
+
+def compute_or_skip(info: MetricInfo, metric: Metric) -> tuple[dict, str | None]:
+    """(``metric.compute()``, None), or, where it raises MetricUnavailable, (NaN for each of its
+    registered keys, the reason)."""
+    try:
+        return metric.compute(), None
+    except MetricUnavailable as err:
+        return {key: math.nan for key in info.keys}, str(err)
 
 
 def se_key(of: str, how: str = "sqrt(sample variance / n) of the per-image values") -> Key:
@@ -168,11 +191,12 @@ class SplitActiveUnits(metrics.ActiveUnits):
 
 
 class MeansProbe(Metric):
-    """A classifier fit on the training images' posterior means, scored on the test images'."""
+    """A classifier fit on the training images' posterior means, scored on the test images'.
+    Unavailable with fewer than two classes, or fewer than ``min_train`` training images."""
 
-    def __init__(self, key: str, score: Callable[..., float]):
+    def __init__(self, key: str, score: Callable[..., float], min_train: int = 2):
         super().__init__()
-        self.key, self.score = key, score
+        self.key, self.score, self.min_train = key, score, min_train
         for state in ("train_mu", "train_y", "test_mu", "test_y"):
             self.add_state(state, default=[], dist_reduce_fx="cat")
 
@@ -181,9 +205,16 @@ class MeansProbe(Metric):
         getattr(self, f"{batch.split}_y").append(batch.labels.cpu())
 
     def compute(self) -> dict[str, float]:
-        test_y = dim_zero_cat(self.test_y)
-        accuracy = self.score(dim_zero_cat(self.train_mu), dim_zero_cat(self.train_y),
-                              dim_zero_cat(self.test_mu), test_y)
+        train_y, test_y = dim_zero_cat(self.train_y), dim_zero_cat(self.test_y)
+        classes = train_y.unique().tolist()
+        if len(classes) < 2:
+            held = f"all of class {classes[0]}" if classes else "none"
+            raise MetricUnavailable(f"the training images are {held}: a classifier needs two classes "
+                                    "or more")
+        if len(train_y) < self.min_train:
+            raise MetricUnavailable(f"{len(train_y)} training images, fewer than the "
+                                    f"{self.min_train} it needs")
+        accuracy = self.score(dim_zero_cat(self.train_mu), train_y, dim_zero_cat(self.test_mu), test_y)
         return {self.key: accuracy, f"{self.key}_se": binomial_standard_error(accuracy, len(test_y))}
 
 
@@ -268,7 +299,7 @@ register_metric(MetricInfo("probe_accuracy", lambda s: MeansProbe(
                           "linear probe accuracy"),
     "probe_accuracy_se": se_key("probe_accuracy", BINOMIAL)}, ("train", "test")))
 register_metric(MetricInfo("knn_accuracy", lambda s: MeansProbe(
-    "knn_accuracy", representation.knn_accuracy), {
+    "knn_accuracy", representation.knn_accuracy, representation.KNN_NEIGHBOURS), {
     "knn_accuracy": Key("5-nearest-neighbour vote on mu(x): train -> test", "higher",
                         "5-NN accuracy on mu(x)"),
     "knn_accuracy_se": se_key("knn_accuracy", BINOMIAL)}, ("train", "test")))

@@ -12,6 +12,8 @@ Writes ``DIR/metrics.json`` and ``DIR/{latent_drift,reconstructions,prior_sample
 config is the checkpoint's own (``datamodule_hyper_parameters``) unless overridden. All sampling
 is seeded, so two runs on the same machine give the same numbers. The metrics are the registry's
 (eval_metrics.py): every default one, plus those named by ``--metrics`` (``inference_gaps``).
+A metric that the data does not allow (a probe on one class) is NaN, and metrics.json's
+``skipped`` says why; the other metrics are kept.
 """
 
 import json
@@ -25,6 +27,7 @@ import torch
 from consistency_vae import cli_help
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
+from consistency_vae.user_files import check_output_folder
 
 # The Lightning side (checkpointing, model, datamodule, callbacks) is imported inside the functions
 # that use it, so that `evaluate --help` and `import` from reproduce stay light; none of them
@@ -71,7 +74,10 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device here; use --device cpu or auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch's own message lists every device type it knows
+        raise ConfigError(f"--device {name}: not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def _datamodule(ckpt_path: Path, allow_pickle: bool, **overrides):
@@ -111,8 +117,12 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     if (out / "metrics.json").exists() and not overwrite:
         raise UserError(f"{out / 'metrics.json'} exists: pass --overwrite (overwrite=True) or "
                         "choose another --output")
-    if iwae_k < 1 or (iwae_images is not None and iwae_images < 1):
-        raise ConfigError(f"--iwae_k and --iwae_images must be >= 1, got {iwae_k} and {iwae_images}")
+    check_output_folder(out, "--output")
+    counts = {"iwae_k": iwae_k, "iwae_images": iwae_images, "iwae_batch": iwae_batch,
+              "data.subset": subset, "mi_batch": mi_batch, "gap_images": gap_images}
+    if bad := {k: v for k, v in counts.items() if v is not None and v < 1}:
+        raise ConfigError(f"{', '.join(f'--{k} {v}' for k, v in bad.items())}: each must be >= 1 "
+                          "(a count of images or samples)")
     ckpt_epoch = _read_checkpoint(ckpt_path, allow_pickle).get("epoch")  # a clear error if not ours
     dev = _device(device)
     model = _load_model(ckpt_path, dev, allow_pickle)
@@ -141,9 +151,15 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
                     for metric in users:
                         metric.update(batch)
                     bar.update(len(batch.x))
-        results = {}
-        for _, metric in built:
-            results.update(metric.compute())
+        results, skipped = {}, {}  # skipped: metric name -> why the data does not allow it
+        for info, metric in built:
+            values, reason = eval_metrics.compute_or_skip(info, metric)
+            results.update(values)
+            if reason is not None:
+                skipped[info.name] = reason
+        if skipped:
+            print("consistency-vae evaluate: not computed, NaN in metrics.json: "
+                  + "; ".join(f"{name} ({why})" for name, why in skipped.items()), file=sys.stderr)
 
         out.mkdir(parents=True, exist_ok=True)
         pngs = []
@@ -166,7 +182,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     results.update({
         "alpha": float(model.alpha), "alpha_mode": model.hparams.alpha_mode, "latent_dim": dim,
         "dataset": dm.hparams.dataset, "ckpt_path": str(ckpt_path), "ckpt_epoch": ckpt_epoch,
-        "metrics": chosen, "iwae_k": iwae_k,
+        "metrics": chosen, "skipped": skipped, "iwae_k": iwae_k,
         "iwae_images": n_iwae, "test_images": n, "seed": seed, "device": str(dev),
         "cpu_threads": torch.get_num_threads(),
         "figures": pngs, "wall_seconds": round(time.perf_counter() - started, 1),
@@ -191,7 +207,7 @@ def format_table(results: dict) -> str:
                 or (key.endswith("_se") and key.removesuffix("_se") in results):
             continue
         shown = _shown(results[key])
-        if f"{key}_se" in results:
+        if f"{key}_se" in results and shown != "nan":  # a skipped metric: no SE to show
             shown += f" ± {results[f'{key}_se']:.2g}"  # two digits: the SE's own precision
         rows.append((key, shown, doc))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
@@ -241,12 +257,11 @@ def main(argv: list[str]) -> None:
     ckpt_path, output, threads = args.pop("ckpt_path"), args.pop("output"), args.pop("threads")
     if threads is not None:
         if threads < 1:
-            sys.exit(f"consistency-vae evaluate: error: --threads must be >= 1, got {threads}")
+            raise ConfigError(f"--threads must be >= 1, got {threads}: give a number of CPU threads, "
+                              "or leave it out for torch's choice")
         torch.set_num_threads(threads)  # process-wide, so only here and not in evaluate_checkpoint
     args["figures"] = not args.pop("no_figures")
-    try:
-        results = evaluate_checkpoint(ckpt_path, output, **args.pop("data"), **args)
-    except UserError as err:
-        sys.exit(f"consistency-vae evaluate: error: {err}")
+    # a UserError reaches cli.py, which prints it on one line
+    results = evaluate_checkpoint(ckpt_path, output, **args.pop("data"), **args)
     print(format_table(results))
     print(f"wrote {Path(output) / 'metrics.json'}" + "".join(f", {f}" for f in results["figures"]))

@@ -24,9 +24,11 @@ from consistency_vae import losses
 from consistency_vae.evaluation.metrics import probe_accuracy
 from consistency_vae.evaluation.standard_errors import standard_error
 
+KNN_NEIGHBOURS = 5  # k of the k-NN probe: a vote of 5 is the usual choice, and needs 5 training images
+
 
 def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
-                 test_labels: Tensor, k: int = 5) -> float:
+                 test_labels: Tensor, k: int = KNN_NEIGHBOURS) -> float:
     """Test accuracy of sklearn's k-nearest-neighbour vote on standardised features, (N, D) each."""
     from sklearn.neighbors import KNeighborsClassifier
 

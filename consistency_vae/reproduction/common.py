@@ -26,6 +26,18 @@ def checkpoint_epoch(path: Path) -> int | None:
     """The epoch a checkpoint was written at (0-based), read without loading its tensors."""
     import torch
 
+    from consistency_vae.checkpointing import describe_load_failure
+    from consistency_vae.errors import CheckpointError
+
     if not path.is_file():
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - truncated, corrupted, not a checkpoint: one line
+        hint = "reproduce loads checkpoints safely only: evaluate it alone with --allow_pickle"
+        raise CheckpointError(f"cannot read checkpoint {path}: "
+                              f"{describe_load_failure(err, hint, path)}") from None
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint written by `consistency-vae fit` (it has no "
+                              "epoch): move its run folder out of the folder that reproduce reads")
+    return int(ckpt["epoch"])

@@ -28,6 +28,7 @@ from consistency_vae.sweep import claims
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
+from consistency_vae.user_files import check_output_folder
 
 SWEEPS = ["sweeps/reproduce_fixed.yaml", "sweeps/reproduce_constrained_2d.yaml",
           "sweeps/reproduce_constrained_20d.yaml"]
@@ -160,27 +161,27 @@ def main(argv: list[str] | None = None) -> None:
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
-    try:
-        if args.from_summary:  # the tables again, from the run records of an earlier summary
-            if args.from_runs:
-                raise UserError("--from-summary and --from-runs: give one (--from-runs evaluates run "
-                                "folders, --from-summary rebuilds the tables of an earlier summary.json)")
-            if not Path(args.from_summary).is_file():
-                raise UserError(f"--from-summary {args.from_summary}: no such file; give an earlier "
-                                "summary.json, e.g. results/summary.json")
-            runs = summary.rebuild(Path(args.from_summary), Path(args.output))["runs"]
-            print(f"reproduce: wrote {args.output}/summary.md from the {len(runs)} run records of "
-                  f"{args.from_summary}")
-            return
+    # a UserError, here or in the evaluations, reaches cli.py, which prints it on one line
+    for flag, folder in (("--output", args.output), ("--runs_dir", args.runs_dir)):
+        check_output_folder(folder, flag)
+    if args.from_summary:  # the tables again, from the run records of an earlier summary
         if args.from_runs:
-            runs, failed = from_folders(Path(args.from_runs), args.epochs, args.subset), 0
-        else:
-            runs, failed = train(args)
-        if not runs:
-            raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
-        check_last_epochs(runs)
-    except UserError as err:
-        sys.exit(f"consistency-vae reproduce: error: {err}")
+            raise UserError("--from-summary and --from-runs: give one (--from-runs evaluates run folders, "
+                            "--from-summary rebuilds the tables of an earlier summary.json)")
+        if not Path(args.from_summary).is_file():
+            raise UserError(f"--from-summary {args.from_summary}: no such file; give an earlier "
+                            "summary.json, e.g. results/summary.json")
+        runs = summary.rebuild(Path(args.from_summary), Path(args.output))["runs"]
+        print(f"reproduce: wrote {args.output}/summary.md from the {len(runs)} run records of "
+              f"{args.from_summary}")
+        return
+    if args.from_runs:
+        runs, failed = from_folders(Path(args.from_runs), args.epochs, args.subset), 0
+    else:
+        runs, failed = train(args)
+    if not runs:
+        raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
+    check_last_epochs(runs)
     results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images)
     summary.write_all(runs, results, Path(args.output), args)
     print(f"reproduce: wrote {args.output}/summary.md from {len(runs)} runs")

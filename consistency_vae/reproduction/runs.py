@@ -10,10 +10,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from consistency_vae.errors import UserError
+from consistency_vae.errors import DataError, UserError
 from consistency_vae.reproduction.common import checkpoint_epoch
+from consistency_vae.user_files import read_yaml
 
 PAPER_LATENT_DIM = 2
 LAST = Path("checkpoints") / "last.ckpt"
@@ -58,13 +57,19 @@ class Run:
 
     @classmethod
     def from_folder(cls, folder: Path) -> "Run":
-        config = yaml.safe_load((folder / "config.yaml").read_text())
-        model = config["model"]
-        constrained = model.get("alpha_mode", "fixed") == "constrained"
-        return cls(folder=folder, dataset=config["data"]["dataset"], latent_dim=int(model["latent_dim"]),
-                   seed=int(config["seed_everything"]), alpha=float(model["alpha"]),
-                   kl_target=float(model["kl_target"]) if constrained else None,
-                   epochs=int(config["trainer"]["max_epochs"]), subset=config["data"].get("subset"))
+        fix = "fix it, or move its run folder out of the folder that reproduce reads"
+        config = read_yaml(folder / "config.yaml", fix)
+        try:
+            model = config["model"]
+            constrained = model.get("alpha_mode", "fixed") == "constrained"
+            return cls(folder=folder, dataset=config["data"]["dataset"],
+                       latent_dim=int(model["latent_dim"]), seed=int(config["seed_everything"]),
+                       alpha=float(model["alpha"]),
+                       kl_target=float(model["kl_target"]) if constrained else None,
+                       epochs=int(config["trainer"]["max_epochs"]), subset=config["data"].get("subset"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a key missing or malformed
+            raise DataError(f"{folder / 'config.yaml'} lacks a setting of the run ({type(err).__name__}: "
+                            f"{err}): {fix}") from None
 
 
 def from_records(records: list[dict]) -> list[Run]:

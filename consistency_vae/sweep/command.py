@@ -8,10 +8,11 @@ from pathlib import Path
 import yaml
 
 from consistency_vae import cli_help
-from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.errors import ConfigError
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import check_against_cli, grid_points, load_sweep, select
+from consistency_vae.user_files import check_output_folder
 
 
 def list_points(sweep_file: str, runs_dir: str, extra_args: list[str], only: dict | None) -> None:
@@ -57,15 +58,13 @@ def main(argv: list[str]) -> None:
                         help="the rest of the line is added to every run's command, "
                              "e.g. --extra-args --trainer.max_epochs=2")
     args = parser.parse_args(argv)
-    try:
-        only = parse_only(args.only)
-        if args.list:
-            return list_points(args.sweep_file, args.runs_dir, args.extra_args, only)
-        check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
-                          [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
-        result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args,
-                           args.index, only)
-    except UserError as err:
-        sys.exit(f"consistency-vae sweep: error: {err}")
+    only = parse_only(args.only)  # a UserError reaches cli.py, which prints it on one line
+    check_output_folder(args.runs_dir, "--runs_dir")
+    if args.list:
+        return list_points(args.sweep_file, args.runs_dir, args.extra_args, only)
+    check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
+                      [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
+    result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args,
+                       args.index, only)
     if result["failed"]:
         sys.exit(1)  # after every run has had its go: scripts and CI see that something failed

@@ -13,20 +13,19 @@ metrics counts.
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
-import yaml
-
 from consistency_vae import cli_help, run_folders
-from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.errors import ConfigError
 from consistency_vae.evaluation import eval_metrics
 from consistency_vae.evaluation.live_views import LiveTuple
+from consistency_vae.user_files import check_output_folder, read_json, read_yaml
 
 # Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better), the
 # evaluation metrics registry's keys with a label and a direction: a metric registered there is a
 # column here (eval_metrics.py).
 METRICS = LiveTuple(eval_metrics.report_rows)
+BAD_RUN_FILE = "fix or delete it, or move its run folder out of the sweep's --runs_dir"
 
 
 # --- collecting runs (pure file reading) --------------------------------------------------
@@ -41,11 +40,11 @@ def last_values(metrics_csv: Path) -> dict[str, float]:
 
 def read_run(run_dir: Path) -> dict | None:
     """One run's dataset, alpha, seed and final test metrics, or None without test metrics."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = read_yaml(run_dir / "config.yaml", BAD_RUN_FILE)
     logged = last_values(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else {}
     metrics = {m: logged[f"test/{m}"] for m, _, _ in METRICS if f"test/{m}" in logged}
     for path in sorted(run_dir.rglob("metrics.json")):  # evaluate's output, if kept in the run folder
-        evaluated = json.loads(path.read_text())
+        evaluated = read_json(path, BAD_RUN_FILE)
         metrics.update({m: float(evaluated[m]) for m, _, _ in METRICS
                         if isinstance(evaluated.get(m), int | float)})
     if not metrics:
@@ -140,6 +139,7 @@ def report(runs_dir: str | Path, output: str | Path) -> list[dict]:
     runs_dir, output = Path(runs_dir), Path(output)
     if not runs_dir.is_dir():
         raise ConfigError(f"runs folder {runs_dir} does not exist: give the --runs_dir of a sweep")
+    check_output_folder(output, "--output")
     rows = summarise(find_runs(runs_dir))
     output.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output / "alpha_sweep.csv")
@@ -159,10 +159,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("runs_dir", type=str, help="the sweep's --runs_dir (default of the sweep: runs)")
     parser.add_argument("--output", type=str, default="results", help="folder for the CSV and the figure")
     args = parser.parse_args(argv)
-    try:
-        rows = report(args.runs_dir, args.output)
-    except UserError as err:
-        sys.exit(f"consistency-vae sweep-report: error: {err}")
+    rows = report(args.runs_dir, args.output)  # a UserError reaches cli.py: one line
     print(f"{'dataset':<14}{'alpha':>7}{'runs':>5}  " + "  ".join(f"{m:>20}" for m, _, _ in METRICS))
     for r in rows:
         print(f"{r['dataset']:<14}{r['alpha']:>7g}{r['n_runs']:>5}  "

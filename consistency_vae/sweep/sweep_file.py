@@ -27,9 +27,8 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
-
 from consistency_vae.errors import ConfigError
+from consistency_vae.user_files import read_yaml
 
 
 # --- the sweep file and wandb's command building (pure) ---------------------------------------
@@ -43,7 +42,7 @@ def load_sweep(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist: give a file from sweeps/, "
                           "e.g. sweeps/alpha_mnist.yaml")
-    config = yaml.safe_load(path.read_text())
+    config = read_yaml(path, "fix the file, or give one from sweeps/, e.g. sweeps/alpha_mnist.yaml")
     violations = schema_violations_from_proposed_config(config)
     if violations:
         raise ConfigError(f"sweep file {path} breaks the W&B sweep schema: {'; '.join(violations)}")
