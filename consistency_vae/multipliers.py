@@ -20,12 +20,21 @@ called once per training step with that step's constraint value (all-reduced und
 
 The multiplicative rules keep alpha in [alpha_min, alpha_max] and stop integrating at the bounds
 (anti-windup), so a constraint that cannot be met does not drive alpha to overflow.
+
+A rule is saved in a checkpoint's hyper-parameters as ``as_config()``, its class_path and
+init_args (the form the YAML config uses), never as a module: plain data loads with
+``torch.load(weights_only=True)``, and ``rule_from_config`` rebuilds the same rule (its state,
+NuPI's xi, is in the state_dict).
 """
 
+import inspect
 import math
+import sys
 
 import torch
 from torch import Tensor, nn
+
+from consistency_vae.errors import ConfigError
 
 
 class MultiplierRule(nn.Module):
@@ -51,6 +60,21 @@ class MultiplierRule(nn.Module):
                 target: float) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def as_config(self) -> dict:
+        """``{"class_path": ..., "init_args": {...}}``: what ``rule_from_config`` rebuilds it from.
+
+        The init_args are read from the attributes named as ``__init__``'s arguments (as
+        scikit-learn's ``get_params`` does): a rule keeps each argument under its own name.
+        """
+        params = list(inspect.signature(type(self).__init__).parameters.values())[1:]  # no self
+        names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        missing = [name for name in names if not hasattr(self, name)]
+        if missing:  # a bug in the rule's class, not the user's input
+            raise TypeError(f"{type(self).__name__} must keep its __init__ arguments {missing} as "
+                            "attributes of the same names, so that a checkpoint can rebuild it")
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                "init_args": {name: getattr(self, name) for name in names}}
+
 
 class DualAscent(MultiplierRule):
     """alpha <- max(0, alpha + step * (C_ema - eps))."""
@@ -71,6 +95,7 @@ class _LogMultiplier(MultiplierRule):
         if not 0 < alpha_min < alpha_max:
             raise ValueError(f"need 0 < alpha_min < alpha_max, got {alpha_min}, {alpha_max}")
         super().__init__(ema)
+        self.alpha_min, self.alpha_max = alpha_min, alpha_max
         self.log_min, self.log_max = math.log(alpha_min), math.log(alpha_max)
 
     def _move(self, alpha: Tensor, delta: Tensor) -> Tensor:
@@ -120,3 +145,16 @@ class NuPI(_LogMultiplier):
         integral = torch.where((at_top & (integral > 0)) | (at_bottom & (integral < 0)),
                                torch.zeros_like(integral), integral)
         return self._move(alpha, integral + self.k_p * (xi - previous)), avg
+
+
+def rule_from_config(config: dict) -> MultiplierRule:
+    """The rule that ``MultiplierRule.as_config()`` describes. Only a MultiplierRule class that is
+    already imported is built: a checkpoint names a class, it never makes code run on import."""
+    path = str(config.get("class_path", ""))
+    module, _, name = path.rpartition(".")
+    rule = getattr(sys.modules.get(module), name, None)
+    if not (isinstance(rule, type) and issubclass(rule, MultiplierRule)):
+        raise ConfigError(f"multiplier class_path {path!r} is not an imported MultiplierRule: import "
+                          "the module that defines it before loading the checkpoint (built in: "
+                          "consistency_vae.multipliers.DualAscent, GECO, NuPI)")
+    return rule(**config.get("init_args", {}))
