@@ -18,3 +18,9 @@ class DataError(UserError, RuntimeError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint path is missing, unreadable, or holds another kind of model."""
+
+
+class MetricUnavailable(Exception):
+    """An evaluation metric cannot be computed on this data (a classifier fit on one class); the
+    message says why. Not a UserError: ``evaluate`` records NaN and the reason, and goes on with
+    the other metrics. Any other error in a metric is a bug and stops it."""

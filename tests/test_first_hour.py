@@ -13,7 +13,6 @@ from consistency_vae import checkpointing, cli_checks, data_files
 from consistency_vae.cli import ConsistencyCLI, cli_main
 from consistency_vae.errors import CheckpointError, DataError
 from consistency_vae.model import ConsistencyVAE
-from consistency_vae.sweep import command as sweep_command
 from consistency_vae.sweep import sweep_file as sweep
 from tests.cli_runs import BASE, RUN_NAME, csv_only
 from tests.conftest import ROOT
@@ -221,7 +220,7 @@ def test_the_sweep_runner_refuses_a_misspelt_parameter_before_the_first_run(tmp_
     bad = tmp_path / "typo.yaml"
     bad.write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit) as exit_:
-        sweep_command.main([str(bad), "--count", "1", "--runs_dir", str(tmp_path / "runs")])
+        cli_main(["sweep", str(bad), "--count", "1", "--runs_dir", str(tmp_path / "runs")])
     message = str(exit_.value.code)
     assert "the CLI refuses its runs' command, nothing was run" in message
     assert "did you mean --model.alpha?" in message and "--model.alpah=" in message

@@ -8,8 +8,8 @@ runs every default metric, and the opt-in ones (``--metrics NAME``; a dotted nam
 ``my_module.NAME``, imports ``my_module`` first). docs/extending.md has the recipe. A number
 estimated from the test images comes with ``KEY_se``, its standard error over them
 (``standard_errors.py``), registered with ``se_key``. A metric that the data does not allow
-(a classifier on one class) raises ``MetricUnavailable`` in ``compute``: its keys are NaN, with the
-reason, and the other metrics are kept (``compute_or_skip``).
+raises ``MetricUnavailable`` (errors.py) in ``compute``: its keys are NaN, with the reason, and
+the other metrics are kept (``compute_or_skip``).
 """
 
 import importlib
@@ -23,18 +23,13 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from consistency_vae import noise
-from consistency_vae.errors import ConfigError
+from consistency_vae.errors import ConfigError, MetricUnavailable
 from consistency_vae.evaluation import inference_gaps, metrics, representation
+from consistency_vae.evaluation.representation import MeansProbe
 from consistency_vae.evaluation.standard_errors import (
     active_units_bootstrap,
-    binomial_standard_error,
     standard_error,
 )
-
-
-class MetricUnavailable(Exception):
-    """A metric cannot be computed on this data (a classifier fit on one class): the message
-    says why. Only this is caught; any other error in a metric is a bug and stops ``evaluate``."""
 
 
 @dataclass
@@ -188,34 +183,6 @@ class SplitActiveUnits(metrics.ActiveUnits):
         counts = active_units_bootstrap(dim_zero_cat(self.rows), self.threshold,
                                         torch.Generator().manual_seed(self.seed))  # (R,)
         return {"active_units": int(super().compute()), "active_units_se": float(counts.double().std())}
-
-
-class MeansProbe(Metric):
-    """A classifier fit on the training images' posterior means, scored on the test images'.
-    Unavailable with fewer than two classes, or fewer than ``min_train`` training images."""
-
-    def __init__(self, key: str, score: Callable[..., float], min_train: int = 2):
-        super().__init__()
-        self.key, self.score, self.min_train = key, score, min_train
-        for state in ("train_mu", "train_y", "test_mu", "test_y"):
-            self.add_state(state, default=[], dist_reduce_fx="cat")
-
-    def update(self, batch: EvalBatch) -> None:
-        getattr(self, f"{batch.split}_mu").append(batch.encode()[0].detach().cpu())
-        getattr(self, f"{batch.split}_y").append(batch.labels.cpu())
-
-    def compute(self) -> dict[str, float]:
-        train_y, test_y = dim_zero_cat(self.train_y), dim_zero_cat(self.test_y)
-        classes = train_y.unique().tolist()
-        if len(classes) < 2:
-            held = f"all of class {classes[0]}" if classes else "none"
-            raise MetricUnavailable(f"the training images are {held}: a classifier needs two classes "
-                                    "or more")
-        if len(train_y) < self.min_train:
-            raise MetricUnavailable(f"{len(train_y)} training images, fewer than the "
-                                    f"{self.min_train} it needs")
-        accuracy = self.score(dim_zero_cat(self.train_mu), train_y, dim_zero_cat(self.test_mu), test_y)
-        return {self.key: accuracy, f"{self.key}_se": binomial_standard_error(accuracy, len(test_y))}
 
 
 class BatchedMutualInformation(representation.MutualInformation):

@@ -1,5 +1,7 @@
 """Representation quality of the posterior means and of q(z|x) itself: the paper's third claim.
 
+- ``MeansProbe``: the evaluation metric that fits a classifier (``knn_accuracy``, the linear
+  probe) on the training images' posterior means and scores it on the test images'.
 - ``knn_accuracy``: a k-nearest-neighbour classifier on mu(x), fit on the training images,
   scored on the test images (no training, no hyper-parameters beyond k: a probe of the latent
   geometry, where the linear probe of ``metrics.linear_probe_accuracy`` tests linear separability).
@@ -15,14 +17,17 @@
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from consistency_vae import losses
+from consistency_vae.errors import MetricUnavailable
 from consistency_vae.evaluation.metrics import probe_accuracy
-from consistency_vae.evaluation.standard_errors import standard_error
+from consistency_vae.evaluation.standard_errors import binomial_standard_error, standard_error
 
 KNN_NEIGHBOURS = 5  # k of the k-NN probe: a vote of 5 is the usual choice, and needs 5 training images
 
@@ -81,3 +86,31 @@ class MutualInformation(Metric):
     def compute(self) -> dict[str, Tensor]:
         return {"mutual_information": self.total / self.batches,
                 "mutual_information_se": standard_error(self.total, self.total_sq, self.batches)}
+
+
+class MeansProbe(Metric):
+    """A classifier fit on the training images' posterior means, scored on the test images'.
+    Unavailable with fewer than two classes, or fewer than ``min_train`` training images."""
+
+    def __init__(self, key: str, score: Callable[..., float], min_train: int = 2):
+        super().__init__()
+        self.key, self.score, self.min_train = key, score, min_train
+        for state in ("train_mu", "train_y", "test_mu", "test_y"):
+            self.add_state(state, default=[], dist_reduce_fx="cat")
+
+    def update(self, batch) -> None:  # an eval_metrics.EvalBatch
+        getattr(self, f"{batch.split}_mu").append(batch.encode()[0].detach().cpu())
+        getattr(self, f"{batch.split}_y").append(batch.labels.cpu())
+
+    def compute(self) -> dict[str, float]:
+        train_y, test_y = dim_zero_cat(self.train_y), dim_zero_cat(self.test_y)
+        classes = train_y.unique().tolist()
+        if len(classes) < 2:
+            held = f"all of class {classes[0]}" if classes else "none"
+            raise MetricUnavailable(f"the training images are {held}: a classifier needs two classes "
+                                    "or more")
+        if len(train_y) < self.min_train:
+            raise MetricUnavailable(f"{len(train_y)} training images, fewer than the "
+                                    f"{self.min_train} it needs")
+        accuracy = self.score(dim_zero_cat(self.train_mu), train_y, dim_zero_cat(self.test_mu), test_y)
+        return {self.key: accuracy, f"{self.key}_se": binomial_standard_error(accuracy, len(test_y))}
