@@ -113,10 +113,11 @@ def sweep(tmp_path, monkeypatch):
 
         def start(self, values: list[int], parallel: int = 1) -> subprocess.Popen:
             """A runner in its own process group, its output in runner<N>.log."""
-            log = open(tmp_path / f"runner{len(runners)}.log", "w")  # noqa: SIM115 - the runner writes it
-            proc = subprocess.Popen([sys.executable, "-m", "consistency_vae", "sweep", str(self.file(values)),
-                                     "--runs_dir", str(self.runs), "--parallel", str(parallel)],
-                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            command = [sys.executable, "-m", "consistency_vae", "sweep", str(self.file(values)),
+                       "--runs_dir", str(self.runs), "--parallel", str(parallel)]
+            with open(tmp_path / f"runner{len(runners)}.log", "w") as log:  # the runner keeps its own copy
+                proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
             runners.append(proc)
             return proc
 
