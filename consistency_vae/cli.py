@@ -53,8 +53,7 @@ def cli_main(args: list[str] | None = None) -> None:
             raise
         sys.exit(f"consistency-vae: error: {message}")
     except SIGTERMException:  # Lightning stopped at a batch boundary; the checkpoint callback saved
-        print("consistency-vae: stopped by SIGTERM; continue with the same command plus "
-              "--ckpt_path last", file=sys.stderr)
+        print(f"consistency-vae: stopped by SIGTERM; {cli_help.resume_hint(argv)}", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)  # the shell's code for "terminated by SIGTERM", not success
     finally:
         finish_wandb_run()  # one W&B run per command, also when commands share a process

@@ -181,10 +181,12 @@ class ConsistencyCLI(LightningCLI):
         self._check_output(need_bytes=9 * weights)
 
     def before_validate(self) -> None:
+        cli_checks.refuse_empty_limits(self.datamodule, self.trainer, ("val",))  # every rank alike
         self._check_ckpt_path()
         self._check_output()
 
     def before_test(self) -> None:
+        cli_checks.refuse_empty_limits(self.datamodule, self.trainer, ("test",))
         self._check_ckpt_path()
         self._check_output()
 
