@@ -98,11 +98,20 @@ def _split(data: dict, prefix: str, where: Path, classes: int | None) -> Split |
 
 
 def _read_arrays(where: Path) -> Loaded:
-    if where.suffix == ".npz":
-        with np.load(where, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    else:
-        data = torch.load(where, weights_only=True, map_location="cpu")
+    try:
+        if where.suffix == ".npz":
+            with np.load(where, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+        else:
+            data = torch.load(where, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - zipfile, pickle and torch each raise their own kind
+        raise DataError(f"{where} cannot be read as a {where.suffix} file ({type(err).__name__}: {err}): "
+                        "it may be cut off or of another kind; write it again (numpy.savez or torch.save "
+                        "of a dict of arrays)") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{where} holds a {type(data).__name__}, not a dict of arrays: save "
+                        "{'images': ..., 'labels': ...} (see docs/extending.md)")
+    if where.suffix != ".npz":
         data = {k: _numpy(v) for k, v in data.items()}
     names = tuple(str(n) for n in data["class_names"]) if "class_names" in data else None
     train = _split(data, "", where, len(names) if names else None)

@@ -245,3 +245,15 @@ def test_fit_refuses_a_bad_file_in_one_line_before_any_run_folder(tmp_path, monk
         f"consistency-vae: error: {path}: labels: label -1 at index 0 is outside 0 or more: labels "
         "count classes from 0; renumber them (np.unique(labels, return_inverse=True)[1])")
     assert not list(tmp_path.rglob("version_*"))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_a_cut_off_or_foreign_array_file_is_refused_naming_it(tmp_path, suffix):
+    # a truncated .npz once ended `predict --data.path` in zipfile's BadZipFile traceback
+    path = save_arrays(tmp_path, suffix, images=np.zeros((4, 5, 5), np.uint8), labels=np.arange(4))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"{path.name} cannot be read as a \{suffix} file .* write it again"):
+        read_images(path)
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(DataError, match="holds a list, not a dict of arrays"):
+        read_images(tmp_path / "list.pt")
