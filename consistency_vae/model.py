@@ -30,7 +30,7 @@ from consistency_vae.constraint import selection_criterion
 from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
 from consistency_vae.errors import ConfigError
 from consistency_vae.guards import NonFiniteLossError
-from consistency_vae.multipliers import DualAscent, MultiplierRule, rule_from_config
+from consistency_vae.multipliers import MultiplierRule, model_rule
 from consistency_vae.networks import MNIST_SHAPE, ImageShape, MLPDecoder, MLPEncoder
 from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator
 
@@ -88,17 +88,15 @@ class ConsistencyVAE(LightningModule):
         super().__init__()
         guards.check_hparams(latent_dim, alpha, alpha_mode, kl_target, alpha_lr, constraint_ema, lr,
                              lr_schedule)
-        # A rule is saved as its class_path and init_args (plain data: weights_only loading works),
-        # and such a saved dict is rebuilt here; under the CLI, LightningCLI saves its own config.
-        rule = rule_from_config(multiplier) if isinstance(multiplier, dict) else multiplier
-        multiplier = rule.as_config() if isinstance(rule, MultiplierRule) else multiplier
+        # a rule is saved as its class_path and init_args (plain data: weights_only loading works)
+        rule, multiplier = model_rule(multiplier, alpha_mode, alpha_lr, constraint_ema)
         self.save_hyperparameters()  # under the CLI: the encoder/decoder class_path configs
         self.encoder = encoder(latent_dim, tuple(image_shape))
         self.decoder = decoder(latent_dim, tuple(image_shape))
         self.divergence = divergence or ForwardKL()
         # One image: Lightning's model summary then counts FLOPs (a column of zeros without it).
         self.example_input_array = torch.zeros(1, *image_shape)
-        self.multiplier = rule or DualAscent(step=alpha_lr, ema=constraint_ema)
+        self.multiplier = rule  # None in fixed mode, which runs no rule
         # alpha and the constraint estimate are state, saved in checkpoints. They are buffers, which
         # DDP broadcasts from rank 0 before every forward: harmless, as every rank computes the same
         # values (the constraint is all-reduced first, see training_step).
@@ -226,7 +224,8 @@ class ConsistencyVAE(LightningModule):
         """What the checkpoint's state gives way to, and what it keeps: resume_state.py. A rule's
         own state that an older checkpoint lacks (NuPI's xi) starts fresh."""
         self._weights_epoch = checkpoint.get("epoch")
-        for key, value in self.multiplier.state_dict(prefix="multiplier.").items():
+        rule_state = self.multiplier.state_dict(prefix="multiplier.") if self.multiplier is not None else {}
+        for key, value in rule_state.items():
             checkpoint.get("state_dict", {}).setdefault(key, value)
         resume_state.apply_lr(self.hparams, checkpoint, fitting=self._fitting)
         resume_state.apply_alpha(self.hparams, checkpoint)

@@ -158,3 +158,14 @@ def rule_from_config(config: dict) -> MultiplierRule:
                           "the module that defines it before loading the checkpoint (built in: "
                           "consistency_vae.multipliers.DualAscent, GECO, NuPI)")
     return rule(**config.get("init_args", {}))
+
+
+def model_rule(multiplier, alpha_mode: str, step: float, ema: float) -> tuple[MultiplierRule | None, object]:
+    """(the rule a model runs, what its hyper-parameters save) from ``model.multiplier``: a rule, or
+    the saved ``as_config`` form of one (rebuilt); None is ``DualAscent(step, ema)`` in constrained
+    mode and no rule in fixed mode (the model summary once listed a DualAscent that never ran)."""
+    rule = rule_from_config(multiplier) if isinstance(multiplier, dict) else multiplier
+    saved = rule.as_config() if isinstance(rule, MultiplierRule) else multiplier
+    if rule is None and alpha_mode == "constrained":
+        rule = DualAscent(step=step, ema=ema)
+    return rule, saved

@@ -69,3 +69,14 @@ def test_state_survives_a_state_dict_round_trip(rule_class):
     after_copy = copy(alpha, avg, torch.tensor(1.2), 1.0)
     after_rule = rule(alpha, avg, torch.tensor(1.2), 1.0)
     assert all(torch.equal(a, b) for a, b in zip(after_copy, after_rule, strict=True))  # same bits
+
+
+def test_a_fixed_alpha_model_runs_no_rule_and_its_summary_lists_none():
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    from consistency_vae.model import ConsistencyVAE
+
+    fixed = ConsistencyVAE(alpha_mode="fixed")
+    assert fixed.multiplier is None
+    assert "multiplier" not in str(ModelSummary(fixed)) and "DualAscent" not in str(ModelSummary(fixed))
+    assert isinstance(ConsistencyVAE(alpha_mode="constrained").multiplier, DualAscent)
