@@ -41,9 +41,13 @@ def refuse_overlay_alone(files: list[str]) -> None:
         return
     base = "configs/mnist.yaml" if Path("configs/mnist.yaml").is_file() else str(BASE_CONFIG)
     names = " ".join(f"--config {f}" for f in files)
+    # Under make (MAKELEVEL is set for the commands it runs), in the form the user typed:
+    # `make train` passes --config $(CONFIG), the base by default, then $(ARGS)
+    fix = (f'make train ARGS="{names}" (CONFIG stays the base, {base})' if os.environ.get("MAKELEVEL")
+           else f"--config {base} {names}")
     raise ConfigError(
         f"{', '.join(map(str, files))} only overlays a base config (it sets no trainer: no run folder, "
-        f"checkpoints, figures or W&B): put the base first: --config {base} {names}")
+        f"checkpoints, figures or W&B): put the base first: {fix}")
 
 
 def refuse_wandb_online_without_key(config: Namespace) -> None:

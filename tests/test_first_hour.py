@@ -237,3 +237,11 @@ def test_an_evaluation_folder_is_not_counted_as_a_run(trained, data_dir, monkeyp
               f"--ckpt_path={trained / 'checkpoints/last.ckpt'}"])
     assert (trained / "test").is_dir()  # RUN/test/version_K: its own config.yaml and metrics.csv
     assert [r["run_dir"] for r in find_runs(trained.parents[1])] == [str(trained)]
+
+
+def test_under_make_the_overlay_fix_is_in_the_make_form(tmp_path, monkeypatch, capsys):
+    # `make train CONFIG=configs/fashion_mnist.yaml` was told to type the raw --config form
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("MAKELEVEL", "1")  # what make sets for the commands it runs
+    line = one_line(fails(capsys, "fit", "--config", "configs/fashion_mnist.yaml"))
+    assert 'make train ARGS="--config configs/fashion_mnist.yaml" (CONFIG stays the base' in line
