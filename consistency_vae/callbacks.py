@@ -3,7 +3,10 @@
 Each does one job, on rank zero only, under ``torch.no_grad()`` with the model in eval mode (and
 back to train mode after). They read the held-out test set that ``MNISTDataModule.setup`` already
 holds in memory. Figures go to the loggers that can show them (W&B, TensorBoard) and, always,
-to ``<run folder>/figures/<name>_epoch<NN>.png``; never to the working directory.
+to ``<run folder>/figures/<name>_epoch<NN>.png``; never to the working directory. Epochs are
+counted from 1 wherever a reader sees them (file names, titles, captions): the figure drawn after
+the last of 25 epochs is ``latent_drift_epoch25.png``, "epoch 25 of 25". (Checkpoint names keep
+Lightning's 0-based ``epoch``.)
 
 The ``*_figure`` builders (model + images -> Figure) are shared with ``evaluate``.
 """
@@ -52,22 +55,30 @@ def example_indices(labels: Tensor, n_images: int = 3, one_per_class: bool = Fal
 
 
 # --- figure builders: model + data -> Figure (no_grad and eval mode are the caller's) --------
+def latent_drift_data(model: nn.Module, images: Tensor, labels: Tensor, n_images: int = 3,
+                      one_per_class: bool = False, seed: int = 0) -> dict:
+    """What Fig. 2 draws, as ``figures.draw_latent_drift``'s keyword arguments: the chosen test
+    images' posteriors, their re-encodings, KL(z'||z) and thumbnails, all test means (CPU)."""
+    device = next(model.parameters()).device
+    idx = example_indices(labels, n_images, one_per_class)
+    x = images[idx].to(device)
+    out = model(x, eval_noise_at(idx, model.hparams.latent_dim, seed))  # the same z as evaluate's
+    all_mu = encode_means(model, images).cpu()
+    dims, how = figures.projection_dims(all_mu)
+    return {"mu": out["mu"].cpu(), "logvar": out["logvar"].cpu(), "mu_prime": out["mu_prime"].cpu(),
+            "logvar_prime": out["logvar_prime"].cpu(), "kl_consistency": out["kl_consistency"].cpu(),
+            "labels": labels[idx].cpu(), "all_mu": all_mu, "all_labels": labels.cpu(), "dims": dims,
+            "how": how, "images": x.cpu(), "images_prime": out["x_prime"].cpu()}
+
+
 def latent_drift_figure(model: nn.Module, images: Tensor, labels: Tensor, n_images: int = 3,
                         one_per_class: bool = False, seed: int = 0,
                         class_names: Sequence[str] | None = None, title: str = "") -> Figure:
     """Fig. 2 of the paper: q(z|x) against q(z'|x') for a few test images, plus all test means.
 
     class_names: the datamodule's (registry or the user's files); None labels classes by number."""
-    device = next(model.parameters()).device
-    idx = example_indices(labels, n_images, one_per_class)
-    x = images[idx].to(device)
-    out = model(x, eval_noise_at(idx, model.hparams.latent_dim, seed))  # the same z as evaluate's
-    all_mu = encode_means(model, images)
-    dims, how = figures.projection_dims(all_mu.cpu())
-    return figures.latent_drift_figure(
-        out["mu"].cpu(), out["logvar"].cpu(), out["mu_prime"].cpu(), out["logvar_prime"].cpu(),
-        out["kl_consistency"].cpu(), labels[idx].cpu(), all_mu.cpu(), labels.cpu(), dims, how,
-        class_names, title, images=x.cpu(), images_prime=out["x_prime"].cpu())
+    data = latent_drift_data(model, images, labels, n_images, one_per_class, seed)
+    return figures.latent_drift_figure(**data, class_names=class_names, title=title)
 
 
 def reconstruction_figure(model: nn.Module, images: Tensor, labels: Tensor, seed: int = 0,
@@ -99,19 +110,32 @@ def run_dir(trainer: Trainer) -> Path:
     return Path(getattr(first, "save_dir", None) or trainer.default_root_dir)
 
 
+def epochs_done(trainer: Trainer) -> int:
+    """Whole epochs trained, counted from 1, at ``on_train_end``: the fit loop has already moved
+    ``current_epoch`` past the last finished one (at least 1, for a run stopped in its first)."""
+    return max(trainer.current_epoch, 1)
+
+
+def epoch_words(epoch: int, max_epochs: int | None) -> str:
+    """``epoch 3 of 25``; just ``epoch 3`` when the run has no epoch limit (max_epochs -1/None)."""
+    return f"epoch {epoch} of {max_epochs}" if max_epochs and max_epochs > 0 else f"epoch {epoch}"
+
+
 def log_figure(trainer: Trainer, name: str, fig: Figure, epoch: int) -> Path:
     """Save ``fig`` as ``<run folder>/figures/<name>_epoch<NN>.png`` and send it to every
-    image-capable logger (W&B as ``wandb.Image``, TensorBoard via ``add_figure``).
+    image-capable logger (W&B as ``wandb.Image``, TensorBoard via ``add_figure``). epoch: the
+    epoch just finished, counted from 1 (NN, and the caption "epoch 3 of 25").
 
     The PNG is written even when a logger shows the figure: the default config's WandbLogger may
     be offline or disabled, and the run folder should hold the figures either way (a few files,
     as figures are drawn at the end of training by default). Returns the PNG path. The figure is
     not closed here (the caller's).
     """
+    caption = epoch_words(epoch, getattr(trainer, "max_epochs", None))
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=f"figures/{name}", images=[figures.figure_to_array(fig)],
-                             step=trainer.global_step, caption=[f"epoch {epoch}"])
+                             step=trainer.global_step, caption=[caption])
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.global_step,
                                          close=False)
@@ -175,9 +199,11 @@ class _FigureCallback(Callback):
         raise NotImplementedError
 
     def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        """epoch: the one just finished, counted from 1."""
         images, labels = _test_data(trainer)
         dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "mnist")
-        title = f"{dataset}, alpha={float(pl_module.alpha):.3g}, epoch {epoch}"
+        title = (f"{dataset}, alpha={float(pl_module.alpha):.3g}, "
+                 f"{epoch_words(epoch, trainer.max_epochs)}")
         with eval_mode(pl_module):
             fig = self.make_figure(pl_module, images, labels,
                                    getattr(trainer.datamodule, "class_names", None), title)
@@ -189,12 +215,11 @@ class _FigureCallback(Callback):
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and not last:
-            self._draw(trainer, pl_module, epoch)
+            self._draw(trainer, pl_module, epoch + 1)  # current_epoch counts from 0
 
     @rank_zero_only
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # the fit loop has already advanced current_epoch past the last finished epoch
-        self._draw(trainer, pl_module, max(trainer.current_epoch - 1, 0))
+        self._draw(trainer, pl_module, epochs_done(trainer))
 
 
 class LatentScatter(_FigureCallback):

@@ -69,8 +69,8 @@ def test_test_set_consistency_is_logged_once_per_epoch(fitted):
 
 def test_figures_land_in_the_run_folder_only(fitted):
     names = sorted(p.name for p in (Path(fitted.log_dir) / "figures").iterdir())
-    assert names == ["latent_drift_epoch00.png", "latent_drift_epoch01.png",
-                     "prior_samples_epoch01.png", "reconstructions_epoch01.png"]
+    assert names == ["latent_drift_epoch01.png", "latent_drift_epoch02.png",  # epochs from 1
+                     "prior_samples_epoch02.png", "reconstructions_epoch02.png"]
     for name in names:
         read_png(f"{fitted.log_dir}/figures/{name}")
     assert list(fitted.cwd.iterdir()) == []  # nothing in the working directory
