@@ -6,10 +6,10 @@ and a figure is freed as soon as the caller drops it. Arrays may be numpy or CPU
 """
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Ellipse, Patch
+from matplotlib.patches import Ellipse, Patch, Rectangle
 
 X_COLOUR, X_PRIME_COLOUR = "#1f77b4", "#d62728"  # q(z|x) blue, q(z'|x') red
 
@@ -52,52 +52,95 @@ def _xy(a, dims: tuple[int, int]) -> np.ndarray:
     return a[:, list(dims)]
 
 
-def _drift_panel(ax, m, s, m2, s2, pts, label: str, kl: float, thumbs) -> None:
-    """One image: q(z|x) and q(z'|x') as mean + 1-sigma ellipse, an arrow, zoomed on the pair."""
-    for centre, sigma, colour in ((m, s, X_COLOUR), (m2, s2, X_PRIME_COLOUR)):
-        ax.add_patch(Ellipse(centre, 2 * sigma[0], 2 * sigma[1], facecolor=colour, alpha=0.25,
+def _pairs(mu, logvar, mu_prime, logvar_prime, dims: tuple[int, int]):
+    """Means and one-sigma half-axes of q(z|x) and q(z'|x') on the plotted dims, each (n, 2); a
+    1-D latent's second axis has zero width."""
+    m, m2 = _xy(mu, dims), _xy(mu_prime, dims)
+    s, s2 = np.exp(0.5 * _xy(logvar, dims)), np.exp(0.5 * _xy(logvar_prime, dims))
+    if dims[0] == dims[1]:
+        s[:, 1] = s2[:, 1] = 0.0
+    return m, s, m2, s2
+
+
+def drift_half_width(mu, logvar, mu_prime, logvar_prime, dims: tuple[int, int]) -> float:
+    """Half the side of the square view that holds the widest pair of one-sigma ellipses, with a
+    50% margin: one scale for every zoomed panel (and for both models in ``compare``), so that a
+    longer arrow means a larger drift. (n, D) arrays in; a float out."""
+    m, s, m2, s2 = _pairs(mu, logvar, mu_prime, logvar_prime, dims)
+    span = np.maximum(m + s, m2 + s2) - np.minimum(m - s, m2 - s2)  # (n, 2)
+    return float(max(span.max() * 0.5 * 1.5, 0.05))
+
+
+def _view_centres(m, s, m2, s2) -> np.ndarray:
+    """(n, 2): the centre of each image's zoomed view, midway across its two ellipses."""
+    return (np.minimum(m - s, m2 - s2) + np.maximum(m + s, m2 + s2)) / 2
+
+
+def _drift_panel(ax, m, s, m2, s2, centre, half: float, pts, label: str, kl: float, thumbs,
+                 fontsize: float) -> None:
+    """One image: q(z|x) and q(z'|x') as mean + 1-sigma ellipse, an arrow, in a square view of
+    half-side ``half`` around ``centre`` (the same ``half`` in every panel)."""
+    for c, sigma, colour in ((m, s, X_COLOUR), (m2, s2, X_PRIME_COLOUR)):
+        ax.add_patch(Ellipse(c, 2 * sigma[0], 2 * sigma[1], facecolor=colour, alpha=0.25,
                              edgecolor=colour, linewidth=1.5, zorder=2))
-        ax.scatter(*centre, color=colour, s=25, zorder=3)
+        ax.scatter(*c, color=colour, s=20, zorder=3)
     ax.annotate("", xy=m2, xytext=m, zorder=4, arrowprops={"arrowstyle": "->", "color": "k", "lw": 1.3})
-    lo, hi = np.minimum(m - s, m2 - s2), np.maximum(m + s, m2 + s2)
-    centre, half = (lo + hi) / 2, max((hi - lo).max() * 0.5 * 1.5, 0.05)  # square view, 50% margin
     inside = (np.abs(pts - centre) <= half).all(1)
     ax.scatter(*pts[inside].T, s=3, c="0.8", rasterized=True, zorder=0)  # neighbouring test means
     ax.set(xlim=(centre[0] - half, centre[0] + half), ylim=(centre[1] - half, centre[1] + half),
-           aspect="equal", title=f"'{label}': KL(z'||z) = {kl:.2f}")
-    ax.title.set_fontsize(10)
-    ax.tick_params(labelsize=8)
-    if thumbs is not None:  # x and x' in the upper corners
+           aspect="equal")
+    ax.set_title(f"'{label}': KL(z'||z) = {kl:.2f} nats", fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize - 1)
+    if thumbs is not None:  # x and x' in the upper corners, each named below in its colour
         for corner, image, name, colour in ((0.02, thumbs[0], "x", X_COLOUR),
-                                            (0.76, thumbs[1], "x'", X_PRIME_COLOUR)):
-            inset = ax.inset_axes([corner, 0.76, 0.22, 0.22])
+                                            (0.72, thumbs[1], "x'", X_PRIME_COLOUR)):
+            inset = ax.inset_axes([corner, 0.72, 0.26, 0.26])
             inset.imshow(image, cmap="gray", vmin=0, vmax=1)
             inset.set_xticks([])
             inset.set_yticks([])
             for spine in inset.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2)
-            inset.set_xlabel(name, fontsize=9, labelpad=1, color=colour)
+            inset.set_xlabel(name, fontsize=fontsize + 1, labelpad=1, color=colour, fontweight="bold")
 
 
 def latent_drift_figure(mu, logvar, mu_prime, logvar_prime, kl_consistency, labels, all_mu,
                         all_labels, dims: tuple[int, int], how: str = "",
                         class_names: list[str] | None = None, title: str = "",
-                        images=None, images_prime=None) -> Figure:
-    """The paper's Fig. 2 and a map of the whole test set.
+                        images=None, images_prime=None, half: float | None = None) -> Figure:
+    """The paper's Fig. 2 and a map of the whole test set (``draw_latent_drift``), as one figure.
+
+    mu, logvar, mu_prime, logvar_prime: (n, D); kl_consistency, labels: (n,);
+    all_mu: (N, D); all_labels: (N,); images, images_prime: (n, C, H, W), (n, H, W) or None.
+    class_names: the dataset's (datasets.py), else the label numbers. half: the zoomed panels'
+    half-width (default: ``drift_half_width`` of these images).
+    """
+    n = len(_np(mu))
+    rows = 1 if n <= 4 else 2
+    fig = Figure(figsize=(3.2 * -(-n // rows) + 6.5, 3.4 * rows + 0.9), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_latent_drift(fig, mu, logvar, mu_prime, logvar_prime, kl_consistency, labels, all_mu,
+                      all_labels, dims, how, class_names, title, images, images_prime, half)
+    return fig
+
+
+def draw_latent_drift(container, mu, logvar, mu_prime, logvar_prime, kl_consistency, labels,
+                      all_mu, all_labels, dims: tuple[int, int], how: str = "",
+                      class_names: list[str] | None = None, title: str = "", images=None,
+                      images_prime=None, half: float | None = None, fontsize: float = 10,
+                      heading: bool = True, class_legend: bool = True) -> None:
+    """Draw Fig. 2 into a ``Figure`` or ``SubFigure`` (``compare`` stacks two).
 
     Left, one panel per chosen test image: q(z|x) (blue) and the re-encoding q(z'|x') (red) as
     means with one-sigma ellipses, an arrow for the drift, KL(z'||z) in the title, and x and x'
-    as thumbnails when given. Right: the posterior means of all test images, coloured by class;
-    stars mark the images on the left.
-    mu, logvar, mu_prime, logvar_prime: (n, D); kl_consistency, labels: (n,);
-    all_mu: (N, D); all_labels: (N,); images, images_prime: (n, C, H, W), (n, H, W) or None.
-    class_names: the dataset's (datasets.py), else the label numbers.
+    as thumbnails when given; every panel has the same scale. Right: the posterior means of all
+    test images, coloured by class; a box marks each panel's view. Arguments: as
+    ``latent_drift_figure``; heading: say what the panels show under the title; class_legend:
+    the classes beside the map (``compare`` puts one legend under both rows instead).
     """
-    m, m2 = _xy(mu, dims), _xy(mu_prime, dims)  # (n, 2)
-    s, s2 = np.exp(0.5 * _xy(logvar, dims)), np.exp(0.5 * _xy(logvar_prime, dims))
-    if dims[0] == dims[1]:
-        s[:, 1] = s2[:, 1] = 0.0
+    m, s, m2, s2 = _pairs(mu, logvar, mu_prime, logvar_prime, dims)  # (n, 2) each
+    half = half or drift_half_width(mu, logvar, mu_prime, logvar_prime, dims)
+    centres = _view_centres(m, s, m2, s2)
     kl, labels = _np(kl_consistency), _np(labels).astype(int)
     pts, all_labels = _xy(all_mu, dims), _np(all_labels).astype(int)
     names = list(class_names or [])
@@ -110,40 +153,55 @@ def latent_drift_figure(mu, logvar, mu_prime, logvar_prime, kl_consistency, labe
     n = len(m)
     rows = 1 if n <= 4 else 2
     cols = -(-n // rows)
-    fig = Figure(figsize=(3.2 * cols + 6.5, 3.4 * rows + 0.9), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows, cols + 2)
+    grid = container.add_gridspec(rows, cols + 2)
+    panels = []
     for i in range(n):
-        ax = fig.add_subplot(grid[i // cols, i % cols])
-        _drift_panel(ax, m[i], s[i], m2[i], s2[i], pts, names[labels[i]], kl[i],
-                     thumbs[i] if thumbs else None)
+        ax = container.add_subplot(grid[i // cols, i % cols])
+        _drift_panel(ax, m[i], s[i], m2[i], s2[i], centres[i], half, pts, names[labels[i]], kl[i],
+                     thumbs[i] if thumbs else None, fontsize)
         if i % cols == 0:
-            ax.set_ylabel(axis_names[1])
+            ax.set_ylabel(axis_names[1], fontsize=fontsize)
         if i // cols == rows - 1:
-            ax.set_xlabel(axis_names[0])
-    fig.axes[0].legend(handles=[
+            ax.set_xlabel(axis_names[0], fontsize=fontsize)
+        panels.append(ax)
+    panels[0].legend(handles=[
         Patch(facecolor=X_COLOUR, edgecolor=X_COLOUR, alpha=0.5, label="q(z|x)"),
         Patch(facecolor=X_PRIME_COLOUR, edgecolor=X_PRIME_COLOUR, alpha=0.5, label="q(z'|x')"),
-    ], loc="lower left", fontsize=8)
+    ], loc="lower left", fontsize=fontsize - 2)
+    _overview(container.add_subplot(grid[:, cols:]), pts, all_labels, names, centres, half,
+              [names[c] for c in labels], axis_names, fontsize, class_legend)
+    lines = [title] if title else []
+    if heading:
+        lines.append(f"q(z|x) vs q(z'|x'), x' = decoder mean at z ~ q(z|x); 1-sigma ellipses, one "
+                     f"scale in every panel (mean KL(z'||z) of these {n}: {kl.mean():.2f} nats)")
+    container.suptitle("\n".join([*lines, how] if how else lines), fontsize=fontsize + 1)
 
-    # Right: the whole test set by class.
-    right = fig.add_subplot(grid[:, cols:])
+
+def _overview(ax, pts, all_labels, names, centres, half, shown, axis_names, fontsize,
+              class_legend: bool) -> None:
+    """All test means by class, and a box (labelled with its class) for each zoomed panel."""
     cmap = colormaps["tab10"]
     for c in np.unique(all_labels):
         sel = all_labels == c
-        right.scatter(*pts[sel].T, s=2, color=cmap(c % 10), alpha=0.6, label=names[c], rasterized=True)
-    right.scatter(*m.T, marker="*", s=220, color="k", edgecolor="w", zorder=3, label="shown left")
-    right.set(xlabel=axis_names[0], ylabel=axis_names[1], aspect="equal",
-              title=f"Posterior means of all {len(pts)} test images")
-    legend = right.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5), title="class")
-    for handle in legend.legend_handles[:-1]:  # class dots readable in the legend
-        handle.set_sizes([30])
-        handle.set_alpha(1.0)
-    legend.legend_handles[-1].set_sizes([90])
-    heading = (f"q(z|x) vs q(z'|x'), x' = decoder mean at z ~ q(z|x); mean 1-sigma ellipses "
-               f"(mean KL(z'||z) of these {n}: {kl.mean():.2f} nats)")
-    fig.suptitle("\n".join(t for t in (title, heading, how) if t), fontsize=11)
-    return fig
+        ax.scatter(*pts[sel].T, s=2, color=cmap(c % 10), alpha=0.6, label=names[c], rasterized=True)
+    for centre, name in zip(centres, shown, strict=True):
+        ax.add_patch(Rectangle(centre - half, 2 * half, 2 * half, fill=False, edgecolor="k",
+                               linewidth=1.3, zorder=3))
+        ax.annotate(f"'{name}'", (centre[0] - half, centre[1] + half), fontsize=fontsize - 1,
+                    ha="left", va="bottom", zorder=4,
+                    path_effects=[patheffects.withStroke(linewidth=2.5, foreground="w")])
+    ax.set_xlabel(axis_names[0], fontsize=fontsize)
+    ax.set_ylabel(axis_names[1], fontsize=fontsize)
+    ax.set_aspect("equal")
+    ax.tick_params(labelsize=fontsize - 1)
+    ax.set_title(f"Posterior means of all {len(pts)} test images\n(boxes: the zoomed panels)",
+                 fontsize=fontsize)
+    if class_legend:
+        legend = ax.legend(fontsize=fontsize - 1, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                           title="class", title_fontsize=fontsize - 1)
+        for handle in legend.legend_handles:  # class dots readable in the legend
+            handle.set_sizes([30])
+            handle.set_alpha(1.0)
 
 
 def image_rows_figure(rows, row_labels: list[str], title: str = "") -> Figure:
