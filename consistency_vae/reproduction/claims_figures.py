@@ -6,8 +6,9 @@ import math
 
 from matplotlib.figure import Figure
 
+from consistency_vae import ticks
 from consistency_vae.reproduction.common import LABELS, NAMES, TOLERANCE, group
-from consistency_vae.reproduction.results_figures import _figure, _plain_log_ticks
+from consistency_vae.reproduction.results_figures import _figure
 from consistency_vae.reproduction.verdicts import by_alpha, front, largest_kl, settings, stats
 
 SETTING_TITLES = {"paper": "2-D"}
@@ -66,7 +67,7 @@ def front_figure(records: list[dict], paper: dict) -> Figure:
         hidden = _zoom_to_targets(ax, points, group(records, dataset=d, setting=s, model="constrained"))
         ax.set(xscale="log", xlabel="test KL(z'||z) [nats]", ylabel="test ELBO [nats]",
                title=_title(d, s) + (f" (off the panel: alpha {', '.join(hidden)})" if hidden else ""))
-        _plain_log_ticks(ax.xaxis)
+        ticks.plain_log_ticks(ax, "x")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     for ax in axes[len(pairs):]:
@@ -103,8 +104,8 @@ def against_alpha(records: list[dict], keys: tuple[str, ...], title: str) -> Fig
             pts = [r for r in rows if r[key]["n"]]
             ax.errorbar([r["alpha"] for r in pts], [r[key]["mean"] for r in pts],
                         yerr=[_std(r[key]) for r in pts], marker="o", ms=4, capsize=3)
-            ax.set_xscale("symlog", linthresh=0.1)
-            ax.set_xticks([r["alpha"] for r in rows], [f"{r['alpha']:g}" for r in rows], fontsize=8)
+            ticks.alpha_axis(ax, [r["alpha"] for r in rows])
+            ax.tick_params(axis="x", labelsize=8)
             ax.minorticks_off()
             ax.set(xlabel="alpha" if row == len(keys) - 1 else None,
                    ylabel=LABELS.get(key, key) if col == 0 else None,

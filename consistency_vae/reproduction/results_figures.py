@@ -7,21 +7,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, LogLocator
 
+from consistency_vae import ticks
 from consistency_vae.reproduction.common import NAMES, group
 from consistency_vae.sweep.report import tradeoff_figure
 
 COLOURS = {"vae": "tab:blue", "consistency": "tab:red", "constrained": "tab:green"}
 LEGEND = {"vae": "plain VAE (alpha=0)", "consistency": "consistency (alpha=1)",
           "constrained": "constrained (KL <= eps)"}
-
-
-def _plain_log_ticks(axis) -> None:
-    """Log scale with 0.5, 1, 2, 5 ticks written as plain numbers, not 5x10^-1."""
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FormatStrFormatter("%g"))
-    axis.set_minor_formatter(FormatStrFormatter(""))
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -45,7 +38,7 @@ def kl_during_training(records: list[dict], datasets: list[str]) -> Figure:
             ax.fill_between(epochs, np.nanmin(c, 0), np.nanmax(c, 0), color=COLOURS[model], alpha=0.2)
         ax.set(title=f"{NAMES.get(d, d)}: test KL(z'||z) during training", xlabel="epoch",
                ylabel="KL(q(z'|x') || q(z|x)) [nats]", yscale="log")
-        _plain_log_ticks(ax.yaxis)
+        ticks.plain_log_ticks(ax, "y")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     return fig
@@ -67,8 +60,9 @@ def kl_after_training(summary: dict, datasets: list[str]) -> Figure:
         if paper:
             ax.bar(x + 0.2, [paper[m]["kl_consistency"] for m in models], 0.4, color="none",
                    edgecolor="k", hatch="//", label="paper")
-        for xi, m in zip(x, means, strict=True):
-            ax.annotate(f"{m:.2f}", (xi - 0.2, m), ha="center", va="bottom", fontsize=9)
+        for xi, m, s in zip(x, means, stds, strict=True):  # above the error bar, not on it
+            ax.annotate(f"{m:.2f}", (xi - 0.2, m + s), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=9)
         ax.set_xticks(x, ["plain VAE", "consistency"])
         ax.set(title=f"{NAMES.get(d, d)}: test KL(z'||z) after training", ylabel="nats")
         ax.legend(fontsize=8)
@@ -102,4 +96,6 @@ def write_all(summary: dict, records: list[dict], output: Path) -> None:
                               f"Consistency VAE (alpha = 1), {NAMES.get(d, d)}"]
                        ).savefig(output / f"latent_drift_{d}.png", dpi=72)  # ~300 KB, for git
     if summary["sweep"]:
-        tradeoff_figure(summary["sweep"]).savefig(output / "alpha_tradeoff.png", dpi=110)
+        epochs = [r["epochs"] for r in records  # the runs summary["sweep"] holds (summary.py)
+                  if r.get("epochs") and r["setting"] == "paper" and r["kl_target"] is None]
+        tradeoff_figure(summary["sweep"], epochs).savefig(output / "alpha_tradeoff.png", dpi=110)

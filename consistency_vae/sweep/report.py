@@ -103,36 +103,63 @@ def write_csv(rows: list[dict], path: Path) -> None:
                              for k, v in row.items()})
 
 
-def tradeoff_figure(rows: list[dict]):
-    """Every metric against alpha: a row of panels per dataset (each with its own scale, as the
-    datasets' ELBOs lie far apart), error bars = std over seeds.
+def _span(values, unit: str) -> str:
+    """``3 epochs``, ``2 to 3 seeds``: the one value, or the range when runs differ."""
+    lo, hi = min(values), max(values)
+    return f"{lo} {unit}" if lo == hi else f"{lo} to {hi} {unit}"
+
+
+def tradeoff_figure(rows: list[dict], epochs: list[int] | None = None):
+    """Every metric against alpha, a panel each (its own scale: the datasets' ELBOs lie far
+    apart), a dataset's panels in rows of at most 4; error bars = std over seeds. The title says
+    how many seeds each point has and, given ``epochs`` (of the runs), how long they trained.
 
     alpha = 0 (the plain VAE) is a point on the axis: a symlog scale, linear below the smallest
-    positive alpha and logarithmic above, so 0, 0.1 and 10 are all visible.
+    positive alpha and logarithmic above (``ticks.alpha_axis``: a label at each alpha).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from consistency_vae import ticks
+
     shown = [(m, label, better) for m, label, better in METRICS
              if any(not math.isnan(r[f"{m}_mean"]) for r in rows)]
     datasets = sorted({r["dataset"] for r in rows})
-    fig = Figure(figsize=(4.2 * len(shown), 3.4 * len(datasets)), layout="constrained")
+    cols = min(4, len(shown))
+    per_dataset = math.ceil(len(shown) / cols)
+    fig = Figure(figsize=(3.8 * cols, 3.0 * per_dataset * len(datasets) + 0.5), dpi=100,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    positive = [r["alpha"] for r in rows if r["alpha"] > 0]
-    linthresh = min(positive) if positive else 1.0
-    axes = fig.subplots(len(datasets), len(shown), squeeze=False)
-    for row_axes, dataset in zip(axes, datasets, strict=True):
-        for ax, (m, label, better) in zip(row_axes, shown, strict=True):
+    axes = fig.subplots(per_dataset * len(datasets), cols, squeeze=False)
+    alphas = [r["alpha"] for r in rows]
+    for d, dataset in enumerate(datasets):
+        panels = axes[d * per_dataset:(d + 1) * per_dataset].ravel()
+        for ax, (m, label, better) in zip(panels, shown, strict=False):
             pts = [r for r in rows if r["dataset"] == dataset and not math.isnan(r[f"{m}_mean"])]
             ax.errorbar([r["alpha"] for r in pts], [r[f"{m}_mean"] for r in pts],
                         yerr=[0 if math.isnan(r[f"{m}_std"]) else r[f"{m}_std"] for r in pts],
                         marker="o", capsize=3)
-            ax.set_xscale("symlog", linthresh=linthresh)
-            ax.set_xlim(left=0)
-            ax.set_xlabel("alpha (symlog: 0 is the plain VAE)")
-            ax.set_title(f"{dataset}: {label}\n({better} is better)", fontsize=10)
+            ticks.alpha_axis(ax, alphas)
+            ax.set_xlabel("alpha")
+            # a label that already gives the direction, "(lower: more consistent)", says it once
+            head, paren = label.split(" (", 1) if f" ({better}" in label else (label, f"{better} is better)")
+            ax.set_title(f"{dataset}: {head}\n({paren}", fontsize=10)
             ax.grid(alpha=0.3)
+        for ax in panels[len(shown):]:
+            ax.axis("off")
+    seeds = _span([r["n_runs"] for r in rows], "seeds")
+    trained = f", runs of {_span(epochs, 'epochs')}" if epochs else ""
+    fig.suptitle(f"Test metrics against alpha, mean ± std over {seeds}{trained}\n"
+                 "alpha = 0: the plain VAE; symlog axis, linear below the smallest alpha > 0",
+                 fontsize=10)
     return fig
+
+
+def epochs_trained(runs: list[dict]) -> list[int]:
+    """The whole epochs each run trained (``runs.epochs_done``), where its folder records them."""
+    from consistency_vae.runs import epochs_done
+
+    return [e for e in (epochs_done(Path(r["run_dir"])) for r in runs) if e is not None]
 
 
 def report(runs_dir: str | Path, output: str | Path) -> list[dict]:
@@ -140,10 +167,11 @@ def report(runs_dir: str | Path, output: str | Path) -> list[dict]:
     if not runs_dir.is_dir():
         raise ConfigError(f"runs folder {runs_dir} does not exist: give the --runs_dir of a sweep")
     check_output_folder(output, "--output")
-    rows = summarise(find_runs(runs_dir))
+    runs = find_runs(runs_dir)
+    rows = summarise(runs)
     output.mkdir(parents=True, exist_ok=True)
     write_csv(rows, output / "alpha_sweep.csv")
-    tradeoff_figure(rows).savefig(output / "alpha_tradeoff.png", dpi=120)
+    tradeoff_figure(rows, epochs_trained(runs)).savefig(output / "alpha_tradeoff.png", dpi=150)
     return rows
 
 
