@@ -1,14 +1,20 @@
-"""One line per epoch where there is no terminal: a redirected ``make train > log`` once wrote
-2.4 MB of progress bar (a carriage-return redraw per step). ``fit`` turns the bar off when stdout is
-not a terminal and its ``trainer.enable_progress_bar`` was not set, and adds this callback:
+"""What fit shows while it trains.
+
+One line per epoch where there is no terminal: a redirected ``make train > log`` once wrote 2.4 MB
+of progress bar (a carriage-return redraw per step). ``fit`` turns the bar off when stdout is not
+a terminal and its ``trainer.enable_progress_bar`` was not set, and adds ``EpochLines``:
 
     epoch 3/25: val ELBO -160.21 nats, val KL(z'||z) 1.412 nats, alpha 1 (4.1 s)
+
+With a bar, ``ResumedEpochBar``: a run resumed mid-epoch gets no ``on_train_epoch_start``, where
+Lightning's bar learns its total and its epoch, so it read "Training: 189/?".
 """
 
 import sys
 import time
 
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 
@@ -32,6 +38,16 @@ class EpochLines(Callback):
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         seconds = time.perf_counter() - self._start
         print(f"epoch {trainer.current_epoch + 1}{total}: {', '.join(parts)} ({seconds:.1f} s)", flush=True)
+
+
+class ResumedEpochBar(Callback):
+    """After Lightning's bar has started (callbacks run in order, and the trainer's bar is first),
+    a mid-epoch resume sets the bar up as the epoch's start would have."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        bar = trainer.progress_bar_callback
+        if isinstance(bar, TQDMProgressBar) and trainer.fit_loop.epoch_loop.batch_progress.current.ready > 0:
+            bar.on_train_epoch_start(trainer, pl_module)
 
 
 def use_lines_without_a_terminal(trainer_config, stream=sys.stdout) -> bool:

@@ -26,7 +26,7 @@ from consistency_vae import (
     threads,
 )
 from consistency_vae.datamodule import MNISTDataModule
-from consistency_vae.epoch_lines import EpochLines, use_lines_without_a_terminal
+from consistency_vae.epoch_lines import EpochLines, ResumedEpochBar, use_lines_without_a_terminal
 from consistency_vae.errors import CheckpointError
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.quiet import wandb_run_line
@@ -171,8 +171,8 @@ class ConsistencyCLI(LightningCLI):
 
     def before_fit(self) -> None:
         cli_checks.refuse_empty_epochs(self.datamodule, self.trainer)  # before any work
-        if self._epoch_lines:  # no terminal: a line per epoch, not a redrawn bar (epoch_lines.py)
-            self.trainer.callbacks.append(EpochLines())
+        # no terminal: a line per epoch, not a redrawn bar; else a bar that survives a resume
+        self.trainer.callbacks.append(EpochLines() if self._epoch_lines else ResumedEpochBar())
         self._run_start = run_record.RecordRunStart()  # status and W&B id into the run folder, at setup
         self.trainer.callbacks.append(self._run_start)
         self._check_ckpt_path()

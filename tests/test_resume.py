@@ -6,6 +6,7 @@ one thread), and the same test metrics.
 """
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -119,7 +120,12 @@ def test_sigterm_mid_epoch_saves_the_current_step_and_resumes_exactly(tmp_path, 
     assert (saved["epoch"], saved["global_step"]) == (1, 10)  # mid-epoch: the state at the signal
     assert not list(folder.glob("checkpoints/*.partial"))
 
-    code, log = run(tmp_path, *fit_args(data_dir, "--ckpt_path", "last"))
+    code, log = run(tmp_path, *fit_args(data_dir, "--ckpt_path", "last",
+                                        "--trainer.enable_progress_bar=true"))
     assert code == 0, log
     # the loader skipped the 3 batches of epoch 1 trained before the signal
     assert_same_result(folder, unbroken)
+    # the resumed epoch's bar knows its epoch and total (it read "Training: 4/?")
+    bar = log.replace("\r", "\n")
+    assert re.search(r"^Epoch 1: +\d+%\|.*\| \d+/\d+ ", bar, re.MULTILINE), bar[-2000:]
+    assert not re.search(r"^Training: .*\| [1-9]\d*/\?", bar, re.MULTILINE), bar[-2000:]
