@@ -39,6 +39,13 @@ def evaluate_main(argv: list[str]) -> None:
     evaluate.main(argv)
 
 
+def compare_main(argv: list[str]) -> None:
+    """consistency-vae compare: the paper's Fig. 2 for two checkpoints, as print-ready PNG and PDF."""
+    from consistency_vae import compare
+
+    compare.main(argv)
+
+
 def sweep_main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
     from consistency_vae.sweep import command as sweep
@@ -73,6 +80,7 @@ COMMANDS = {
     "sweep-report": sweep_report_main,
     "bench": bench_main,
     "evaluate": evaluate_main,
+    "compare": compare_main,
     "reproduce": reproduce_main,
     "runs": runs_main,
 }

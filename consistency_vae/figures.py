@@ -10,6 +10,7 @@ from matplotlib import colormaps, patheffects
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 X_COLOUR, X_PRIME_COLOUR = "#1f77b4", "#d62728"  # q(z|x) blue, q(z'|x') red
 
@@ -77,7 +78,7 @@ def _view_centres(m, s, m2, s2) -> np.ndarray:
 
 
 def _drift_panel(ax, m, s, m2, s2, centre, half: float, pts, label: str, kl: float, thumbs,
-                 fontsize: float) -> None:
+                 fontsize: float, compact: bool) -> None:
     """One image: q(z|x) and q(z'|x') as mean + 1-sigma ellipse, an arrow, in a square view of
     half-side ``half`` around ``centre`` (the same ``half`` in every panel)."""
     for c, sigma, colour in ((m, s, X_COLOUR), (m2, s2, X_PRIME_COLOUR)):
@@ -89,8 +90,12 @@ def _drift_panel(ax, m, s, m2, s2, centre, half: float, pts, label: str, kl: flo
     ax.scatter(*pts[inside].T, s=3, c="0.8", rasterized=True, zorder=0)  # neighbouring test means
     ax.set(xlim=(centre[0] - half, centre[0] + half), ylim=(centre[1] - half, centre[1] + half),
            aspect="equal")
-    ax.set_title(f"'{label}': KL(z'||z) = {kl:.2f} nats", fontsize=fontsize)
+    ax.set_title(f"'{label}': {kl:.2f} nats" if compact else f"'{label}': KL(z'||z) = {kl:.2f} nats",
+                 fontsize=fontsize)
     ax.tick_params(labelsize=fontsize - 1)
+    if compact:  # three ticks a side: a narrow panel's labels would run into each other
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.yaxis.set_major_locator(MaxNLocator(3))
     if thumbs is not None:  # x and x' in the upper corners, each named below in its colour
         for corner, image, name, colour in ((0.02, thumbs[0], "x", X_COLOUR),
                                             (0.72, thumbs[1], "x'", X_PRIME_COLOUR)):
@@ -128,15 +133,16 @@ def draw_latent_drift(container, mu, logvar, mu_prime, logvar_prime, kl_consiste
                       all_mu, all_labels, dims: tuple[int, int], how: str = "",
                       class_names: list[str] | None = None, title: str = "", images=None,
                       images_prime=None, half: float | None = None, fontsize: float = 10,
-                      heading: bool = True, class_legend: bool = True) -> None:
+                      compact: bool = False) -> None:
     """Draw Fig. 2 into a ``Figure`` or ``SubFigure`` (``compare`` stacks two).
 
     Left, one panel per chosen test image: q(z|x) (blue) and the re-encoding q(z'|x') (red) as
     means with one-sigma ellipses, an arrow for the drift, KL(z'||z) in the title, and x and x'
     as thumbnails when given; every panel has the same scale. Right: the posterior means of all
     test images, coloured by class; a box marks each panel's view. Arguments: as
-    ``latent_drift_figure``; heading: say what the panels show under the title; class_legend:
-    the classes beside the map (``compare`` puts one legend under both rows instead).
+    ``latent_drift_figure``; compact (``compare``, on a page): short titles (the KL value only),
+    three ticks per axis, no line saying what the panels show and no class legend, which the
+    caller draws once for all its rows.
     """
     m, s, m2, s2 = _pairs(mu, logvar, mu_prime, logvar_prime, dims)  # (n, 2) each
     half = half or drift_half_width(mu, logvar, mu_prime, logvar_prime, dims)
@@ -158,7 +164,7 @@ def draw_latent_drift(container, mu, logvar, mu_prime, logvar_prime, kl_consiste
     for i in range(n):
         ax = container.add_subplot(grid[i // cols, i % cols])
         _drift_panel(ax, m[i], s[i], m2[i], s2[i], centres[i], half, pts, names[labels[i]], kl[i],
-                     thumbs[i] if thumbs else None, fontsize)
+                     thumbs[i] if thumbs else None, fontsize, compact)
         if i % cols == 0:
             ax.set_ylabel(axis_names[1], fontsize=fontsize)
         if i // cols == rows - 1:
@@ -169,16 +175,16 @@ def draw_latent_drift(container, mu, logvar, mu_prime, logvar_prime, kl_consiste
         Patch(facecolor=X_PRIME_COLOUR, edgecolor=X_PRIME_COLOUR, alpha=0.5, label="q(z'|x')"),
     ], loc="lower left", fontsize=fontsize - 2)
     _overview(container.add_subplot(grid[:, cols:]), pts, all_labels, names, centres, half,
-              [names[c] for c in labels], axis_names, fontsize, class_legend)
+              [names[c] for c in labels], axis_names, fontsize, compact)
     lines = [title] if title else []
-    if heading:
+    if not compact:
         lines.append(f"q(z|x) vs q(z'|x'), x' = decoder mean at z ~ q(z|x); 1-sigma ellipses, one "
                      f"scale in every panel (mean KL(z'||z) of these {n}: {kl.mean():.2f} nats)")
     container.suptitle("\n".join([*lines, how] if how else lines), fontsize=fontsize + 1)
 
 
 def _overview(ax, pts, all_labels, names, centres, half, shown, axis_names, fontsize,
-              class_legend: bool) -> None:
+              compact: bool) -> None:
     """All test means by class, and a box (labelled with its class) for each zoomed panel."""
     cmap = colormaps["tab10"]
     for c in np.unique(all_labels):
@@ -194,9 +200,10 @@ def _overview(ax, pts, all_labels, names, centres, half, shown, axis_names, font
     ax.set_ylabel(axis_names[1], fontsize=fontsize)
     ax.set_aspect("equal")
     ax.tick_params(labelsize=fontsize - 1)
-    ax.set_title(f"Posterior means of all {len(pts)} test images\n(boxes: the zoomed panels)",
+    ax.set_title(f"All {len(pts)} test means\n(boxes: the panels)" if compact else
+                 f"Posterior means of all {len(pts)} test images\n(boxes: the zoomed panels)",
                  fontsize=fontsize)
-    if class_legend:
+    if not compact:
         legend = ax.legend(fontsize=fontsize - 1, loc="center left", bbox_to_anchor=(1.0, 0.5),
                            title="class", title_fontsize=fontsize - 1)
         for handle in legend.legend_handles:  # class dots readable in the legend

@@ -179,7 +179,7 @@ def test_docs_command_runs(doc, command, tmp_path, data_dir, request):
         pytest.skip(why)
     resumes = "--ckpt_path" in command and shlex.split(command)[1] == "fit"
     reads_a_run = not resumes and ("--ckpt_path" in command or command.startswith(
-        ("consistency-vae sweep-report", "consistency-vae runs")))
+        ("consistency-vae sweep-report", "consistency-vae runs", "consistency-vae compare")))
     if reads_a_run:  # something to test, evaluate or report on: a copy of the fitted clone
         clone = tmp_path / "clone"
         shutil.copytree(request.getfixturevalue("clone_with_a_run"), clone, symlinks=True)
@@ -187,4 +187,6 @@ def test_docs_command_runs(doc, command, tmp_path, data_dir, request):
         clone = fresh_clone(tmp_path, data_dir)
     if resumes:
         run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml"))
+    if command.startswith("consistency-vae compare"):  # a plain VAE to set beside the fitted run
+        run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml --model.alpha=0"))
     run(clone, as_argv(command))
