@@ -31,7 +31,7 @@ def selection_criterion(elbo: Tensor, kl_consistency: Tensor, loss: Tensor, alph
 
     - constrained: -ELBO for an epoch whose validation C meets ``kl_target`` (the best ELBO among
       feasible epochs wins); else INFEASIBLE + 100 * (C - kl_target) - ELBO (the least violation,
-      then the ELBO, as ``sweep_objective.constrained_elbo``).
+      then the ELBO, as ``alpha_choice.constrained_elbo``).
     - fixed: val/loss, the objective the run minimises, whose alpha never changes.
     Scalars in (nats per image), scalar out.
     """

@@ -1,5 +1,5 @@
-"""The verdicts the README quotes: summary.recommend (which alpha to use) and summary.constrained_rows
-(does the constrained mode meet epsilon, and beat the best fixed alpha that does), on hand-made
+"""The verdicts the README quotes: summary.constrained_rows (does the constrained mode meet epsilon,
+and beat the best fixed alpha that does; which alpha to use: test_alpha_choice.py), on hand-made
 records whose answers are worked out in the comments; and `reproduce --from-summary`, which
 rebuilds results/ from the run records of its summary.json."""
 
@@ -8,24 +8,8 @@ import re
 import pytest
 
 from consistency_vae.reproduction.common import TOLERANCE
-from consistency_vae.reproduction.summary import constrained_rows, recommend
+from consistency_vae.reproduction.summary import constrained_rows
 from tests.conftest import ROOT
-
-
-def sweep_row(dataset, alpha, elbo, kl):
-    return {"dataset": dataset, "alpha": alpha, "elbo_mean": elbo, "kl_consistency_mean": kl}
-
-
-def test_recommend_picks_the_most_consistent_alpha_within_the_elbo_budget():
-    rows = [sweep_row("mnist", 0.0, -100.0, 3.0), sweep_row("mnist", 0.3, -100.5, 1.5),
-            sweep_row("mnist", 2.0, -101.0, 0.8),  # exactly 1 nat below the VAE: still allowed
-            sweep_row("mnist", 3.0, -101.25, 0.5),  # the most consistent, but 1.25 nats below
-            sweep_row("fashion_mnist", 1.0, -240.0, 0.9),  # 10 nats below its VAE: none qualifies
-            sweep_row("cifar", 1.0, -1.0, 0.1)]  # no VAE baseline for it: not judged
-    got = recommend(rows, {"mnist": -100.0, "fashion_mnist": -230.0}, budget=1.0)
-    assert got == {"mnist": {"alpha": 2.0, "kl_consistency": 0.8, "elbo": -101.0, "elbo_budget_nats": 1.0}}
-    # a larger budget admits alpha = 3
-    assert recommend(rows, {"mnist": -100.0}, budget=1.5)["mnist"]["alpha"] == 3.0
 
 
 def record(model, kl_target, alpha_init, seed, kl, elbo, alpha=None, setting="paper", dataset="mnist"):

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from consistency_vae.alpha_choice import constrained_elbo
 from consistency_vae.cli import cli_main
 from consistency_vae.sweep.sweep_file import load_sweep
-from consistency_vae.sweep_objective import ConstrainedELBO, constrained_elbo
+from consistency_vae.sweep_objective import ConstrainedELBO
 from tests.conftest import ROOT
 from tests.sweep_files import SWEEPS, TINY, cli_args, ids
 

@@ -11,7 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
-from consistency_vae import run_record
+from consistency_vae import alpha_choice, run_record
 from consistency_vae.reproduction import claims_figures, results_figures, summary_md, verdicts
 from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, checkpoint_epoch, group
 from consistency_vae.reproduction.runs import Run
@@ -112,16 +112,25 @@ def constrained_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def recommend(sweep_rows: list[dict], vae_elbo: dict[str, float], budget: float = 1.0) -> dict:
-    """Per dataset: the alpha with the lowest test KL(z'||z) whose mean ELBO is within ``budget``
-    nats of the plain VAE's."""
+def recommend(records: list[dict], kl_budget: float = alpha_choice.KL_BUDGET) -> dict:
+    """Per dataset and setting ("mnist/paper"): the fixed alpha that the alpha rule picks on the
+    test means over seeds (``alpha_choice.best``, the rule the sweeps rank their runs by), with its
+    numbers and why. Where no alpha meets the budget, ``alpha`` is None: no recommendation."""
     out = {}
-    for dataset, elbo0 in vae_elbo.items():
-        ok = [r for r in sweep_rows if r["dataset"] == dataset and r["elbo_mean"] >= elbo0 - budget]
-        if ok:
-            best = min(ok, key=lambda r: r["kl_consistency_mean"])
-            out[dataset] = {"alpha": best["alpha"], "kl_consistency": best["kl_consistency_mean"],
-                            "elbo": best["elbo_mean"], "elbo_budget_nats": budget}
+    settings = {(r["dataset"], r["setting"]) for r in records if r["kl_target"] is None}
+    for dataset, setting in sorted(settings, key=lambda ds: (ds[0], ds[1] != "paper", len(ds[1]), ds[1])):
+        rows = summarise([{**r, "alpha": r["alpha_init"]} for r in records if r["dataset"] == dataset
+                          and r["setting"] == setting and r["kl_target"] is None])
+        choice = alpha_choice.best(rows, kl_budget)
+        if choice is None:
+            continue
+        vae = next((r["elbo_mean"] for r in rows if r["alpha"] == 0), math.nan)
+        out[f"{dataset}/{setting}"] = {
+            "alpha": choice.row["alpha"] if choice.within else None, "rule_pick": choice.row["alpha"],
+            "kl_consistency": choice.kl_consistency, "elbo": choice.elbo,
+            "constrained_elbo": choice.constrained_elbo, "elbo_below_vae": vae - choice.elbo,
+            "kl_budget": kl_budget, "meets_budget": choice.meets_budget,
+            "within": choice.within, "candidates": choice.candidates, "why": choice.why("alphas")}
     return out
 
 
@@ -193,8 +202,7 @@ def write_summary(records: list[dict], config: dict, output: Path) -> dict:
         "seeds_per_group": seeds_per_group(records),
         "runs": records,
     }
-    vae_elbo = {d: summary["results"][d]["paper"]["vae"]["elbo"]["mean"] for d in datasets}
-    summary["recommendation"] = recommend(sweep_rows, vae_elbo)
+    summary["recommendation"] = recommend(records)
     (output / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     (output / "summary.md").write_text(summary_md.render(summary))
     results_figures.write_all(summary, records, output)

@@ -15,16 +15,22 @@ import json
 import math
 from pathlib import Path
 
-from consistency_vae import cli_help, run_folders
+from consistency_vae import alpha_choice, cli_help, run_folders
 from consistency_vae.errors import ConfigError
-from consistency_vae.evaluation import eval_metrics
 from consistency_vae.evaluation.live_views import LiveTuple
 from consistency_vae.user_files import check_output_folder, read_json, read_yaml
+
+
+def _report_rows() -> tuple:
+    from consistency_vae.evaluation import eval_metrics  # torch: not for `sweep-report --help`
+
+    return eval_metrics.report_rows()
+
 
 # Report metrics: (key in metrics.json and after "test/" in metrics.csv, label, better), the
 # evaluation metrics registry's keys with a label and a direction: a metric registered there is a
 # column here (eval_metrics.py).
-METRICS = LiveTuple(eval_metrics.report_rows)
+METRICS = LiveTuple(_report_rows)
 BAD_RUN_FILE = "fix or delete it, or move its run folder out of the sweep's --runs_dir"
 
 
@@ -79,7 +85,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (dataset, alpha): n_runs, seeds, and ``{metric}_mean`` / ``{metric}_std``."""
+    """One row per (dataset, alpha): n_runs, seeds, ``{metric}_mean`` / ``{metric}_std``, and the
+    alpha rule on the means (``mark_best``)."""
     rows = []
     for dataset, alpha in sorted({(r["dataset"], r["alpha"]) for r in runs}):
         group = [r for r in runs if r["dataset"] == dataset and r["alpha"] == alpha]
@@ -89,18 +96,32 @@ def summarise(runs: list[dict]) -> list[dict]:
             values = [r[m] for r in group if m in r]
             row[f"{m}_mean"], row[f"{m}_std"] = mean_std(values) if values else (math.nan, math.nan)
         rows.append(row)
+    return mark_best(rows)
+
+
+def mark_best(rows: list[dict]) -> list[dict]:
+    """Each row's ``constrained_elbo`` of its test means and ``within_budget``, and per dataset
+    ``best`` on the alpha the rule picks (``alpha_choice.best``, the sweep metric's rule)."""
+    for row in rows:
+        row["constrained_elbo"] = alpha_choice.constrained_elbo(row["elbo_mean"], row["kl_consistency_mean"])
+        row["within_budget"] = row["kl_consistency_mean"] <= alpha_choice.KL_BUDGET
+        row["best"] = False
+    for dataset in {r["dataset"] for r in rows}:
+        if choice := alpha_choice.best([r for r in rows if r["dataset"] == dataset]):
+            choice.row["best"] = True
     return rows
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["dataset", "alpha", "n_runs", "seeds"] + [f"{m}_{s}" for m, _, _ in METRICS
                                                         for s in ("mean", "std")]
+    columns += ["constrained_elbo", "within_budget", "best"]  # mark_best: the rule's pick
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v
-                             for k, v in row.items()})
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else
+                             ("yes" if v else "no") if isinstance(v, bool) else v for k, v in row.items()})
 
 
 def _span(values, unit: str) -> str:
@@ -181,6 +202,12 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+def _mark(row: dict) -> str:
+    if not row["best"]:
+        return ""
+    return "  <- best" if row["within_budget"] else "  <- best (its KL is over the budget)"
+
+
 def main(argv: list[str]) -> None:
     """consistency-vae sweep-report: alpha_sweep.csv and alpha_tradeoff.png from a sweep's runs."""
     parser = cli_help.command_parser("consistency-vae sweep-report", main.__doc__)
@@ -191,5 +218,8 @@ def main(argv: list[str]) -> None:
     print(f"{'dataset':<14}{'alpha':>7}{'runs':>5}  " + "  ".join(f"{m:>20}" for m, _, _ in METRICS))
     for r in rows:
         print(f"{r['dataset']:<14}{r['alpha']:>7g}{r['n_runs']:>5}  "
-              + "  ".join(f"{_cell(r[f'{m}_mean'], r[f'{m}_std']):>20}" for m, _, _ in METRICS))
+              + "  ".join(f"{_cell(r[f'{m}_mean'], r[f'{m}_std']):>20}" for m, _, _ in METRICS)
+              + _mark(r))
+    print(f"best: the alpha rule (docs/method.md#which-alpha) on the test means, the best ELBO among "
+          f"alphas whose KL(z'||z) is at most {alpha_choice.KL_BUDGET:g} nat")
     print(f"wrote {Path(args.output) / 'alpha_sweep.csv'} and {Path(args.output) / 'alpha_tradeoff.png'}")
