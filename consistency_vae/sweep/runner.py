@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from consistency_vae.errors import ConfigError
-from consistency_vae.sweep import children, claims
+from consistency_vae.sweep import best_run, children, claims
 from consistency_vae.sweep.resume import finished_unrecorded, resume_args
 from consistency_vae.sweep.store import SweepStore, read_json, run_key
 from consistency_vae.sweep.sweep_file import (
@@ -267,5 +267,7 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
           f"{f', {len(outcomes) - finished} failed' if finished < len(outcomes) else ''}"
           f"{'; grid points skipped: ' + str(skipped) if skipped else ''}; manifest {store.manifest}",
           flush=True)
+    if line := best_run.closing_line(name, store.records(), config):  # by the sweep file's metric
+        print(line, flush=True)
     return {"manifest": str(store.manifest), "finished": finished, "failed": len(outcomes) - finished,
             "skipped": skipped}
