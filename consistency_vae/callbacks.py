@@ -121,6 +121,14 @@ def epoch_words(epoch: int, max_epochs: int | None) -> str:
     return f"epoch {epoch} of {max_epochs}" if max_epochs and max_epochs > 0 else f"epoch {epoch}"
 
 
+def setting_words(hparams, alpha: float) -> str:
+    """``alpha=1``, or in constrained mode ``constrained, kl_target = 1.3, alpha = 0.514`` (the
+    multiplier's value when drawn: it moves)."""
+    if hparams.get("alpha_mode") == "constrained":
+        return f"constrained, kl_target = {hparams.get('kl_target'):g}, alpha = {alpha:.3g}"
+    return f"alpha={alpha:.3g}"
+
+
 def log_figure(trainer: Trainer, name: str, fig: Figure, epoch: int) -> Path:
     """Save ``fig`` as ``<run folder>/figures/<name>_epoch<NN>.png`` and send it to every
     image-capable logger (W&B as ``wandb.Image``, TensorBoard via ``add_figure``). epoch: the
@@ -202,7 +210,7 @@ class _FigureCallback(Callback):
         """epoch: the one just finished, counted from 1."""
         images, labels = _test_data(trainer)
         dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "mnist")
-        title = (f"{dataset}, alpha={float(pl_module.alpha):.3g}, "
+        title = (f"{dataset}, {setting_words(pl_module.hparams, float(pl_module.alpha))}, "
                  f"{epoch_words(epoch, trainer.max_epochs)}")
         with eval_mode(pl_module):
             fig = self.make_figure(pl_module, images, labels,

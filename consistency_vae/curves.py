@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from consistency_vae import run_record, ticks
-from consistency_vae.callbacks import epochs_done, log_figure
+from consistency_vae.callbacks import epochs_done, log_figure, setting_words
 
 STAGES = ("train", "val", "test")
 FIRST = ("loss", "recon", "kl", "elbo", "kl_consistency", "alpha")  # panel order; others follow, sorted
@@ -104,14 +104,11 @@ def curves_figure(curves: Curves, title: str = "", kl_target: float | None = Non
 
 
 def curves_title(dataset: str, hparams, alpha: float, epochs: int, max_epochs: int | None) -> str:
-    """``mnist, alpha = 1: training curves, epochs 1 to 25 of 25``; in constrained mode the
-    kl_target and the final alpha."""
-    if hparams.get("alpha_mode") == "constrained":
-        setting = f"constrained, kl_target = {hparams.get('kl_target'):g}, final alpha = {alpha:.3g}"
-    else:
-        setting = f"alpha = {alpha:.3g}"
+    """``mnist, alpha=1: training curves, epochs 1 to 25 of 25``; in constrained mode the
+    kl_target and the final alpha (``callbacks.setting_words``)."""
     of = f" of {max_epochs}" if max_epochs and max_epochs > 0 else ""
-    return f"{dataset}, {setting}: training curves, epochs 1 to {epochs}{of}".lstrip(", ")
+    return (f"{dataset}, {setting_words(hparams, alpha)}: training curves, "
+            f"epochs 1 to {epochs}{of}").lstrip(", ")
 
 
 class TrainingCurves(Callback):

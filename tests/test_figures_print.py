@@ -83,6 +83,7 @@ def test_epochs_count_from_one_in_file_names_titles_and_axes(constrained_fit):
     by_file = {f"{f.name}_epoch{f.epoch:02d}.png": f for f in constrained_fit.logged}
     assert "epoch 2 of 3" in by_file["latent_drift_epoch02.png"].title
     assert "epoch 3 of 3" in by_file["latent_drift_epoch03.png"].title
+    assert "constrained, kl_target = 1.3" in by_file["latent_drift_epoch03.png"].title  # not alpha alone
     curve = by_file["training_curves_epoch03.png"]
     assert "epochs 1 to 3 of 3" in curve.title and "kl_target = 1.3" in curve.title
     drawn = [x for _, _, lines in curve.axes for label, x, _ in lines if label in ("train", "val", "test")]
