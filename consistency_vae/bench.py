@@ -5,28 +5,35 @@ on the same in-memory tensors, in the same process, alternating so that machine 
 Printed: the median epoch time of each, their ratio (target <= 1.15), and the consistency
 overhead, fit's epoch time at alpha = 1 over alpha = 0 (target <= 1.5); with each ratio, the
 min/median/max over the paired epochs (the epochs run back to back), which says how noisy the
-measurement was; and whether each target was met, missed, or is within the noise.
+measurement was; and whether each target was met, missed, or is within the noise. Both sides
+run with the CPU threads of threads.py's rule (--threads, else OMP_NUM_THREADS, else 1), which the
+first line prints with where the number came from.
 """
+
+from __future__ import annotations  # torch's types below are names only: `bench --help` needs no torch
 
 import statistics
 import time
+from typing import TYPE_CHECKING
 
-import torch
-from lightning import Trainer
-
-from consistency_vae import cli_help, losses
-from consistency_vae.datamodule import MNISTDataModule
+from consistency_vae import cli_help, threads
 from consistency_vae.errors import ConfigError
-from consistency_vae.model import ConsistencyVAE
-from consistency_vae.networks import MLPDecoder, MLPEncoder
-from consistency_vae.quiet import quiet_libraries
-from consistency_vae.timing import EpochTimer
+
+if TYPE_CHECKING:
+    import torch
+
+    from consistency_vae.datamodule import MNISTDataModule
 
 FIT_OVER_PLAIN_TARGET = 1.15  # Lightning's bookkeeping may cost at most 15% over a plain loop
 OVERHEAD_TARGET = 1.5  # the consistency term (a second encoder pass) at most 50% more per epoch
 
 
 def lightning_epochs(dm: MNISTDataModule, alpha: float, epochs: int, accelerator: str) -> list[float]:
+    from lightning import Trainer
+
+    from consistency_vae.model import ConsistencyVAE
+    from consistency_vae.timing import EpochTimer
+
     timer = EpochTimer()
     trainer = Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False,
@@ -37,6 +44,11 @@ def lightning_epochs(dm: MNISTDataModule, alpha: float, epochs: int, accelerator
 
 def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: int = 128) -> list[float]:
     """The reference: a hand-written loop over the same tensors with the same losses."""
+    import torch
+
+    from consistency_vae import losses
+    from consistency_vae.networks import MLPDecoder, MLPEncoder
+
     device = images.device
     encoder, decoder = MLPEncoder(2).to(device), MLPDecoder(2).to(device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
@@ -66,13 +78,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"],
                         help="where both sides run")
+    parser.add_argument("--threads", type=int | None, default=None, help=threads.HELP)
     args = parser.parse_args(argv)
     if args.epochs < 1:  # else minutes of warm-up end in a median of no epochs
         raise ConfigError(f"--epochs {args.epochs}: give at least 1 timed epoch per side")
+    n_threads, threads_from = threads.resolve(args.threads)  # a bad number stops before any import
+
+    import torch
+
+    from consistency_vae.datamodule import MNISTDataModule
+    from consistency_vae.quiet import quiet_libraries
+
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         raise ConfigError("--accelerator gpu: no GPU that torch can use here: use --accelerator cpu, "
                           "or auto to use a GPU only where there is one")
     quiet_libraries()  # its Trainers print Lightning's tips otherwise, once per timed side
+    threads.apply(n_threads)
 
     torch.manual_seed(0)
     dm = MNISTDataModule(data_dir=args.data_dir, on_device=False)
@@ -82,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     images = dm.train_set.images.to(device)
     n = args.epochs + 1  # the first epoch of each side is a warm-up and is dropped
     print(f"bench: {len(images)} images/epoch, batch 128, MLP 784-400-2, device={device}, "
-          f"threads={torch.get_num_threads()}, {args.epochs} timed epochs per side")
+          f"threads={torch.get_num_threads()} ({threads_from}), {args.epochs} timed epochs per side")
 
     fit_1, plain_1, fit_0 = [], [], []
     for _ in range(n):  # alternate, one epoch at a time, so load changes hit every side alike
@@ -131,3 +152,13 @@ def report(fit_1: list[float], plain_1: list[float],
         verdict("consistency overhead", med["consistency_overhead"], OVERHEAD_TARGET, overhead),
     ]
     return med, lines
+
+
+_solo_bench = main
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """`bench`; with --pack N, packed training against solo instead (consistency_vae/packed/bench.py)."""
+    from consistency_vae.packed import bench as packed
+
+    return (packed.main if packed.asks_for_pack(argv) else _solo_bench)(argv)

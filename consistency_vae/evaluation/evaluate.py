@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from consistency_vae import cli_help
+from consistency_vae import cli_help, threads
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
 from consistency_vae.user_files import check_output_folder
@@ -235,9 +235,7 @@ def parser():
                    help="IWAE on the first N test images only (quick)")
     p.add_argument("--device", type=str, default="auto",
                    help="auto (a GPU if there is one), cpu, cuda, cuda:1")
-    p.add_argument("--threads", type=int | None, default=None,
-                   help="CPU threads for torch (null: torch's choice); on a machine busy with other "
-                        "jobs, 1 avoids threads waiting on each other")
+    p.add_argument("--threads", type=int | None, default=None, help=threads.HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of every sampled number")
     p.add_argument("--metrics", type=str, nargs="+", default=[], metavar="NAME",
                    help="opt-in metrics to add to the defaults: inference_gaps (slow), or my_module.NAME "
@@ -254,12 +252,8 @@ def parser():
 def main(argv: list[str]) -> None:
     """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
     args = parser().parse_args(argv).as_dict()
-    ckpt_path, output, threads = args.pop("ckpt_path"), args.pop("output"), args.pop("threads")
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}: give a number of CPU threads, "
-                              "or leave it out for torch's choice")
-        torch.set_num_threads(threads)  # process-wide, so only here and not in evaluate_checkpoint
+    ckpt_path, output = args.pop("ckpt_path"), args.pop("output")
+    threads.apply(args.pop("threads"))  # process-wide, so only here and not in evaluate_checkpoint
     args["figures"] = not args.pop("no_figures")
     # a UserError reaches cli.py, which prints it on one line
     results = evaluate_checkpoint(ckpt_path, output, **args.pop("data"), **args)

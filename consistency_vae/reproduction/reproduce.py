@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from consistency_vae import cli_help, data_files
+from consistency_vae import cli_help, data_files, threads
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
 from consistency_vae.sweep import claims
@@ -70,7 +70,7 @@ def train(args) -> tuple[list[Run], int]:
     failed = 0
     for sweep_file in args.sweeps:
         failed += run_sweep(sweep_file, args.parallel, runs_dir=args.runs_dir, extra_args=extra,
-                            only=only)["failed"]
+                            only=only, threads=args.threads)["failed"]
     wait_for_other_runners(stores)
     runs = [run for store, keys in stores
             for run in from_records([r for r in store.records() if r.get("key") in keys])]
@@ -153,11 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subset", type=int, default=None, help="first N train/val/test images only")
     parser.add_argument("--datasets", type=str, nargs="+", default=None, help="e.g. mnist (files: both)")
     parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
+    parser.add_argument("--threads", type=int | None, default=None,
+                        help=f"CPU threads of each run and of the evaluations; null: ${threads.ENV} "
+                             f"if set, else {threads.DEFAULT} (more wait on each other on a busy machine)")
     parser.add_argument("--iwae_k", type=int, default=1000)
     parser.add_argument("--iwae_images", type=int, default=1000, help="test images for IWAE (all: 0)")
     parser.add_argument("--gap_images", type=int, default=200,
                         help="test images of the amortisation and approximation gaps")
     args = parser.parse_args(argv)
+    threads.resolve(args.threads)  # a bad --threads or OMP_NUM_THREADS stops here, before any run
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
     check_last_epochs(runs)
+    threads.apply(args.threads)  # the evaluations run in this process; the runs had their own
     results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images)
     summary.write_all(runs, results, Path(args.output), args)
     print(f"reproduce: wrote {args.output}/summary.md from {len(runs)} runs")

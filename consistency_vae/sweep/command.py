@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from consistency_vae import cli_help
+from consistency_vae import cli_help, threads
 from consistency_vae.errors import ConfigError
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
@@ -43,7 +43,10 @@ def main(argv: list[str]) -> None:
     """consistency-vae sweep: run a W&B sweep file on this machine, offline, with W&B's engine."""
     parser = cli_help.command_parser("consistency-vae sweep", main.__doc__)
     parser.add_argument("sweep_file", type=str, help="a W&B sweep YAML, e.g. sweeps/alpha_mnist.yaml")
-    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (cores are split)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each with --threads)")
+    parser.add_argument("--threads", type=int | None, default=None,
+                        help=f"CPU threads of each run; null: ${threads.ENV} if set, else {threads.DEFAULT} "
+                             "(more threads wait on each other on a busy machine)")
     parser.add_argument("--count", type=int, default=None,
                         help="runs to launch (default: the whole grid, or the file's run_cap; "
                              "random/bayes need one of the two)")
@@ -65,6 +68,6 @@ def main(argv: list[str]) -> None:
     check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
                       [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
     result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args,
-                       args.index, only)
+                       args.index, only, threads=args.threads)
     if result["failed"]:
         sys.exit(1)  # after every run has had its go: scripts and CI see that something failed

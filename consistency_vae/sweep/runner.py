@@ -1,10 +1,11 @@
 """The offline sweep runner behind ``consistency-vae sweep`` and ``make reproduce``.
 
 Each run is a subprocess running the command wandb's own code builds (``sweep.build_command``),
-with the CPU threads split between the runs at once. Grid points are claimed before they train
-(``consistency_vae.sweep.claims``), so two runners on one runs folder, on one machine or on many that
-share it, never train the same point twice; a point whose earlier attempt was cut off resumes
-from its last.ckpt (``consistency_vae.sweep.resume``). Records, logs and the manifest live in
+each with the CPU threads of threads.py's rule (``--threads``, else the user's OMP_NUM_THREADS,
+else 1). Grid points are claimed before they train (``consistency_vae.sweep.claims``), so two
+runners on one runs folder, on one machine or on many that share it, never train the same point
+twice; a point whose earlier attempt was cut off resumes from its last.ckpt
+(``consistency_vae.sweep.resume``). Records, logs and the manifest live in
 ``RUNS_DIR/sweep-NAME/`` (``consistency_vae.sweep.store``). However the runner ends (Ctrl-C,
 SIGTERM, SIGHUP, an error), it stops its runs and records them; the runs of a SIGKILLed runner
 are told to stop by the kernel (Linux), and while one still runs, no other runner resumes its
@@ -16,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from consistency_vae import threads as cpu_threads
 from consistency_vae.errors import ConfigError
 from consistency_vae.sweep import best_run, children, claims
 from consistency_vae.sweep.resume import finished_unrecorded, resume_args
@@ -28,17 +30,21 @@ from consistency_vae.sweep.sweep_file import (
     propose,
     select,
 )
-from consistency_vae.tracking import RUN_INFO_ENV
 
 TAIL_LINES = 15  # log lines shown for a failed run
 
 
 def _child_env(sweep_name: str, threads: int, run_info: Path) -> dict:
+    """A run's environment: the runner's, with W&B's offline defaults and ``threads`` CPU threads
+    (``cpu_threads.resolve``: the user's --threads or OMP_NUM_THREADS, which is never overridden
+    by a split of the cores: on a shared machine, threads of parallel runs wait on each other)."""
+    from consistency_vae.tracking import RUN_INFO_ENV  # Lightning: not for `sweep --help`
+
     env = dict(os.environ)
     env.pop("WANDB_SERVICE", None)  # as wandb agent does: each run starts its own wandb service
     env.setdefault("WANDB_MODE", "offline")  # the user's choice wins (online, disabled)
     env.setdefault("WANDB_RUN_GROUP", sweep_name)  # W&B groups the runs once synced
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # parallel runs share the cores
+    for name in (cpu_threads.ENV, "MKL_NUM_THREADS"):  # what the run's `fit` resolves (threads.py)
         env[name] = str(threads)
     env[RUN_INFO_ENV] = str(run_info)
     return env
@@ -155,11 +161,12 @@ class GridQueue:
 
 def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs_dir: str = "runs",
               extra_args: list[str] | None = None, index: int | None = None,
-              only: dict[str, list] | None = None) -> dict:
+              only: dict[str, list] | None = None, threads: int | None = None) -> dict:
     """Propose, claim, launch and collect runs until ``count`` have run or the grid is done.
 
     ``index``: only grid point ``index`` (a SLURM array task); ``only``: the grid points whose
-    parameters take the given values (``{"seed_everything": [0]}``).
+    parameters take the given values (``{"seed_everything": [0]}``); ``threads``: CPU threads of
+    each run (None: OMP_NUM_THREADS if set, else 1; threads.py).
     """
     from wandb.env import get_agent_max_initial_failures
     from wandb.wandb_agent import Agent
@@ -190,14 +197,14 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
     if queue is None and count is None:
         raise ConfigError(f"a {config['method']} search never ends by itself: give --count N")
     metric = (config.get("metric") or {}).get("name")
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    threads, threads_from = cpu_threads.resolve(threads)  # per run; a ConfigError before any run
     # as `wandb agent` stops a broken command (WANDB_AGENT_MAX_INITIAL_FAILURES, default 5)
     max_initial_failures = get_agent_max_initial_failures(Agent.MAX_INITIAL_FAILURES)
     extra = [f"--trainer.default_root_dir={runs_dir}", *user_extra]
     running: dict[str, tuple[dict, subprocess.Popen, Path | None]] = {}
     launched, exhausted, outcomes, beat = 0, False, [], time.time()
     print(f"sweep {name} ({config['method']}): up to {count or 'all grid'} runs, {parallel} at a time, "
-          f"{threads} thread(s) each; records in {store.folder}", flush=True)
+          f"{threads} thread(s) each ({threads_from}); records in {store.folder}", flush=True)
     restore_signals = children.stop_on_signals()  # SIGTERM, SIGHUP: Stopped, as Ctrl-C is KeyboardInterrupt
     try:
         while running or (not exhausted and (count is None or launched < count)):
