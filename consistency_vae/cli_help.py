@@ -6,6 +6,9 @@ this project changes (model.*, data.*, a few trainer keys, the config options) w
 that the given ``--config`` files and flags lead to; ``--help=all`` (or ``--help-all``) prints
 LightningCLI's full help. ``ProjectParser.error`` prints a short usage, the help line of the key at
 fault, and the error last, where jsonargparse prints 66 lines of usage above it.
+
+Every command imports this module, so it imports neither Lightning nor torch (seconds each):
+``ProjectParser``, the one class that needs Lightning, is built when training_cli first asks for it.
 """
 
 import difflib
@@ -13,10 +16,7 @@ import re
 import sys
 import textwrap
 
-from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch.cli import LightningArgumentParser
-
-from consistency_vae.datasets import list_datasets
+from jsonargparse import ArgumentParser, Namespace  # ~0.1 s; Lightning, below, takes seconds
 
 HELP_FLAGS = ("-h", "--help")
 FULL_HELP_FLAGS = ("--help=all", "--help-all")
@@ -77,6 +77,8 @@ def _invocation(action) -> str:
         return name
     choices = action.choices or getattr(getattr(action, "_typehint", None), "__args__", None)
     if action.dest == "data.dataset":  # a str checked against the registry, which modules extend
+        from consistency_vae.datasets import list_datasets
+
         choices = list_datasets()
     if choices and all(isinstance(c, str) for c in choices):  # a Literal: its values
         return f"{name} {{{','.join(choices)}}}"
@@ -149,7 +151,7 @@ class _ShortErrors:
         prog = parser.prog.replace(" [options]", "")
         if getattr(parser, "_subcommands_action", None) is not None:  # the top level: no command
             hint = [f"usage: {prog} COMMAND [options]   ({prog} --help lists the commands)"]
-        elif isinstance(parser, LightningArgumentParser):
+        elif _is_lightning_parser(parser):
             hint = [f"usage: {prog} [--config FILE ...] [--KEY VALUE ...]   ({prog} --help lists the keys)"]
         else:  # a project command
             hint = [f"usage: {prog} [options]   ({prog} --help lists the options)"]
@@ -167,8 +169,28 @@ class _ShortErrors:
         self.exit(2)
 
 
-class ProjectParser(_ShortErrors, LightningArgumentParser):
-    """LightningCLI's parser, with short parse errors (_ShortErrors)."""
+def _is_lightning_parser(parser) -> bool:
+    """Whether ``parser`` is LightningCLI's; without importing Lightning, which a project command
+    never loaded (and then none of its parsers can be Lightning's)."""
+    cli = sys.modules.get("lightning.pytorch.cli")
+    return cli is not None and isinstance(parser, cli.LightningArgumentParser)
+
+
+_lightning_parser: list[type] = []  # ProjectParser, once built
+
+
+def __getattr__(name: str):
+    """``ProjectParser``: LightningCLI's parser with short parse errors (_ShortErrors), built on
+    first use so that importing this module does not import Lightning."""
+    if name != "ProjectParser":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _lightning_parser:
+        from lightning.pytorch.cli import LightningArgumentParser
+
+        _lightning_parser.append(type("ProjectParser", (_ShortErrors, LightningArgumentParser), {
+            "__doc__": "LightningCLI's parser, with short parse errors (_ShortErrors).",
+            "__module__": __name__}))
+    return _lightning_parser[0]
 
 
 class CommandParser(_ShortErrors, ArgumentParser):

@@ -15,18 +15,32 @@ A new dataset is one ``register_dataset(DatasetInfo(...))`` call in any imported
 (docs/extending.md): a ``load`` function returning ``Loaded`` is all it needs.
 """
 
+from __future__ import annotations  # the types below from torch modules are names only
+
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from consistency_vae import idx_fetch, image_files
+from consistency_vae import idx_fetch
 from consistency_vae.errors import ConfigError
-from consistency_vae.image_files import Loaded, Split
-from consistency_vae.networks import ImageShape
+
+if TYPE_CHECKING:  # torch modules: `consistency-vae data` reads this registry without torch
+    from consistency_vae.image_files import Loaded, Split
+    from consistency_vae.networks import ImageShape
 
 __all__ = ["DatasetInfo", "IdxFiles", "Loaded", "Split", "get_dataset", "list_datasets",
            "register_dataset"]  # Loaded and Split: what a ``load`` returns (defined in image_files)
+
+
+def __getattr__(name: str):
+    """``Loaded`` and ``Split``, from image_files.py (torch) when first asked for."""
+    if name in ("Loaded", "Split"):
+        from consistency_vae import image_files
+
+        return getattr(image_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,12 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
+def _read_images(path: str | None) -> Loaded:
+    from consistency_vae import image_files  # torch and Pillow: only when a run reads the images
+
+    return image_files.read_images(path)
+
+
 def _builtins() -> None:
     splits = idx_fetch.SPLITS
     register_dataset(DatasetInfo(
@@ -110,7 +130,7 @@ def _builtins() -> None:
             "FashionMNIST", lambda folder: idx_fetch.apt_fashion_mnist(folder)),
         title="Fashion-MNIST", doc="Zalando's clothing images"))
     register_dataset(DatasetInfo(
-        "images", load=image_files.read_images,
+        "images", load=_read_images,
         doc="bring your own: data.path = a folder of images or an .npz/.pt file (image_files.py)"))
 
 

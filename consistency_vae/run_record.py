@@ -29,9 +29,6 @@ import string
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from consistency_vae import atomic
 
@@ -39,6 +36,16 @@ MERGED = "metrics.merged.csv"
 STATUS = "status.json"
 WANDB_ID = "wandb_id"
 _ATTEMPT = re.compile(r"metrics\.attempt(\d+)\.csv")
+
+
+def __getattr__(name: str):
+    """``run_folder`` and ``RecordRunStart``, which need Lightning, live in run_start.py: readers of
+    a record (``consistency-vae runs``, ``sweep-report``) do not import Lightning and torch."""
+    if name in ("run_folder", "RecordRunStart"):
+        from consistency_vae import run_start
+
+        return getattr(run_start, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def attempt_files(folder: Path) -> list[Path]:
@@ -120,29 +127,3 @@ def set_wandb_run_id(trainer_config: Namespace, resumed_folder: Path | None) -> 
             continue
         kept = Path(resumed_folder) / WANDB_ID if resumed_folder is not None else None
         logger.init_args.id = kept.read_text().strip() if kept and kept.is_file() else new_wandb_id()
-
-
-def run_folder(trainer: Trainer) -> Path | None:
-    """The run folder (runs/NAME/version_N) when the first logger numbers its runs, else None."""
-    first = trainer.loggers[0] if trainer.loggers else None
-    return Path(first.log_dir) if isinstance(first, CSVLogger | TensorBoardLogger) else None
-
-
-class RecordRunStart(Callback):
-    """At the start of ``fit``, once the loggers have made the run folder: status ``running`` and
-    the W&B run id into it, so that even a SIGKILLed run's folder says which W&B run to resume.
-    The CLI adds it to every fit; it has no arguments and no config entry. ``started``: this
-    process wrote the status (rank zero, once training set up), so the CLI writes the end too."""
-
-    started = False
-
-    @rank_zero_only
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        folder = run_folder(trainer)
-        if stage != "fit" or folder is None:
-            return
-        self.started = True
-        write_status(folder, "running", max_epochs=trainer.max_epochs)
-        ids = [lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger) and lg.version]
-        if ids:
-            atomic.write_text(folder / WANDB_ID, f"{ids[0]}\n")

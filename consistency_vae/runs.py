@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from consistency_vae import cli_help, run_record
+from consistency_vae import ckpt_peek, cli_help, run_record
 from consistency_vae.errors import UserError
 from consistency_vae.user_files import read_yaml
 
@@ -34,12 +34,11 @@ def find_run_folders(root: Path) -> list[Path]:
 
 
 def epochs_done(folder: Path) -> int | None:
-    """Whole epochs trained, as last.ckpt says (a resume starts there), else as status.json says."""
-    import torch
-
+    """Whole epochs trained, as last.ckpt says (a resume starts there), else as status.json says.
+    The counter is read without torch (ckpt_peek): this command needs no model."""
     last = folder / "checkpoints" / "last.ckpt"
     try:
-        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        saved = ckpt_peek.read(last)
         return int(saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
     except Exception:  # noqa: BLE001 - missing or unreadable: fall back to the status file
         return run_record.read_status(folder).get("epochs_done")
