@@ -130,4 +130,5 @@ def test_a_member_that_goes_non_finite_fails_as_its_solo_run_and_the_others_go_o
         torch.testing.assert_close(value, initial[name], rtol=0, atol=0, equal_nan=True)  # exact
     assert with_bad[0].failed is None and len(with_bad[0].epochs) == 2
     for name, value in alone[0].last_weights.items():  # the good member is the pack of one
-        torch.testing.assert_close(with_bad[0].last_weights[name], value, rtol=1e-5, atol=1e-6, equal_nan=True)
+        torch.testing.assert_close(with_bad[0].last_weights[name], value, rtol=1e-5, atol=1e-6,
+                                   equal_nan=True)
