@@ -153,3 +153,12 @@ def report(fit_1: list[float], plain_1: list[float],
     ]
     return med, lines
 
+
+_solo_bench = main
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """`bench`; with --pack N, packed training against solo instead (consistency_vae/packed/bench.py)."""
+    from consistency_vae.packed import bench as packed
+
+    return (packed.main if packed.asks_for_pack(argv) else _solo_bench)(argv)
