@@ -117,7 +117,9 @@ def test_evaluate_reports_knn_mutual_information_and_opt_in_gaps(tmp_path, data_
     assert results["mutual_information_batch"] == 64
     # He et al.'s estimate is at most log B; an untrained encoder carries ~0 nats (MC noise either side)
     assert -0.2 < results["mutual_information"] <= math.log(64)
-    assert "amortization_gap" not in results and results["metrics"][-1] == "mutual_information"
+    # the default metrics; log_likelihood (quadrature) because this model's latent is 2-D
+    assert "amortization_gap" not in results and results["metrics"][-2:] == ["mutual_information",
+                                                                             "log_likelihood"]
 
     gaps = evaluate_checkpoint(ckpt, tmp_path / "gaps", figures=False, metrics=["inference_gaps"],
                                gap_images=4, **QUICK)
@@ -131,7 +133,8 @@ def test_evaluate_reports_knn_mutual_information_and_opt_in_gaps(tmp_path, data_
     # every number estimated from the test images comes with its standard error, registered too
     keys = {k: key for name in saved["metrics"] for k, key in eval_metrics.METRICS[name].keys.items()}
     estimates = {k for k in keys if not k.endswith("_se")} - {"mutual_information_batch"}  # B: a setting
-    assert len(estimates) == 12  # the 10 numbers of the default metrics and the 2 inference gaps
+    # the 10 numbers of the default metrics, log p(x) and its gap (a 2-D latent) and the 2 inference gaps
+    assert len(estimates) == 14
     assert {f"{k}_se" for k in estimates} == {k for k in keys if k.endswith("_se")}
     for key in estimates:
         assert math.isfinite(saved[f"{key}_se"]) and saved[f"{key}_se"] >= 0, key
@@ -145,5 +148,6 @@ def test_reports_read_their_columns_from_the_registry():
 
     assert [row[0] for row in sweep_report.METRICS] == [
         "kl_consistency", "elbo", "iwae_ll", "probe_accuracy", "knn_accuracy", "mutual_information",
-        "amortization_gap", "approximation_gap"]  # the opt-in gaps too: the reproduction evaluates them
+        "log_likelihood", "amortization_gap", "approximation_gap"]  # the opt-in gaps too: the reproduction
+    # evaluates them
     assert {"iwae_gap", "active_units", "knn_accuracy", "train_epoch_s", "alpha"} <= set(common.METRICS)

@@ -100,3 +100,19 @@ def test_on_a_trained_model_quadrature_bounds_iwae_from_above_and_is_close(data_
     gap = exact - iwae
     assert gap.mean() > -3 * gap.std() / math.sqrt(len(gap))
     assert gap.mean() < 0.1
+
+
+def test_evaluate_reports_it_for_a_2d_latent_only(tmp_path, data_dir):
+    from consistency_vae.evaluation.eval_metrics import METRICS
+    from consistency_vae.evaluation.evaluate import evaluate_checkpoint
+
+    results = evaluate_checkpoint(FIXTURE, tmp_path / "eval", data_dir=str(data_dir), subset=512, iwae_k=100,
+                                  iwae_images=512, figures=False, progress=False)
+    # on the whole (subset) test set, next to the IWAE bound it bounds from above in expectation
+    assert results["log_likelihood"] > results["iwae_ll"] - 3 * results["iwae_ll_se"]
+    gap = results["log_likelihood"] - results["elbo"]
+    assert results["log_likelihood_gap"] == pytest.approx(gap, abs=1e-6)  # float64 means of float32 values
+    grid = results["quadrature_settings"]
+    assert grid["points"] == 401 and grid["images_near_edge"] == 0
+    assert grid["min_posterior_std"] > grid["spacing"]
+    assert not METRICS["log_likelihood"].applies({"latent_dim": 20})

@@ -165,10 +165,12 @@ def test_validate_and_test_refuse_a_limit_that_leaves_a_rank_no_batch(tmp_path, 
     # 300 images in 3 batches of 100 on 2 gloo ranks: 2 and 1, halved to 1 and int(0.5) = 0. Only the
     # rank with none refused, and the other died waiting for it (a gloo traceback); now both refuse
     # before any work, with the same line
+    ckpt = shutil.copy(FIXTURE_CKPT, tmp_path / "last.ckpt")  # evaluating writes beside the checkpoint
     line = one_error_line(*run(tmp_path, command, "--config", str(ROOT / "configs/mnist.yaml"),
                                f"--data.data_dir={mnist_dir}", "--data.subset=300",
                                "--data.eval_batch_size=100", f"--trainer.limit_{split}_batches=0.5",
                                "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-                               "--ckpt_path", str(FIXTURE_CKPT), "--model.encoder.init_args.hidden_dims=[32]",
+                               "--ckpt_path", str(ckpt), "--model.encoder.init_args.hidden_dims=[32]",
                                "--model.decoder.init_args.hidden_dims=[32]"))
     assert f"--trainer.limit_{split}_batches=0.5" in line
+    assert not (ROOT / "tests/fixtures/validate").exists() and not (ROOT / "tests/fixtures/test").exists()

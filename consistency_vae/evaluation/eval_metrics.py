@@ -24,7 +24,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from consistency_vae import noise
 from consistency_vae.errors import ConfigError, MetricUnavailable
-from consistency_vae.evaluation import inference_gaps, metrics, representation
+from consistency_vae.evaluation import inference_gaps, metrics, quadrature, representation
 from consistency_vae.evaluation.representation import MeansProbe
 from consistency_vae.evaluation.standard_errors import (
     active_units_bootstrap,
@@ -71,6 +71,7 @@ class MetricInfo:
     keys: dict[str, Key]  # metrics.json keys that ``compute`` returns
     splits: tuple[str, ...] = ("test",)  # the splits its ``update`` sees
     default: bool = True  # False: only with ``evaluate --metrics NAME`` (expensive)
+    applies: Callable[[dict], bool] = lambda settings: True  # e.g. quadrature: 2-D latents only
 
 
 METRICS: dict[str, MetricInfo] = {}
@@ -276,6 +277,13 @@ register_metric(MetricInfo("mutual_information", BatchedMutualInformation, {
     "mutual_information_batch": Key("B, the images per estimate of q(z)"),
     "mutual_information_se": se_key("mutual_information", "sample std of the per-batch "
                                                           "estimates / sqrt(batches)")}))
+register_metric(MetricInfo("log_likelihood", quadrature.QuadratureLogLikelihood, {
+    "log_likelihood": Key("log p(x) by quadrature over the 2-D latent, test mean, nats", "higher",
+                          "test log p(x) (quadrature) [nats]"),
+    "log_likelihood_gap": Key("log p(x) - ELBO of the same images, nats", label="log p(x) - ELBO [nats]"),
+    "log_likelihood_se": se_key("log_likelihood"),
+    "log_likelihood_gap_se": se_key("log_likelihood_gap", "of the paired per-image differences")},
+    applies=lambda settings: settings["latent_dim"] == 2))  # its grid settings: quadrature_settings
 register_metric(MetricInfo("inference_gaps", InferenceGaps, {
     "amortization_gap": Key("ELBO* - ELBO of the encoder, nats (Cremer et al. 2018)", "lower",
                             "amortisation gap [nats]"),

@@ -133,7 +133,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     n_iwae = min(iwae_images or n, n)
     settings = {"iwae_k": iwae_k, "iwae_images": n_iwae, "iwae_batch": iwae_batch, "seed": seed,
                 "latent_dim": dim, "test_images": n, "mi_batch": mi_batch, "gap_images": gap_images}
-    chosen = [name for name, info in eval_metrics.METRICS.items() if info.default]
+    chosen = [name for name, info in eval_metrics.METRICS.items() if info.default and info.applies(settings)]
     chosen += [m for m in metrics if m not in chosen]
     infos = [eval_metrics.get_metric(name) for name in chosen]
     built = [(info, info.build(settings).to(dev)) for info in infos]

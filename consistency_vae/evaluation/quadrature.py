@@ -23,6 +23,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from consistency_vae.evaluation.standard_errors import standard_error
 
 LIMIT, POINTS = 5.0, 401
 
@@ -60,3 +64,32 @@ def grid_report(mu: Tensor, logvar: Tensor, limit: float = LIMIT, points: int = 
     near_edge = ((mu.abs() + 4 * sigma) > limit).any(1)
     return {"limit": limit, "points": points, "spacing": h, "min_posterior_std": float(sigma.min()),
             "images_near_edge": int(near_edge.sum())}
+
+
+class QuadratureLogLikelihood(Metric):
+    """log p(x) of every test image by quadrature, and its gap to the ELBO; 2-D latents only (it is
+    registered in eval_metrics.py as ``log_likelihood``). The images are kept and the grid runs once,
+    in ``compute`` (the decoder on 160,801 points, shared by all)."""
+
+    def __init__(self, settings: dict):
+        super().__init__()
+        for state in ("images", "elbo", "mu", "logvar"):
+            self.add_state(state, default=[], dist_reduce_fx="cat")
+
+    def update(self, batch) -> None:  # an eval_metrics.EvalBatch
+        self._decoder = batch.model.decoder
+        self.images.append(batch.x.detach())
+        self.elbo.append(batch.out["elbo"].detach().double())
+        self.mu.append(batch.out["mu"].detach())
+        self.logvar.append(batch.out["logvar"].detach())
+
+    def compute(self) -> dict:
+        log_px = log_likelihood(self._decoder, dim_zero_cat(self.images))  # (N,)
+        gap = log_px - dim_zero_cat(self.elbo).to(log_px)  # (N,): >= 0 up to the ELBO's one-z noise
+        n = torch.tensor(float(len(log_px)), dtype=torch.float64)
+        return {"log_likelihood": float(log_px.mean()),
+                "log_likelihood_se": float(standard_error(log_px.sum(), log_px.pow(2).sum(), n)),
+                "log_likelihood_gap": float(gap.mean()),
+                "log_likelihood_gap_se": float(standard_error(gap.sum(), gap.pow(2).sum(), n)),
+                "quadrature_settings": grid_report(dim_zero_cat(self.mu), dim_zero_cat(self.logvar))}
+

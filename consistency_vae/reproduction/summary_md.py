@@ -27,6 +27,8 @@ def comparison_table(c: dict, paper: dict | None) -> list[str]:
         row = [cell(c[model][m], digits) for model in ("vae", "consistency", "constrained")]
         if m == "alpha":
             row[:2] = ["0", "1"]
+        elif set(row) == {"-"}:  # a metric no run of this setting has (log p(x) at 20-D, or older runs)
+            continue
         lines.append(f"| {LABELS[m]} | " + " | ".join(row) + " |")
     if paper:
         lines.append(f"| *paper, test KL(z'\\|\\|z) after 25 epochs* | *{paper['vae']['kl_consistency']}* | "
