@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,sweeps]'  # sweeps: the offline sweep engine (pins numpy<2)
 	touch $@
 
 install: $(VENV)/.installed  ## the project-local virtual environment

@@ -27,17 +27,28 @@ import sys
 import warnings
 from pathlib import Path
 
-from consistency_vae.errors import ConfigError
+from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.user_files import read_yaml
+
+
+def engine():
+    """W&B's sweep engine, the ``sweeps`` package: an optional extra (it pins numpy<2), so a
+    missing one is a one-line error with the install command, not an ImportError."""
+    with warnings.catch_warnings():  # sweeps' pydantic models use a v1 config key; harmless
+        warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
+        try:
+            import sweeps
+        except ImportError:
+            raise UserError("offline sweeps (consistency-vae sweep, reproduce) need W&B's sweep engine, "
+                            "which is not installed: pip install 'consistency-vae[sweeps]' (make installs "
+                            "it; note that it pins numpy<2)") from None
+    return sweeps
 
 
 # --- the sweep file and wandb's command building (pure) ---------------------------------------
 def load_sweep(path: str | Path) -> dict:
     """Read a sweep YAML and check it against the sweeps package's schema."""
-    with warnings.catch_warnings():  # sweeps' pydantic models use a v1 config key; harmless
-        warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
-        from sweeps import schema_violations_from_proposed_config
-
+    schema_violations_from_proposed_config = engine().schema_violations_from_proposed_config
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist: give a file from sweeps/, "
@@ -111,7 +122,8 @@ def propose(sweep_config: dict, runs: list[dict]) -> dict | None:
     ``runs`` are manifest entries: finished ones with their metric history, running ones (so a grid
     never proposes a point twice), failed ones (a grid skips them, bayes scores them as the worst).
     """
-    from sweeps import RunState, SweepRun, next_run
+    sweeps = engine()
+    RunState, SweepRun = sweeps.RunState, sweeps.SweepRun
 
     known = []
     for run in runs:
@@ -120,7 +132,7 @@ def propose(sweep_config: dict, runs: list[dict]) -> dict | None:
         metric = run.get("history") or []
         known.append(SweepRun(name=run["id"], state=state, history=metric,
                               config={k: {"value": v} for k, v in run["params"].items()}))
-    proposal = next_run(sweep_config, known, validate=True)
+    proposal = sweeps.next_run(sweep_config, known, validate=True)
     if proposal is None:
         return None
     return {k: _plain(v["value"]) for k, v in proposal.config.items()}
@@ -139,11 +151,9 @@ def metric_history(metrics_csv: Path, metric: str) -> list[dict]:
 def grid_points(sweep_config: dict) -> list[dict]:
     """Every point of a grid sweep, in the order W&B's engine proposes them: ``--index I`` is
     the I-th. (``next_runs`` with no runs yet, asked for more than the grid holds.)"""
-    from sweeps import next_runs
-
     if sweep_config["method"] != "grid":
         raise ConfigError(f"only a grid sweep has numbered points, not a {sweep_config['method']} search")
-    proposals = next_runs(sweep_config, [], validate=True, n=10**6)
+    proposals = engine().next_runs(sweep_config, [], validate=True, n=10**6)
     return [{k: _plain(v["value"]) for k, v in p.config.items()} for p in proposals if p is not None]
 
 
