@@ -10,6 +10,10 @@ Sources, tried in order:
    Debian package ``dataset-fashion-mnist`` (``apt-get download`` + ``dpkg -x``, no install).
 
 Every file is checked by the md5 of its uncompressed IDX bytes before anything trains on it.
+A file's md5 is computed once: ``.md5-verified.json`` beside the files remembers the size, mtime
+and ctime each verified file had, and a file whose stat differs (rewritten, touched, copied) is
+hashed again. So a run, or ``make`` (whose every target runs ``consistency-vae data`` first),
+costs a few stat calls rather than hashing 110 MB each time.
 A run (``fit``/``test``...) fetches only into the checkout's ``data/`` folder (``DEFAULT_DATA_DIR``,
 where `make data` and the tests put it); a missing file anywhere else stops the run with its path
 and the ``consistency-vae data`` command that fetches it, rather than a silent 53 MB download into
@@ -17,11 +21,12 @@ a mistyped folder.
 """
 
 import hashlib
+import json
 import logging
 import socket
 from pathlib import Path
 
-from consistency_vae import datasets
+from consistency_vae import atomic, datasets
 from consistency_vae.errors import ConfigError, DataError
 from consistency_vae.idx_fetch import SPLITS, gunzip_present
 
@@ -29,7 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # the checkout's data/
 TRAIN_IMAGES = 60_000  # the training file of both datasets; validation is taken out of it
-
+VERIFIED = ".md5-verified.json"  # in each raw folder: file name -> its stat and md5 when verified
 
 
 def __getattr__(name: str):
@@ -96,18 +101,52 @@ def prepare_for_run(data_dir: str | Path, dataset: str) -> Path:
     return folder
 
 
+def _stamp(path: Path) -> dict[str, int]:
+    """What changes when a file's bytes may have: size and mtime, and ctime, which a write that
+    puts the old mtime back (``cp -p``, ``touch -r``, an archive's extraction) still moves."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _read_verified(folder: Path) -> dict:
+    try:
+        verified = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: every file is hashed
+        return {}
+    return verified if isinstance(verified, dict) else {}
+
+
+def _write_verified(folder: Path, verified: dict) -> None:
+    try:
+        atomic.write_text(folder / VERIFIED, json.dumps(verified, indent=1, sort_keys=True) + "\n")
+    except OSError as err:  # a read-only data folder: verified again next time, that is all
+        log.debug("cannot remember verified md5s in %s: %s", folder, err)
+
+
 def verify(data_dir: str | Path, dataset: str) -> None:
-    """Raise DataError naming the first missing or corrupted file; return quietly if all are good."""
+    """Raise DataError naming the first missing or corrupted file; return quietly if all are good.
+    A file verified before and unchanged since (``_stamp``, in ``VERIFIED``) is not hashed again."""
     spec, folder = spec_for(dataset), raw_dir(data_dir, dataset)
-    for name, expected in spec.md5.items():
-        path = folder / name
-        if not path.is_file():
-            raise DataError(f"{spec.folder} file missing: {path}. Fetch it with: "
-                            f"{fix_command(data_dir, dataset)}")
-        if (actual := md5(path)) != expected:
-            raise DataError(
-                f"{spec.folder} file corrupted: {path} has md5 {actual}, expected {expected}. "
-                f"Delete it and fetch it again with: {fix_command(data_dir, dataset)}")
+    verified = _read_verified(folder)
+    before = dict(verified)
+    try:
+        for name, expected in spec.md5.items():
+            path = folder / name
+            if not path.is_file():
+                raise DataError(f"{spec.folder} file missing: {path}. Fetch it with: "
+                                f"{fix_command(data_dir, dataset)}")
+            stamp = _stamp(path)  # before hashing: a change while hashing shows next time
+            if verified.get(name) == {**stamp, "md5": expected}:
+                continue
+            verified.pop(name, None)
+            if (actual := md5(path)) != expected:
+                raise DataError(
+                    f"{spec.folder} file corrupted: {path} has md5 {actual}, expected {expected}. "
+                    f"Delete it and fetch it again with: {fix_command(data_dir, dataset)}")
+            verified[name] = {**stamp, "md5": actual}
+    finally:  # also what was verified before a bad file
+        if verified != before:
+            _write_verified(folder, verified)
 
 
 def _try_torchvision(data_dir: Path, dataset: str) -> None:
