@@ -74,16 +74,19 @@ def test_iwae_standard_errors_are_over_the_images_and_the_gap_is_paired(data_dir
 
 
 def test_inference_gap_standard_errors_are_numpys_over_the_gap_images(monkeypatch):
-    def fake_gaps(log_likelihood, x, mu, logvar, settings, generator):  # per-image gaps from x
-        return {"amortization_gap": x[:, 0], "approximation_gap": x[:, 0] ** 2 - 3}
+    def fake_gaps(log_likelihood, x, mu, logvar, settings, generator, mode, exact_log_px):  # gaps from x
+        return {"amortization_gap": x[:, 0], "approximation_gap": x[:, 0] ** 2 - 3, "steps": 7,
+                "hit_step_limit": False, "changed_start": 0}
 
     monkeypatch.setattr(inference_gaps, "inference_gaps", fake_gaps)
     values = torch.randn(30, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    metric = eval_metrics.InferenceGaps({"gap_images": 25, "seed": 0})
-    feed(metric, values, [0, 4, 19, 30], SimpleNamespace(decoder=None),
-         {"mu": torch.zeros(30, 2), "logvar": torch.zeros(30, 2)})
+    metric = inference_gaps.InferenceGaps({"gap_images": 25, "seed": 0})
+    feed(metric, values, [0, 4, 19, 30], SimpleNamespace(decoder=None),  # 3-D: no quadrature
+         {"mu": torch.zeros(30, 3), "logvar": torch.zeros(30, 3)})
     result, used = metric.compute(), values[:25, 0].numpy()  # the first gap_images images only
     assert result["inference_gaps_settings"]["images"] == 25
+    assert result["inference_gaps_settings"]["steps"] == [7, 7, 7]  # one optimisation per batch
+    assert result["inference_gaps_settings"]["log_px"] == "iwae"
     assert result["amortization_gap"] == pytest.approx(used.mean(), rel=1e-12)
     assert result["amortization_gap_se"] == pytest.approx(numpy_se(used), rel=1e-9)
     assert result["approximation_gap_se"] == pytest.approx(numpy_se(used**2 - 3), rel=1e-9)
@@ -128,6 +131,13 @@ def test_evaluate_reports_knn_mutual_information_and_opt_in_gaps(tmp_path, data_
     assert math.isfinite(saved["approximation_gap"])
     assert saved["inference_gaps_settings"]["images"] == 4
     assert saved["inference_gaps_settings"]["iwae_k"] == 1000  # GapSettings, recorded
+    # the shipped defaults, from the encoder's start: how far the optimisation went, and with a 2-D
+    # latent log p(x) by quadrature and the grid's mode as a second start
+    settings = saved["inference_gaps_settings"]
+    assert len(settings["steps"]) == 1 and 0 < settings["steps"][0] <= settings["max_steps"]
+    assert settings["batches_at_step_limit"] in (0, 1) and settings["log_px"] == "quadrature"
+    assert 0 <= settings["images_started_at_grid_mode"] <= 4
+    assert saved["approximation_gap"] > -0.05  # log p(x) - ELBO*, exact log p(x): >= 0 up to ELBO* noise
     assert saved["kl_consistency"] == results["kl_consistency"]  # the other metrics are unchanged
 
     # every number estimated from the test images comes with its standard error, registered too

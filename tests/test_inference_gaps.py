@@ -61,3 +61,33 @@ def test_gaps_equal_kl_to_the_posterior_and_zero(start):
     torch.testing.assert_close(gaps["approximation_gap"], torch.zeros_like(kl), atol=0.03, rtol=0)
     torch.testing.assert_close(gaps["log_px"], log_px, atol=0.03, rtol=0)
     assert math.isclose(float(gaps["elbo_optimised"].mean()), float(log_px.mean()), abs_tol=0.03)
+
+
+class TwoModes(torch.nn.Module):
+    """A decoder of a 2-D z whose 20 Bernoulli logits are 2 - 4 (z1^2 - 2.25)^2 + 0.5 z1: for an image of
+    all ones, log p(x|z) has two modes, z1 = +1.5 (the better, by about 3.7 nats) and z1 = -1.5."""
+
+    def forward(self, z):  # (N, 2) -> (N, 20)
+        z1 = z[:, :1]
+        return (2 - 4 * (z1.pow(2) - 2.25).pow(2) + 0.5 * z1).expand(-1, 20)
+
+
+def test_the_grid_mode_rescues_an_encoder_start_at_the_lesser_mode():
+    from consistency_vae.evaluation import quadrature
+    from consistency_vae.evaluation.inference_gaps import bernoulli_log_likelihood
+
+    decoder = TwoModes()
+    x = torch.ones(1, 1, 1, 20)
+    mu, logvar = torch.tensor([[-1.5, 0.0]]), torch.log(torch.tensor([[0.01, 0.5]]))  # the encoder's guess
+    log_px, mode = quadrature.scan(decoder, x)
+    assert mode[0, 0].item() == pytest.approx(1.5, abs=0.05)
+    log_likelihood = bernoulli_log_likelihood(decoder)
+    stuck = inference_gaps(log_likelihood, x, mu, logvar, generator=torch.Generator().manual_seed(0))
+    rescued = inference_gaps(log_likelihood, x, mu, logvar, generator=torch.Generator().manual_seed(0),
+                             mode=mode.float(), exact_log_px=log_px)
+    assert stuck["changed_start"] == 0 and rescued["changed_start"] == 1
+    # the optimised ELBO of the better mode is higher by about the modes' difference (3.7 nats)
+    assert rescued["elbo_optimised"].item() > stuck["elbo_optimised"].item() + 3
+    # with the exact log p(x), the approximation gap is >= 0 (the better mode's own spread aside)
+    assert rescued["approximation_gap"].item() > -0.05
+    assert isinstance(rescued["hit_step_limit"], bool)

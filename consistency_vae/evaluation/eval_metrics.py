@@ -208,40 +208,6 @@ class BatchedMutualInformation(representation.MutualInformation):
         return {**{k: float(v) for k, v in super().compute().items()}, "mutual_information_batch": self.size}
 
 
-class InferenceGaps(Metric):
-    """Mean amortisation and approximation gaps (inference_gaps.py) of the first gap_images test
-    images; slow (an optimisation per image), so opt-in. Its settings go into metrics.json."""
-
-    def __init__(self, settings: dict):
-        super().__init__()
-        self.images, self.seed = settings["gap_images"], settings["seed"]
-        self.settings = inference_gaps.GapSettings()
-        for state in ("amortization", "amortization_sq", "approximation", "approximation_sq", "count"):
-            self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, batch: EvalBatch) -> None:
-        n = min(len(batch.x), self.images - batch.start)
-        if n <= 0:
-            return
-        x, (mu, logvar) = batch.x[:n], batch.encode()
-        generator = torch.Generator(device=x.device).manual_seed(self.seed + 4 + batch.start)
-        gaps = inference_gaps.inference_gaps(inference_gaps.bernoulli_log_likelihood(batch.model.decoder),
-                                             x, mu[:n], logvar[:n], self.settings, generator)
-        for name in ("amortization", "approximation"):
-            gap = gaps[f"{name}_gap"].detach().double()  # (n,)
-            getattr(self, name).add_(gap.sum())
-            getattr(self, f"{name}_sq").add_(gap.pow(2).sum())
-        self.count += n
-
-    def compute(self) -> dict:
-        result = {}
-        for name in ("amortization", "approximation"):
-            total, total_sq = getattr(self, name), getattr(self, f"{name}_sq")
-            result[f"{name}_gap"] = float(total / self.count)
-            result[f"{name}_gap_se"] = float(standard_error(total, total_sq, self.count))
-        return {**result, "inference_gaps_settings": {**self.settings.as_dict(), "images": int(self.count)}}
-
-
 ONE_Z = "sqrt(sample variance / n) of the per-image values, one z each: z's noise is in it too"
 BINOMIAL = "sqrt(p (1 - p) / n), the classifier fit on the training images held fixed"
 register_metric(MetricInfo("loss_terms", lambda s: SplitLossTerms(), {
@@ -284,7 +250,7 @@ register_metric(MetricInfo("log_likelihood", quadrature.QuadratureLogLikelihood,
     "log_likelihood_se": se_key("log_likelihood"),
     "log_likelihood_gap_se": se_key("log_likelihood_gap", "of the paired per-image differences")},
     applies=lambda settings: settings["latent_dim"] == 2))  # its grid settings: quadrature_settings
-register_metric(MetricInfo("inference_gaps", InferenceGaps, {
+register_metric(MetricInfo("inference_gaps", inference_gaps.InferenceGaps, {
     "amortization_gap": Key("ELBO* - ELBO of the encoder, nats (Cremer et al. 2018)", "lower",
                             "amortisation gap [nats]"),
     "approximation_gap": Key("log p(x) - ELBO*, nats", "lower", "approximation gap [nats]"),

@@ -23,8 +23,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from consistency_vae import losses
+from consistency_vae.evaluation import quadrature
+from consistency_vae.evaluation.standard_errors import standard_error
 
 LogLikelihood = Callable[[Tensor, Tensor], Tensor]  # (z (S, B, D), x (B, ...)) -> (S, B)
 
@@ -96,25 +99,40 @@ def optimise_posterior(log_likelihood: LogLikelihood, x: Tensor, mu0: Tensor, lo
 
 
 def inference_gaps(log_likelihood: LogLikelihood, x: Tensor, mu: Tensor, logvar: Tensor,
-                   settings: GapSettings = GapSettings(), generator: torch.Generator | None = None
-                   ) -> dict[str, Tensor | int]:
+                   settings: GapSettings = GapSettings(), generator: torch.Generator | None = None,
+                   mode: Tensor | None = None, exact_log_px: Tensor | None = None) -> dict[str, Tensor | int]:
     """Per-image amortisation and approximation gaps, (B,) each, with the bounds they come from.
 
     ``mu, logvar``: the encoder's posterior of ``x``. The ELBOs of the encoder's and of the
     optimised posterior use the same eps (common random numbers), so their difference carries
-    little Monte Carlo noise.
+    little Monte Carlo noise. With a 2-D latent (``evaluation/quadrature.py``): ``mode``, (B, D), the
+    grid's best z of each image, where a posterior has two modes and the encoder sits on the lesser
+    one; the optimisation starts from whichever of it and mu has the better ELBO (with the
+    encoder's variance), and ``changed_start`` counts the images that start from the mode.
+    ``exact_log_px``, (B,): log p(x) by quadrature, in place of the IWAE bound (whose proposal, the
+    optimised Gaussian, misses a second mode too).
     """
-    opt_mu, opt_logvar, steps = optimise_posterior(log_likelihood, x, mu, logvar, settings, generator)
     with torch.no_grad():
         eps = torch.randn((settings.eval_samples, *mu.shape), generator=generator, device=mu.device,
                           dtype=mu.dtype)
         elbo_enc = elbo(log_likelihood, x, mu, logvar, eps)
+        start = mu
+        if mode is not None:
+            better = elbo(log_likelihood, x, mode.to(mu), logvar, eps) > elbo_enc  # (B,)
+            start = torch.where(better[:, None], mode.to(mu), mu)
+    opt_mu, opt_logvar, steps = optimise_posterior(log_likelihood, x, start, logvar, settings, generator)
+    with torch.no_grad():
         elbo_opt = elbo(log_likelihood, x, opt_mu, opt_logvar, eps)
-        eps_k = torch.randn((settings.iwae_k, *mu.shape), generator=generator, device=mu.device,
-                            dtype=mu.dtype)
-        log_px = iwae(log_likelihood, x, opt_mu, opt_logvar, eps_k)
+        if exact_log_px is None:
+            eps_k = torch.randn((settings.iwae_k, *mu.shape), generator=generator, device=mu.device,
+                                dtype=mu.dtype)
+            log_px = iwae(log_likelihood, x, opt_mu, opt_logvar, eps_k)
+        else:
+            log_px = exact_log_px.to(elbo_opt)
     return {"amortization_gap": elbo_opt - elbo_enc, "approximation_gap": log_px - elbo_opt,
-            "elbo_encoder": elbo_enc, "elbo_optimised": elbo_opt, "log_px": log_px, "steps": steps}
+            "elbo_encoder": elbo_enc, "elbo_optimised": elbo_opt, "log_px": log_px, "steps": steps,
+            "hit_step_limit": steps >= settings.max_steps,
+            "changed_start": int(better.sum()) if mode is not None else 0}
 
 
 def bernoulli_log_likelihood(decoder: Callable[[Tensor], Tensor]) -> LogLikelihood:
@@ -127,3 +145,48 @@ def bernoulli_log_likelihood(decoder: Callable[[Tensor], Tensor]) -> LogLikeliho
             logits, x.flatten(1).expand_as(logits), reduction="none").sum(-1)
 
     return log_likelihood
+
+
+class InferenceGaps(Metric):
+    """Mean amortisation and approximation gaps (inference_gaps.py) of the first gap_images test
+    images; slow (an optimisation per image), so opt-in. Its settings go into metrics.json."""
+
+    def __init__(self, settings: dict):
+        super().__init__()
+        self.images, self.seed = settings["gap_images"], settings["seed"]
+        self.settings = GapSettings()
+        for state in ("amortization", "amortization_sq", "approximation", "approximation_sq", "count"):
+            self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.steps, self.limit_hit, self.changed_start = [], 0, 0  # per batch; evaluate runs on one process
+        self.log_px_from = "iwae"  # "quadrature" with a 2-D latent
+
+    def update(self, batch) -> None:  # an eval_metrics.EvalBatch
+        n = min(len(batch.x), self.images - batch.start)
+        if n <= 0:
+            return
+        x, (mu, logvar) = batch.x[:n], batch.encode()
+        generator = torch.Generator(device=x.device).manual_seed(self.seed + 4 + batch.start)
+        # 2-D: the grid's mode as a second start, and log p(x) by quadrature (quadrature.py)
+        log_px, mode = quadrature.scan(batch.model.decoder, x) if mu.shape[1] == 2 else (None, None)
+        self.log_px_from = "iwae" if log_px is None else "quadrature"
+        gaps = inference_gaps(bernoulli_log_likelihood(batch.model.decoder),
+                              x, mu[:n], logvar[:n], self.settings, generator, mode, log_px)
+        self.steps.append(gaps["steps"])
+        self.limit_hit += int(gaps["hit_step_limit"])
+        self.changed_start += gaps["changed_start"]
+        for name in ("amortization", "approximation"):
+            gap = gaps[f"{name}_gap"].detach().double()  # (n,)
+            getattr(self, name).add_(gap.sum())
+            getattr(self, f"{name}_sq").add_(gap.pow(2).sum())
+        self.count += n
+
+    def compute(self) -> dict:
+        result = {}
+        for name in ("amortization", "approximation"):
+            total, total_sq = getattr(self, name), getattr(self, f"{name}_sq")
+            result[f"{name}_gap"] = float(total / self.count)
+            result[f"{name}_gap_se"] = float(standard_error(total, total_sq, self.count))
+        return {**result, "inference_gaps_settings": {
+            **self.settings.as_dict(), "images": int(self.count), "steps": self.steps,
+            "batches_at_step_limit": self.limit_hit, "images_started_at_grid_mode": self.changed_start,
+            "log_px": self.log_px_from}}

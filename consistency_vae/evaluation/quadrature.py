@@ -38,21 +38,33 @@ def grid(limit: float = LIMIT, points: int = POINTS) -> tuple[Tensor, float]:
 
 
 @torch.no_grad()
-def log_likelihood(decoder: nn.Module, images: Tensor, limit: float = LIMIT, points: int = POINTS,
-                   chunk: int = 4096) -> Tensor:
-    """(N,) float64 log p(x), nats, of images (N, C, H, W) in [0, 1] under a decoder of a 2-D z that
-    returns Bernoulli logits; on the decoder's device."""
-    param = next(decoder.parameters())
+def scan(decoder: nn.Module, images: Tensor, limit: float = LIMIT, points: int = POINTS,
+         chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """(log p(x), the grid's mode of p(x|z) p(z)) of images (N, C, H, W) in [0, 1] under a decoder of
+    a 2-D z that returns Bernoulli logits: (N,) float64 nats and (N, 2), on the decoder's device."""
+    param = next(decoder.parameters(), images.new_empty(0).float())  # its dtype and device
     x = images.flatten(1).to(param)  # (N, P)
     z, h = grid(limit, points)
     log_prior = -math.log(2 * math.pi) - 0.5 * z.pow(2).sum(1)  # (G,)
     total = torch.full((len(x),), -math.inf, dtype=torch.float64, device=param.device)
+    best = torch.full_like(total, -math.inf)
+    mode = torch.zeros(len(x), 2, dtype=torch.float64, device=param.device)
     for start in range(0, len(z), chunk):
-        logits = decoder(z[start:start + chunk].to(param)).flatten(1)  # (g, P)
+        z_c = z[start:start + chunk].to(param.device)
+        logits = decoder(z_c.to(param)).flatten(1)  # (g, P)
         per_point = log_prior[start:start + chunk].to(param.device) - F.softplus(logits).sum(1).double()
         joint = (x @ logits.T).double() + per_point  # (N, g): log p(x|z_g) + log p(z_g)
         total = torch.logaddexp(total, torch.logsumexp(joint, dim=1))
-    return total + 2 * math.log(h)
+        value, where = joint.max(dim=1)
+        mode = torch.where((value > best)[:, None], z_c[where], mode)
+        best = torch.maximum(best, value)
+    return total + 2 * math.log(h), mode
+
+
+def log_likelihood(decoder: nn.Module, images: Tensor, limit: float = LIMIT, points: int = POINTS,
+                   chunk: int = 4096) -> Tensor:
+    """(N,) float64 log p(x), nats (``scan``)."""
+    return scan(decoder, images, limit, points, chunk)[0]
 
 
 @torch.no_grad()
