@@ -199,9 +199,10 @@ def test_zoomed_panels_share_one_scale_and_the_overview_draws_their_boxes():
     half = figures.drift_half_width(mu, logvar, mu_prime, logvar - 0.5, (0, 1))
     for ax in panels:  # float64 limits from the same half-width: equal to rounding
         for lo, hi in (ax.get_xlim(), ax.get_ylim()):
-            assert hi - lo == pytest.approx(2 * half, rel=1e-9)
+            assert hi - lo == pytest.approx(2 * half, rel=1e-9)  # float64 on both sides
     boxes = [p for p in overview.patches if isinstance(p, Rectangle)]
-    assert len(boxes) == 3 and all(b.get_width() == pytest.approx(2 * half, rel=1e-9) for b in boxes)
+    widths = [b.get_width() for b in boxes]
+    assert len(boxes) == 3 and widths == pytest.approx([2 * half] * 3, rel=1e-9)  # float64, as above
     assert not [c for c in overview.collections if np.asarray(c.get_sizes()).max() > 100]  # no stars
     for ax in panels:
         for inset in ax.child_axes:

@@ -44,7 +44,8 @@ def scipy_log_px(decoder: nn.Module, x: np.ndarray, window: tuple[float, float, 
     peak = max(log_joint(z1, z2) for z1 in np.linspace(a, b, 81) for z2 in np.linspace(c, d, 81))
     boxes = [(a, b, c, d)] + ([(-L, a, -L, L), (b, L, -L, L), (a, b, -L, c), (a, b, d, L)] if window else [])
     value = sum(integrate.dblquad(lambda z2, z1: math.exp(log_joint(z1, z2) - peak), z1a, z1b, z2a, z2b,
-                                  epsabs=1e-14, epsrel=1e-10)[0] for z1a, z1b, z2a, z2b in boxes)
+                                  epsabs=1e-14, epsrel=1e-10)[0]  # scipy's own float64 targets
+                for z1a, z1b, z2a, z2b in boxes)
     return peak + math.log(value)
 
 
