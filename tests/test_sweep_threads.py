@@ -38,7 +38,8 @@ def sweep(tmp_path, monkeypatch):
     ("13", 2, "13", "OMP_NUM_THREADS"),  # the user's choice, whatever the cores and --parallel
     (None, 1, "1", "default"),  # not the machine's cores: those wait on each other when shared
 ])
-def test_each_run_gets_the_users_threads_else_one(sweep, monkeypatch, capsys, env, parallel, expected, source):
+def test_each_run_gets_the_users_threads_else_one(sweep, monkeypatch, capsys, env, parallel, expected,
+                                                  source):
     path, runs, seen = sweep
     if env is not None:
         monkeypatch.setenv("OMP_NUM_THREADS", env)
