@@ -34,6 +34,9 @@ def bench_main(argv: list[str]) -> None:
 
 def evaluate_main(argv: list[str]) -> None:
     """consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."""
+    from consistency_vae.evaluation import evaluate_args
+
+    evaluate_args.parser().parse_args(argv)  # --help and a mistyped flag end here, before torch loads
     from consistency_vae.evaluation import evaluate
 
     evaluate.main(argv)

@@ -38,7 +38,8 @@ def run(*argv: str) -> tuple[subprocess.CompletedProcess, list[str]]:
 
 @pytest.mark.parametrize("argv", [
     ["--help"], ["no-such-command"],
-    *([name, "--help"] for name in ("data", "runs", "sweep", "sweep-report", "reproduce", "bench")),
+    *([name, "--help"] for name in ("data", "runs", "sweep", "sweep-report", "reproduce", "bench",
+                                    "evaluate", "compare")),
 ])
 def test_help_and_mistakes_import_no_torch(argv):
     proc, imported = run(*argv)
