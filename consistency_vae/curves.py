@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from consistency_vae import run_record, ticks
+from consistency_vae import run_record, run_start, ticks
 from consistency_vae.callbacks import epochs_done, log_figure, setting_words
 
 STAGES = ("train", "val", "test")
@@ -119,7 +119,7 @@ class TrainingCurves(Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        folder = run_record.run_folder(trainer)
+        folder = run_start.run_folder(trainer)
         if folder is None:
             if not trainer.fast_dev_run:  # fast_dev_run replaces the loggers: nothing to read
                 rank_zero_warn("TrainingCurves reads the CSVLogger's metrics: make it the first "

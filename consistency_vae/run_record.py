@@ -38,16 +38,6 @@ WANDB_ID = "wandb_id"
 _ATTEMPT = re.compile(r"metrics\.attempt(\d+)\.csv")
 
 
-def __getattr__(name: str):
-    """``run_folder`` and ``RecordRunStart``, which need Lightning, live in run_start.py: readers of
-    a record (``consistency-vae runs``, ``sweep-report``) do not import Lightning and torch."""
-    if name in ("run_folder", "RecordRunStart"):
-        from consistency_vae import run_start
-
-        return getattr(run_start, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def attempt_files(folder: Path) -> list[Path]:
     """The metrics logs of every attempt, oldest first: metrics.attempt1.csv, ..., metrics.csv."""
     folder = Path(folder)

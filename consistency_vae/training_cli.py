@@ -23,6 +23,7 @@ from consistency_vae import (
     run_folders,
     run_name,
     run_record,
+    run_start,
     threads,
 )
 from consistency_vae.datamodule import MNISTDataModule
@@ -45,7 +46,7 @@ class ConsistencyCLI(LightningCLI):
 
     _output: tuple[Path, Path | None] = (Path("runs"), None)  # (save_dir, run folder if known)
     _ckpt: dict | None = None  # the --ckpt_path file, once read
-    _run_start: run_record.RecordRunStart | None = None  # fit's; knows whether training began
+    _run_start: run_start.RecordRunStart | None = None  # fit's; knows whether training began
     _config_files: list[str] = []  # the --config files of the command line
     _epoch_lines = False  # fit without a terminal: EpochLines in place of the progress bar
 
@@ -159,7 +160,7 @@ class ConsistencyCLI(LightningCLI):
     def _record_run(self, status: str) -> None:
         if self._run_start is None or not self._run_start.started:  # refused before training began
             return
-        folder = run_record.run_folder(self.trainer)
+        folder = run_start.run_folder(self.trainer)
         if folder is None or not folder.is_dir():
             return
         done = self.trainer.fit_loop.epoch_progress.current.processed  # whole epochs trained
@@ -173,7 +174,7 @@ class ConsistencyCLI(LightningCLI):
         cli_checks.refuse_empty_epochs(self.datamodule, self.trainer)  # before any work
         # no terminal: a line per epoch, not a redrawn bar; else a bar that survives a resume
         self.trainer.callbacks.append(EpochLines() if self._epoch_lines else ResumedEpochBar())
-        self._run_start = run_record.RecordRunStart()  # status and W&B id into the run folder, at setup
+        self._run_start = run_start.RecordRunStart()  # status and W&B id into the run folder, at setup
         self.trainer.callbacks.append(self._run_start)
         self._check_ckpt_path()
         # best + last + one being written, each with the weights and Adam's two moments

@@ -98,6 +98,7 @@ def test_fit_from_another_directory_stops_with_the_fetch_command(tmp_path, monke
 
 def test_an_overlay_alone_is_refused_naming_the_base(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAKELEVEL", raising=False)  # `make test` sets it: the CLI typed by hand
     overlay = str(ROOT / "configs/fashion_mnist.yaml")
     line = one_line(fails(capsys, "fit", "--config", overlay))
     assert "only overlays a base config" in line and f"--config {BASE} --config {overlay}" in line
