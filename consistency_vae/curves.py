@@ -48,7 +48,7 @@ def epoch_curves(rows: list[dict[str, str]]) -> Curves:
     keys = set().union(*rows) if rows else set()
     curves: Curves = {}
     for row in rows:
-        if "epoch" not in row or "test/loss" in row:  # test/loss: fit's final test, of the best epoch
+        if "epoch" not in row or run_record.is_final_test(row):  # not an epoch's point
             continue
         epoch = int(float(row["epoch"]))
         for key, value in row.items():

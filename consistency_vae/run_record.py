@@ -57,6 +57,13 @@ def _moment(row: dict[str, str]) -> tuple[int, int]:
     return int(float(row.get("epoch", -1))), int(float(row.get("step", -1)))
 
 
+def is_final_test(row: dict[str, str]) -> bool:
+    """The row of fit's closing test of its best checkpoint: the only one with ``test/loss`` (the
+    per-epoch test rows of TestSetConsistency hold test/elbo and test/kl_consistency only). Its
+    epoch is the best checkpoint's; in runs older than that labelling, one past the last epoch."""
+    return "test/loss" in row
+
+
 def merged_rows(folder: Path) -> list[dict[str, str]]:
     """The run's metrics over all its attempts, each logged (epoch, step) once; [] if none."""
     merged: list[dict[str, str]] = []

@@ -48,8 +48,8 @@ def test_numbers(rows: list[dict[str, str]]) -> dict[str, float]:
     """best: the test of the best checkpoint after fit (the rows with test/loss); last: the test
     set after the last epoch trained (TestSetConsistency's rows)."""
     out = {}
-    final = [r for r in rows if "test/loss" in r]
-    per_epoch = [r for r in rows if "test/elbo" in r and "test/loss" not in r]
+    final = [r for r in rows if run_record.is_final_test(r)]
+    per_epoch = [r for r in rows if "test/elbo" in r and not run_record.is_final_test(r)]
     for which, chosen in (("best", final), ("last", per_epoch)):
         for name in ("elbo", "kl_consistency"):
             values = [float(r[f"test/{name}"]) for r in chosen if f"test/{name}" in r]

@@ -30,7 +30,7 @@ def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> 
     """
     by_epoch: dict[int, float] = {}
     for row in run_record.merged_rows(folder):
-        if "test/loss" in row:
+        if run_record.is_final_test(row):
             continue
         if key in row and "epoch" in row and (epoch := int(float(row["epoch"]))) < epochs:
             by_epoch.setdefault(epoch, float(row[key]))
