@@ -1,14 +1,16 @@
 """`consistency-vae reproduce` (`make reproduce`): the paper's experiment and ours, end to end.
 
-    make reproduce                       # the three sweeps of sweeps/reproduce_*.yaml, 108 runs
+    make reproduce                       # the four sweeps of sweeps/reproduce_*.yaml, 220 runs
     make reproduce SEEDS=1 EPOCHS=5      # a quicker version
     consistency-vae reproduce --from-runs DIR   # only evaluate and summarise runs trained elsewhere
     consistency-vae reproduce --from-summary results/summary.json   # only the tables, from its runs
 
 The reproduction is a set of sweep files, run by the same runner as any sweep
 (``consistency-vae sweep``, sweep/runner.py): for MNIST and Fashion-MNIST, 2-D and 20-D latents,
-fixed alpha in {0, 0.1, 0.3, 1, 3, 10, 30} (``reproduce_fixed.yaml``) and the constrained mode at
-two epsilons per setting (``reproduce_constrained_2d.yaml``, ``..._20d.yaml``), 3 seeds, 25 epochs.
+alpha = 0 against alpha = 1 with 10 seeds (``reproduce_claims.yaml``: the claims' paired comparisons),
+the rest of the fixed-alpha front, alpha in {0.1, 0.3, 3, 10, 30}, with 5 seeds
+(``reproduce_front.yaml``), and the constrained mode at two epsilons per setting with 5 seeds
+(``reproduce_constrained_2d.yaml``, ``..._20d.yaml``); 25 epochs each.
 Then every finished run's last.ckpt is evaluated (the paper reports "after 25 epochs"; a run whose
 last.ckpt is an earlier epoch stops the reproduction with its name) and ``results/`` is written:
 summary.json, summary.md and the figures. Interrupted? Run it again: finished runs and evaluations
@@ -30,8 +32,8 @@ from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
 from consistency_vae.user_files import check_output_folder
 
-SWEEPS = ["sweeps/reproduce_fixed.yaml", "sweeps/reproduce_constrained_2d.yaml",
-          "sweeps/reproduce_constrained_20d.yaml"]
+SWEEPS = ["sweeps/reproduce_claims.yaml", "sweeps/reproduce_front.yaml",
+          "sweeps/reproduce_constrained_2d.yaml", "sweeps/reproduce_constrained_20d.yaml"]
 WAIT_S = 30.0  # how often to look again at runs that another runner trains or evaluates
 SECONDS_PER_EPOCH = 5.0  # per run, 2-D MLP, one thread, 2 runs at once on 2 cores: 25 epochs took ~125 s
 
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
     parser.add_argument("--sweeps", type=str, nargs="+", default=SWEEPS,
                         help="the reproduction's sweep files")
-    parser.add_argument("--seeds", type=int, default=None, help="the first N seeds only (files: 3)")
+    parser.add_argument("--seeds", type=int, default=None, help="the first N seeds only (files: 10 for alpha 0 and 1, else 5)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run (files: 25, the paper's); with --from-runs, the runs that "
                              "count (else the most common length)")
