@@ -3,8 +3,10 @@
     consistency-vae sweep sweeps/multiplier_study_2d.yaml --runs_dir runs/multiplier_study   # and _20d
     # the front at the study's learning-rate schedule (the paper's constant rate; the reproduction's
     # sweep files anneal it, so their runs make the front of cosine runs only):
-    consistency-vae sweep sweeps/reproduce_fixed.yaml --runs_dir runs/front_constant_lr --parallel 2 \
-        --only seed_everything=0 --extra-args --model.lr_schedule=constant
+    for part in claims front; do  # alpha 0 and 1, then the other fixed alphas
+      consistency-vae sweep sweeps/reproduce_$part.yaml --runs_dir runs/front_constant_lr --parallel 2 \
+          --only seed_everything=0 --extra-args --model.lr_schedule=constant
+    done
     python scripts/multipliers_vs_front.py [STUDY_GLOB] [FRONT_DIR]     # defaults: the two above
 
 Each run's test KL(z'||z) and ELBO at its last epoch (its per-epoch test log: the numbers of

@@ -39,7 +39,7 @@ def trimmed(sweep: str, tmp: Path, **values) -> str:
 def quick(tmp_path_factory, data_dir):
     """Alpha 0, 1, 3 at 2-D and one constrained epsilon, 2 seeds, 2 epochs: 8 runs."""
     root = tmp_path_factory.mktemp("reproduce")
-    sweeps = [trimmed("reproduce_fixed.yaml", root, model__latent_dim=[2], model__alpha=[0.0, 1.0, 3.0]),
+    sweeps = [trimmed("reproduce_claims.yaml", root, model__latent_dim=[2], model__alpha=[0.0, 1.0, 3.0]),
               trimmed("reproduce_constrained_2d.yaml", root, model__kl_target=[1.0])]
     argv = ["--output", str(root / "results"), "--runs_dir", str(root / "runs"), "--data_dir", str(data_dir),
             "--sweeps", *sweeps, *QUICK]

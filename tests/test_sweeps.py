@@ -32,7 +32,8 @@ DEFAULTS = {"data.dataset": "mnist", "model.latent_dim": 2, "model.alpha_mode": 
 
 def test_sweeps_folder_holds_the_alpha_and_the_reproduction_files():
     assert {p.name for p in SWEEPS} >= {"alpha_mnist.yaml", "alpha_fashion_mnist.yaml", "alpha_bayes.yaml",
-                                        "reproduce_fixed.yaml", "reproduce_constrained_2d.yaml",
+                                        "reproduce_claims.yaml", "reproduce_front.yaml",
+                                        "reproduce_constrained_2d.yaml",
                                         "reproduce_constrained_20d.yaml"}
 
 
@@ -72,24 +73,33 @@ def test_grid_files_cover_alpha_by_three_seeds(sweep_file):
 
 
 def test_reproduction_grids_are_the_issues_runs():
-    """Fixed alpha: 2 datasets x 2 latent sizes x 7 alphas x 3 seeds; constrained: 2 epsilons per
-    dataset and latent size, 3 seeds; 25 epochs each."""
+    """The claims: 2 datasets x 2 latent sizes x alpha 0 and 1 x 10 seeds; the rest of the front:
+    the same x 5 other alphas x 5 seeds; constrained: 2 epsilons per dataset and latent size,
+    5 seeds; 25 epochs each."""
     points = {p.stem: grid_points(load_sweep(p)) for p in REPRODUCTION}
-    fixed = [(p["data.dataset"], p["model.latent_dim"], p["model.alpha"], p["seed_everything"])
-             for p in points["reproduce_fixed"]]
-    assert sorted(fixed) == sorted(itertools.product(["fashion_mnist", "mnist"], [2, 20],
-                                                     [*ALPHAS, 30.0], [0, 1, 2]))
+    assert set(points) == {"reproduce_claims", "reproduce_front", "reproduce_constrained_2d",
+                           "reproduce_constrained_20d"}
+
+    def fixed(name):
+        return sorted((p["data.dataset"], p["model.latent_dim"], p["model.alpha"], p["seed_everything"])
+                      for p in points[name])
+
+    settings = (["fashion_mnist", "mnist"], [2, 20])
+    assert fixed("reproduce_claims") == sorted(itertools.product(*settings, [0.0, 1.0], range(10)))
+    assert fixed("reproduce_front") == sorted(itertools.product(*settings, [0.1, 0.3, 3.0, 10.0, 30.0],
+                                                                range(5)))
     for dim in (2, 20):
         constrained = points[f"reproduce_constrained_{dim}d"]
         assert {(p["model.latent_dim"], p["model.alpha_mode"]) for p in constrained} == {(dim, "constrained")}
-        assert len({p["model.kl_target"] for p in constrained}) == 2 and len(constrained) == 2 * 2 * 3
+        assert len({p["model.kl_target"] for p in constrained}) == 2 and len(constrained) == 2 * 2 * 5
+        assert {p["seed_everything"] for p in constrained} == set(range(5))
     assert all(p["trainer.max_epochs"] == 25 for ps in points.values() for p in ps)
 
 
 def test_no_two_reproduction_runs_share_a_run_folder_name():
     names = [run_name(*({**DEFAULTS, **p}[k] for k in DEFAULTS))
              for f in REPRODUCTION for p in grid_points(load_sweep(f))]
-    assert len(names) == 84 + 12 + 12 == len(set(names))
+    assert len(names) == 80 + 100 + 20 + 20 == len(set(names))
     assert "fashion_mnist_z20_constrained_kl4.0_alpha1.0_seed2" in names
     assert "mnist_alpha1.0_seed0" in names  # the default run's name is unchanged
 
