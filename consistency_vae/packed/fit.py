@@ -6,6 +6,7 @@ What a solo ``fit`` logs per epoch, per member: ``train/{term}_epoch`` (the epoc
 noise ``noise.eval_noise``) and ``val/selection`` (``constraint.selection_criterion``).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -53,10 +54,22 @@ def validate(pack: Pack, images: Tensor, batch_size: int) -> dict[str, Tensor]:
     return means
 
 
+EpochHook = Callable[[Pack, int, list[MemberResult]], None]
+
+
 def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs: int,
-             shared: dict | None = None, device: torch.device | str = "cpu") -> list[MemberResult]:
+             shared: dict | None = None, device: torch.device | str = "cpu", *,
+             models: list | None = None, start_epoch: int = 0,
+             restore: Callable[[Pack, list[MemberResult]], None] | None = None,
+             on_epoch_end: EpochHook | None = None) -> list[MemberResult]:
     """Train every member for ``max_epochs`` epochs, validating after each; one MemberResult per
-    member, in order. ``shared``: the ConsistencyVAE arguments common to all (lr, latent_dim, ...)."""
+    member, in order. ``shared``: the ConsistencyVAE arguments common to all (lr, latent_dim, ...).
+
+    ``models``: the members' modules as their solo runs start them (default: members.build_models);
+    ``start_epoch`` and ``restore(pack, results)``: resume a pack cut off after epoch
+    ``start_epoch - 1`` (restore loads the members' weights, optimizer state and best epochs);
+    ``on_epoch_end(pack, epoch, results)``: after each epoch's validation and selection (to write
+    the members' checkpoints and logs)."""
     if max_epochs < 1:
         raise ConfigError(f"packed training: max_epochs must be >= 1, got {max_epochs}")
     datamodule.setup("fit")
@@ -66,12 +79,14 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
     if per_epoch == 0:
         raise ConfigError(f"packed training: {len(train)} training images make no whole batch of "
                           f"data.batch_size={hp.batch_size}: lower the batch size or use more images")
-    pack = Pack(members, build_models(members, shared), per_epoch * max_epochs, device)
+    pack = Pack(members, models or build_models(members, shared), per_epoch * max_epochs, device)
     images = train.images.to(pack.device)
     seeds = [m.seed for m in members]
     results = [MemberResult(m) for m in members]
-    step = 0
-    for epoch in range(max_epochs):
+    if restore is not None:
+        restore(pack, results)
+    step = start_epoch * per_epoch
+    for epoch in range(start_epoch, max_epochs):
         sums = torch.zeros(len(members), len(TERMS), device=pack.device)  # (N, T)
         counts = torch.zeros(len(members), device=pack.device)
         order = data.pack_order(train, hp.batch_size, seeds, epoch).to(pack.device)  # (batches, N, B)
@@ -90,6 +105,8 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
                 break
         _end_epoch(pack, results, epoch, sums / counts.clamp(min=1)[:, None],
                    validate(pack, val.images.to(pack.device), hp.eval_batch_size))
+        if on_epoch_end is not None:
+            on_epoch_end(pack, epoch, results)
         if not bool(pack.alive.any()):
             break
     for i, result in enumerate(results):
