@@ -5,13 +5,18 @@ on simulated claims with a known answer: 5% of families declare a difference whe
 and a large effect is found."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from consistency_vae.reproduction import significance, verdicts
-from consistency_vae.reproduction.summary import seeds_per_group
+from consistency_vae.reproduction import significance, summary_md, verdicts
+from consistency_vae.reproduction.reproduce import SWEEPS
+from consistency_vae.reproduction.runs import Run
+from consistency_vae.reproduction.summary import planned_groups, seeds_per_group
+from consistency_vae.sweep.sweep_file import grid_points, load_sweep
+from tests.conftest import ROOT
 
 
 def run(alpha, seed, kl, elbo, setting="paper", dataset="mnist", kl_target=None, **metrics):
@@ -204,5 +209,45 @@ def test_noise_sets_the_image_standard_error_against_the_seed_spread():
 
 def test_a_partial_reproduction_names_the_groups_with_fewer_seeds():
     records = fixed_records() + [run(1.0, 0, 1.5, -103.0, kl_target=1.5)]
-    got = seeds_per_group(records)
+    got = seeds_per_group(records)  # without the sweep files (--from-runs): the most any group has
     assert got == {"most": 2, "groups": 4, "short": {"mnist/paper/eps1.5": 1}}
+    warning = summary_md.partial_warning(got)[0]
+    assert "1 of 4 run groups have fewer than 2 seeds: mnist/paper/eps1.5 (1)" in warning
+    # the files ask 3 seeds of alpha 0, 2 of alpha 1, 1 of epsilon 1.5; alpha 3, which they lack: the most
+    planned = {"mnist/paper/alpha0": 3, "mnist/paper/alpha1": 2, "mnist/paper/eps1.5": 1}
+    assert seeds_per_group(records, planned) == {"most": 2, "groups": 4, "short": {"mnist/paper/alpha0": 2},
+                                                 "expected": {"mnist/paper/alpha0": 3}}
+
+
+def design_records(seeds: int | None = None) -> list[dict]:
+    """One record per grid point of the reproduction's sweep files (of the first ``seeds`` seeds)."""
+    out = []
+    for f in SWEEPS:
+        for p in grid_points(load_sweep(ROOT / f)):
+            eps = p.get("model.kl_target")
+            r = Run(Path(), p["data.dataset"], p["model.latent_dim"], p["seed_everything"],
+                    p.get("model.alpha", 1.0), eps, 25)
+            if seeds is None or r.seed < seeds:
+                out.append(run(r.alpha, r.seed, 1.0, -100.0, setting=r.setting, dataset=r.dataset,
+                               kl_target=eps))
+    return out
+
+
+def test_the_seeds_each_group_should_have_come_from_the_sweep_files():
+    planned = planned_groups([ROOT / f for f in SWEEPS])
+    assert sum(planned.values()) == 220 and len(planned) == 2 * 2 * (7 + 2)  # alphas and epsilons
+    assert {k: n for k, n in planned.items() if n != 5} == {
+        f"{d}/{s}/alpha{a}": 10 for d in ("mnist", "fashion_mnist") for s in ("paper", "d20") for a in (0, 1)}
+    complete = design_records()
+    assert len(complete) == 220
+    # 10 seeds of alpha 0 and 1, 5 of the rest: by the files, nothing is short; the most any group
+    # has would call all 28 groups of 5 seeds short
+    assert seeds_per_group(complete, planned)["short"] == {}
+    assert len(seeds_per_group(complete)["short"]) == 28
+    # 3 seeds of every group (results/ until the 220-run reproduction): every group short of the files
+    three = seeds_per_group(design_records(seeds=3), planned)
+    assert three["short"] == {k: 3 for k in planned} and three["expected"] == planned
+    assert seeds_per_group(design_records(seeds=3))["short"] == {}  # by the most any group has: whole
+    warning = summary_md.partial_warning(three)[0]
+    assert "36 of 36 run groups have fewer seeds than the sweep files ask" in warning
+    assert "mnist/paper/alpha0 (3 of 10)" in warning and "mnist/paper/alpha0.1 (3 of 5)" in warning

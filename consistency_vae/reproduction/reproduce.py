@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
     parser.add_argument("--sweeps", type=str, nargs="+", default=SWEEPS,
                         help="the reproduction's sweep files")
-    parser.add_argument("--seeds", type=int, default=None, help="the first N seeds only (files: 10 for alpha 0 and 1, else 5)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="the first N seeds only (files: 10 for alpha 0 and 1, else 5)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run (files: 25, the paper's); with --from-runs, the runs that "
                              "count (else the most common length)")

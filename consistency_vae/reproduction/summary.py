@@ -17,7 +17,7 @@ from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, check
 from consistency_vae.reproduction.runs import Run
 from consistency_vae.reproduction.verdicts import stats
 from consistency_vae.sweep.report import summarise
-from consistency_vae.sweep.sweep_file import load_sweep
+from consistency_vae.sweep.sweep_file import grid_points, load_sweep
 
 
 def epoch_curve(folder: Path, epochs: int, key: str = "test/kl_consistency") -> list[float]:
@@ -134,16 +134,47 @@ def recommend(records: list[dict], kl_budget: float = alpha_choice.KL_BUDGET) ->
     return out
 
 
-def seeds_per_group(records: list[dict]) -> dict:
-    """How many seeds each run group has (a group: dataset, setting, alpha or epsilon), and the
-    groups with fewer than the most: a partial reproduction says so instead of averaging less."""
+def group_name(dataset: str, setting: str, alpha: float, kl_target: float | None) -> str:
+    """A run group: one dataset, setting and fixed alpha or constrained epsilon, all its seeds."""
+    what = f"eps{kl_target:g}" if kl_target is not None else f"alpha{alpha:g}"
+    return f"{dataset}/{setting}/{what}"
+
+
+def planned_groups(sweep_files: list) -> dict[str, int] | None:
+    """How many seeds the sweep files ask of each run group (the reproduction's design: 10 for
+    alpha 0 and 1, the claims' paired tests, 5 elsewhere); None where a grid point does not name
+    its dataset, latent size, seed and alpha or epsilon (which group it is would be a guess)."""
+    seeds: dict[str, set] = {}
+    for sweep_file in sweep_files:
+        for p in grid_points(load_sweep(sweep_file)):
+            constrained = p.get("model.alpha_mode") == "constrained"
+            need = ("data.dataset", "model.latent_dim", "seed_everything",
+                    "model.kl_target" if constrained else "model.alpha")
+            if any(k not in p for k in need):
+                return None
+            kl_target = float(p["model.kl_target"]) if constrained else None
+            run = Run(Path(), p["data.dataset"], int(p["model.latent_dim"]), int(p["seed_everything"]),
+                      float(p.get("model.alpha", 1.0)), kl_target, epochs=0)
+            name = group_name(run.dataset, run.setting, run.alpha, run.kl_target)
+            seeds.setdefault(name, set()).add(run.seed)
+    return {name: len(s) for name, s in seeds.items()}
+
+
+def seeds_per_group(records: list[dict], planned: dict[str, int] | None = None) -> dict:
+    """How many seeds each run group has, and the groups with fewer than expected: a partial
+    reproduction says so instead of averaging less. Expected: what the sweep files ask of the
+    group (``planned``, from ``planned_groups``; ``expected`` then lists it for each short group), else,
+    as for the run folders or an earlier summary that came without them, the most any group has."""
     counts: dict[str, int] = {}
     for r in records:
-        what = f"eps{r['kl_target']:g}" if r["kl_target"] is not None else f"alpha{r['alpha_init']:g}"
-        name = f"{r['dataset']}/{r['setting']}/{what}"
+        name = group_name(r["dataset"], r["setting"], r["alpha_init"], r["kl_target"])
         counts[name] = counts.get(name, 0) + 1
     most = max(counts.values(), default=0)
-    return {"most": most, "groups": len(counts), "short": {k: n for k, n in counts.items() if n < most}}
+    if planned is None:
+        return {"most": most, "groups": len(counts), "short": {k: n for k, n in counts.items() if n < most}}
+    expected = {k: planned.get(k, most) for k in counts}  # a group the files lack: the old rule
+    short = {k: n for k, n in counts.items() if n < expected[k]}
+    return {"most": most, "groups": len(counts), "short": short, "expected": {k: expected[k] for k in short}}
 
 
 def run_config(runs: list[Run], args) -> dict:
@@ -160,6 +191,7 @@ def run_config(runs: list[Run], args) -> dict:
         (len(load_sweep(f)["parameters"].get("seed_everything", {}).get("values", [0])) for f in args.sweeps),
         default=None)
     return {"seeds": len({r.seed for r in runs}), "planned_seeds": planned,
+            "planned_groups": None if args.from_runs else planned_groups(args.sweeps),
             "epochs": one_or_all({r.epochs for r in runs}),
             "subset": one_or_all(subsets), "lr_schedule": one_or_all(schedules), "iwae_k": args.iwae_k,
             "iwae_images": args.iwae_images,
@@ -199,7 +231,7 @@ def write_summary(records: list[dict], config: dict, output: Path) -> dict:
         "constrained_vs_front": verdicts.constrained_vs_front(records),
         "claims": verdicts.claims(records),
         "noise": verdicts.noise(records),
-        "seeds_per_group": seeds_per_group(records),
+        "seeds_per_group": seeds_per_group(records, config.get("planned_groups")),
         "runs": records,
     }
     summary["recommendation"] = recommend(records)

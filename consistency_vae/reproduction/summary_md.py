@@ -56,11 +56,18 @@ def title(dataset: str, setting: str) -> str:
 
 
 def partial_warning(seeds: dict) -> list[str]:
+    """The run groups with fewer seeds than the sweep files ask (``expected``; summaries made
+    without them: fewer than the most any group has)."""
     if not seeds["short"]:
         return []
-    short = ", ".join(f"{k} ({n})" for k, n in sorted(seeds["short"].items()))
-    return [f"**Partial reproduction:** {len(seeds['short'])} of {seeds['groups']} run groups have fewer "
-            f"than {seeds['most']} seeds: {short}. Their means and verdicts rest on fewer runs.", ""]
+    if "expected" in seeds:
+        short = ", ".join(f"{k} ({n} of {seeds['expected'][k]})" for k, n in sorted(seeds["short"].items()))
+        fewer = "fewer seeds than the sweep files ask"
+    else:
+        short = ", ".join(f"{k} ({n})" for k, n in sorted(seeds["short"].items()))
+        fewer = f"fewer than {seeds['most']} seeds"
+    return [f"**Partial reproduction:** {len(seeds['short'])} of {seeds['groups']} run groups have "
+            f"{fewer}: {short}. Their means and verdicts rest on fewer runs.", ""]
 
 
 def p_value(p: float) -> str:
