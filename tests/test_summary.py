@@ -90,6 +90,28 @@ def test_from_summary_rebuilds_the_results_from_their_run_records_without_traini
     assert (tmp_path / "front.png").is_file()
 
 
+def test_from_summary_judges_the_seeds_by_the_sweep_files_it_names(tmp_path, monkeypatch):
+    """An earlier summary without planned_groups (the reproduction of the files at 3 seeds, or one
+    made before the rule) gets them from its sweep files where they are all still here: 3 seeds of
+    groups the files ask 10 or 5 of are short. The committed one names reproduce_fixed.yaml, gone
+    since: the most any group has, as it was made (the test above: nothing changes)."""
+    import json
+
+    from consistency_vae.reproduction import summary
+    from consistency_vae.reproduction.reproduce import SWEEPS
+
+    old = json.loads((ROOT / "results/summary.json").read_text())
+    three = {**old, "config": {**old["config"], "sweeps": SWEEPS},
+             "runs": [r for r in old["runs"] if r["seed"] < 3]}
+    (tmp_path / "summary.json").write_text(json.dumps(three))
+    monkeypatch.chdir(ROOT)  # the sweep files as a summary names them, from the repository
+    got = summary.rebuild(tmp_path / "summary.json", tmp_path / "out")["seeds_per_group"]
+    assert got["groups"] == 36 and len(got["short"]) == 36 and set(got["short"].values()) == {3}
+    assert got["expected"]["mnist/paper/alpha1"] == 10 and got["expected"]["mnist/d20/eps3"] == 5
+    assert "36 of 36 run groups have fewer seeds than the sweep files ask" in (
+        tmp_path / "out/summary.md").read_text()
+
+
 def test_from_summary_refuses_a_missing_file_and_from_runs_beside_it(tmp_path):
     """One line naming the value and the fix, no traceback (and nothing trained)."""
     from consistency_vae.cli import cli_main

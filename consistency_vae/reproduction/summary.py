@@ -207,9 +207,14 @@ def rebuild(summary_json: Path, output: Path) -> dict:
     """summary.json, summary.md and the figures again from the run records of an earlier
     summary.json (its "runs": every number each run's own files gave), without training or
     evaluating: for a change of the statistics or the tables. Its config is kept, with
-    ``rebuilt_from``; figures that need the run folders (latent_drift_*.png) are left as they are."""
+    ``rebuilt_from``; figures that need the run folders (latent_drift_*.png) are left as they are.
+    A summary made before ``planned_groups`` gets them from its sweep files where they are all
+    still here (a summary of files since renamed, like the 3-seed reproduce_fixed.yaml's, has none)."""
     old = json.loads(Path(summary_json).read_text())
     config = {**old["config"], "rebuilt_from": str(summary_json)}
+    sweeps = config.get("sweeps") or []
+    if "planned_groups" not in config and sweeps and all(Path(f).is_file() for f in sweeps):
+        config["planned_groups"] = planned_groups(sweeps)
     return write_summary(old["runs"], config, output)
 
 
