@@ -158,6 +158,36 @@ def test_each_claim_gets_one_verdict_from_its_family_of_comparisons():
     assert verdicts.claims(one_seed)["drift"]["tests"][0]["direction"] == "untested (1 seed)"
 
 
+def test_the_elbo_gap_is_to_the_quadrature_log_likelihood_where_the_runs_have_it():
+    """Claim 2 at a 2-D latent: log p(x) by quadrature (exact up to the grid), not the IWAE bound
+    below it; at 20-D, and in runs evaluated before the quadrature, the IWAE bound."""
+    records = (claim_records([3.0, 3.2, 3.1], [0.8, 0.9, 0.85], [5.0, 5.5, 5.2], [4.0, 4.6, 4.1], "paper")
+               + claim_records([9.0, 9.5, 9.2], [2.0, 2.1, 2.0], [5.0, 5.5, 5.2], [6.0, 6.6, 6.1], "d20"))
+    # at 2-D the IWAE gap narrows by about 1 nat, the gap to log p(x) widens by 0.5, 0.4, 0.6
+    quadrature = {(0.0, 0): 5.1, (0.0, 1): 5.6, (0.0, 2): 5.3, (1.0, 0): 5.6, (1.0, 1): 6.0, (1.0, 2): 5.9}
+    with_quadrature = [{**r, "log_likelihood_gap": quadrature[r["alpha_init"], r["seed"]],
+                        "log_likelihood_gap_se": 0.01} if r["setting"] == "paper" else r for r in records]
+    gap = verdicts.claims(with_quadrature)["elbo_to_loglik"]
+    by = {t["setting"]: t for t in gap["tests"]}
+    assert by["paper"]["key"] == "log_likelihood_gap" and by["d20"]["key"] == "iwae_gap"
+    assert by["paper"]["diff"]["mean"] == pytest.approx(0.5) and by["paper"]["direction"] == "worse"
+    assert gap["verdict"] == "does not hold" and gap["count"] == {"better": 0, "no difference": 0, "worse": 2}
+    assert "log p(x) by quadrature where the runs have it" in gap["claim"]
+    lines = "\n".join(summary_md.claims_section({"elbo_to_loglik": gap}))
+    assert "by quadrature" in lines and "MNIST 2-D, log p(x) - ELBO [nats]: 5.33 ± 0.25 -> 5.83" in lines
+    assert "MNIST 20-D, IWAE - ELBO gap [nats]: 5.23" in lines
+    # one run without it (evaluated before the quadrature): that setting's every seed uses IWAE
+    one_missing = [{k: v for k, v in r.items() if not k.startswith("log_likelihood")}
+                   if (r["setting"], r["alpha_init"], r["seed"]) == ("paper", 1.0, 2) else r
+                   for r in with_quadrature]
+    old = verdicts.claims(one_missing)["elbo_to_loglik"]
+    assert {t["key"] for t in old["tests"]} == {"iwae_gap"} and old["verdict"] == "partly holds"
+    assert old["claim"] == verdicts.claims(records)["elbo_to_loglik"]["claim"] == (
+        "the ELBO approaches the data log-likelihood (IWAE - ELBO gap shrinks)")
+    only_2d = verdicts.claims([r for r in with_quadrature if r["setting"] == "paper"])["elbo_to_loglik"]
+    assert only_2d["claim"].endswith("(log p(x) - ELBO gap shrinks, log p(x) by quadrature)")
+
+
 def simulated_families(rng, families: int, m: int, effect: float, seeds: int = 3) -> list[list[dict]]:
     """``families`` claims of ``m`` comparisons each, decided by the rule itself: per comparison,
     alpha = 0 and alpha = 1 per seed with seed-to-seed noise sd 1 (shared by the pair, as a seed
