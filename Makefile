@@ -53,9 +53,10 @@ agent: data  ## one more agent for a sweep: make agent SWEEP_ID=entity/project/i
 	@test -n "$(SWEEP_ID)" || { echo "make agent: give SWEEP_ID=entity/project/id (make sweep prints it)"; exit 1; }
 	@source $(VENV)/bin/activate && $(WANDB) agent $(AGENT_COUNT) $(SWEEP_ID)
 
-# The reproduction is three sweep files (sweeps/reproduce_*.yaml: 108 runs of 25 epochs), run by
+# The reproduction is four sweep files (sweeps/reproduce_*.yaml: 220 runs of 25 epochs), run by
 # the same runner as `consistency-vae sweep`, then every run evaluated into results/. Empty SEEDS
-# and EPOCHS: the files' own (3 seeds, 25 epochs). Runs trained elsewhere (make agent, SLURM):
+# and EPOCHS: the files' own (10 seeds of alpha 0 and 1, 5 of the rest; 25 epochs). Runs trained
+# elsewhere (make agent, SLURM):
 # $(CLI) reproduce --from-runs DIR (docs/scaling.md).
 SEEDS ?=
 EPOCHS ?=
