@@ -243,8 +243,9 @@ def _last_kl(metrics: dict) -> tuple[str, float] | None:
     return None
 
 
-def lightning_cli(args: list[str] | None = None, run: bool = True) -> ConsistencyCLI:
-    return ConsistencyCLI(
+def lightning_cli(args: list[str] | None = None, run: bool = True,
+                  cli_class: type[ConsistencyCLI] = ConsistencyCLI) -> ConsistencyCLI:
+    return cli_class(
         ConsistencyVAE,
         MNISTDataModule,
         args=args,

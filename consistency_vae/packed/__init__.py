@@ -16,8 +16,9 @@ the stacked tensors is N Adams, as Adam is elementwise. Each member is its solo 
 - a member whose loss goes non-finite is frozen at its last good weights and reported failed with
   the solo run's message (``guards.py``); the others go on.
 
-What is not packed yet (docs/scaling.md): sweep/reproduce wiring (run folders, checkpoints on
-disk, records, W&B), packed evaluation, CUDA graphs.
+``sweep --pack N`` runs a pack per process (``run.py``), each member writing its ordinary run
+folder (``member_run.py``) and Lightning checkpoints (``checkpoint.py``). Not packed yet
+(docs/scaling.md): evaluation, and the CUDA-graph capture of the step.
 """
 
 from consistency_vae.packed.fit import MemberResult, fit_pack

@@ -37,14 +37,15 @@ class MemberResult:
 
 
 @torch.no_grad()
-def validate(pack: Pack, images: Tensor, batch_size: int) -> dict[str, Tensor]:
+def validate(pack: Pack, images: Tensor, batch_size: int, seed: int = 0) -> dict[str, Tensor]:
     """{val/term: (N,)} and val/selection (N,): as ``ConsistencyVAE._eval_step`` on one process
     (batch b starts at image b * batch_size, and takes eval_noise rows from there), with the sums
-    over batches taken in float32, as torchmetrics' MeanMetric takes them."""
+    over batches taken in float32, as torchmetrics' MeanMetric takes them. ``seed``: of the
+    evaluation noise (the test set's TestSetConsistency has its own)."""
     sums = torch.zeros(len(TERMS), len(pack.members), device=pack.device)  # (T, N)
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size]
-        noise = eval_noise(start, len(x), pack.hparams.latent_dim).to(pack.device)
+        noise = eval_noise(start, len(x), pack.hparams.latent_dim, seed).to(pack.device)
         out = pack.forward(x, noise, shared_input=True)
         sums += torch.stack([out[t].sum(-1) for t in TERMS])
     means = dict(zip((f"val/{t}" for t in TERMS), sums / len(images), strict=True))
