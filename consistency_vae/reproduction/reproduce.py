@@ -72,7 +72,7 @@ def train(args) -> tuple[list[Run], int]:
     failed = 0
     for sweep_file in args.sweeps:
         failed += run_sweep(sweep_file, args.parallel, runs_dir=args.runs_dir, extra_args=extra,
-                            only=only, threads=args.threads)["failed"]
+                            only=only, threads=args.threads, pack=args.pack)["failed"]
     wait_for_other_runners(stores)
     runs = [run for store, keys in stores
             for run in from_records([r for r in store.records() if r.get("key") in keys])]
@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                              "count (else the most common length)")
     parser.add_argument("--subset", type=int, default=None, help="first N train/val/test images only")
     parser.add_argument("--datasets", type=str, nargs="+", default=None, help="e.g. mnist (files: both)")
-    parser.add_argument("--parallel", type=int, default=2, help="runs trained at once")
+    parser.add_argument("--parallel", type=int, default=2, help="runs (or packs) trained at once")
+    parser.add_argument("--pack", type=str, default="1", metavar="N|auto",
+                        help="runs trained together in one process (sweep --pack): auto packs on a GPU")
     parser.add_argument("--threads", type=int | None, default=None,
                         help=f"CPU threads of each run and of the evaluations; null: ${threads.ENV} "
                              f"if set, else {threads.DEFAULT} (more wait on each other on a busy machine)")

@@ -55,6 +55,11 @@ def main(argv: list[str]) -> None:
                              "task runs --index $SLURM_ARRAY_TASK_ID")
     parser.add_argument("--only", action="append", default=[], metavar="NAME=V1,V2",
                         help="only the grid points with these values, e.g. --only seed_everything=0")
+    parser.add_argument("--pack", type=str, default="1", metavar="N|auto",
+                        help="grid points trained together in one process, as one batched program "
+                             "(those that differ only in seed, alpha, alpha_mode and kl_target; "
+                             "--parallel then counts packs); auto: 64 on a GPU, 1 on a CPU "
+                             "(docs/scaling.md, 'Packed sweeps')")
     parser.add_argument("--list", action="store_true", help="print the grid points and their status")
     parser.add_argument("--runs_dir", type=str, default="runs", help="where run folders and wandb/ go")
     parser.add_argument("--extra-args", nargs=argparse.REMAINDER, default=[],
@@ -68,6 +73,6 @@ def main(argv: list[str]) -> None:
     check_against_cli(args.sweep_file, load_sweep(args.sweep_file),
                       [f"--trainer.default_root_dir={args.runs_dir}", *args.extra_args])
     result = run_sweep(args.sweep_file, args.parallel, args.count, args.runs_dir, args.extra_args,
-                       args.index, only, threads=args.threads)
+                       args.index, only, threads=args.threads, pack=args.pack)
     if result["failed"]:
         sys.exit(1)  # after every run has had its go: scripts and CI see that something failed

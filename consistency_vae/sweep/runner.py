@@ -19,7 +19,8 @@ from pathlib import Path
 
 from consistency_vae import threads as cpu_threads
 from consistency_vae.errors import ConfigError
-from consistency_vae.sweep import best_run, children, claims
+from consistency_vae.run_record import read_status
+from consistency_vae.sweep import best_run, children, claims, packs
 from consistency_vae.sweep.resume import finished_unrecorded, resume_args
 from consistency_vae.sweep.store import SweepStore, read_json, run_key
 from consistency_vae.sweep.sweep_file import (
@@ -62,6 +63,10 @@ def _finish(run: dict, proc: subprocess.Popen, folder: Path, metric: str | None)
     run["ended"] = time.time()
     run["seconds"] = round(run["ended"] - run["started"], 1)
     run.update(read_json(folder / "logs" / f"{run['id']}.json") or {})  # the run folders it wrote
+    if run.get("pack"):  # a pack's exit code is its members' together: each has its own outcome
+        ok = "failed" in run and not run["failed"] and run.get("run_dir") is not None
+        run["status"] = "finished" if ok and read_status(Path(run["run_dir"])).get("status") == "finished" \
+            else "failed"
     if metric and run.get("run_dir"):
         run["history"] = metric_history(Path(run["run_dir"]) / "metrics.csv", metric)
 
@@ -90,6 +95,24 @@ def _start(run: dict, claim: Path | None, env: dict, store: SweepStore, running:
     store.save(run)
 
 
+def _start_pack(to_start: list[tuple[dict, Path | None]], env: dict, store: SweepStore,
+                running: dict) -> None:
+    """One process for the runs of a pack (sweep/packs.py), each run with its own record and claim
+    naming that process; the pack's log is each member's log."""
+    first = to_start[0][0]
+    spec = packs.write_spec(store.folder / "logs" / f"pack-{first['id']}.json", [r for r, _ in to_start])
+    log = store.folder / "logs" / f"pack-{first['id']}.log"
+    with open(log, "w") as out:
+        proc = children.start(packs.pack_command(spec), out, env)
+    child = claims.process_info(proc.pid)
+    for run, claim in to_start:
+        running[run["id"]] = (run, proc, claim)
+        if claim:
+            claims.add_child(claim, proc.pid)
+        run.update(pack=first["id"], log=str(log), runner={**run["runner"], "child": child})
+        store.save(run)
+
+
 def _why(err: BaseException) -> str:
     if isinstance(err, children.Stopped | KeyboardInterrupt):
         return str(err) or "stopped by Ctrl-C"
@@ -105,7 +128,7 @@ def _stop_runs(running: dict, store: SweepStore, metric: str | None, why: str) -
     print(f"{why}: stopping its {len(running)} runs (up to {children.STOP_GRACE_S:.0f} s for them to "
           "save a checkpoint)", flush=True)
     with children.uninterrupted():
-        children.stop([proc for _, proc, _ in running.values()])
+        children.stop(list({id(p): p for _, p, _ in running.values()}.values()))  # a pack: one process
         for run, proc, claim in running.values():
             if proc.returncode == 0:  # it ended by itself just now
                 _finish(run, proc, store.folder, metric)
@@ -158,15 +181,37 @@ class GridQueue:
             return index, params, key, path, latest
         return None
 
+    def next_in_pack(self, first: tuple, size: int) -> list[tuple]:
+        """``first`` (from next()) and up to ``size - 1`` more claimed points of its pack: the points
+        that differ from it only in per-member values (packs.group) and resume as it does. The
+        others stay queued, in order."""
+        from consistency_vae.sweep.resume import resume_args
+
+        def resumes(picked: tuple) -> bool:
+            return bool(resume_args(picked[4]))
+
+        same = [t for t in self.todo if packs.group(t[1]) == packs.group(first[1])]
+        others = [t for t in self.todo if packs.group(t[1]) != packs.group(first[1])]
+        picked, passed, self.todo = [first], [], same
+        while len(picked) < size and (found := self.next()) is not None:
+            if resumes(found) == resumes(first):
+                picked.append(found)
+            else:  # it resumes where first starts fresh, or the reverse: another pack, later
+                claims.release(found[3])
+                passed.append((found[0], found[1]))
+        self.todo = sorted(self.todo + others + passed, key=lambda t: t[0])
+        return picked
+
 
 def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs_dir: str = "runs",
               extra_args: list[str] | None = None, index: int | None = None,
-              only: dict[str, list] | None = None, threads: int | None = None) -> dict:
+              only: dict[str, list] | None = None, threads: int | None = None, pack: int | str = 1) -> dict:
     """Propose, claim, launch and collect runs until ``count`` have run or the grid is done.
 
     ``index``: only grid point ``index`` (a SLURM array task); ``only``: the grid points whose
     parameters take the given values (``{"seed_everything": [0]}``); ``threads``: CPU threads of
-    each run (None: OMP_NUM_THREADS if set, else 1; threads.py).
+    each run (None: OMP_NUM_THREADS if set, else 1; threads.py); ``pack``: grid points per process
+    (sweep/packs.py; ``parallel`` then counts processes), or ``auto``.
     """
     from wandb.env import get_agent_max_initial_failures
     from wandb.wandb_agent import Agent
@@ -198,48 +243,63 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
         raise ConfigError(f"a {config['method']} search never ends by itself: give --count N")
     metric = (config.get("metric") or {}).get("name")
     threads, threads_from = cpu_threads.resolve(threads)  # per run; a ConfigError before any run
+    pack = packs.resolve(pack)
+    if pack > 1 and queue is None:
+        raise ConfigError(f"--pack {pack}: packs are for grid sweeps; {sweep_file} is a {config['method']} "
+                          "search, whose next point depends on the last results: use --pack 1")
     # as `wandb agent` stops a broken command (WANDB_AGENT_MAX_INITIAL_FAILURES, default 5)
     max_initial_failures = get_agent_max_initial_failures(Agent.MAX_INITIAL_FAILURES)
     extra = [f"--trainer.default_root_dir={runs_dir}", *user_extra]
     running: dict[str, tuple[dict, subprocess.Popen, Path | None]] = {}
     launched, exhausted, outcomes, beat = 0, False, [], time.time()
-    print(f"sweep {name} ({config['method']}): up to {count or 'all grid'} runs, {parallel} at a time, "
+    at_once = f"{parallel} packs of up to {pack} runs" if pack > 1 else str(parallel)
+    print(f"sweep {name} ({config['method']}): up to {count or 'all grid'} runs, {at_once} at a time, "
           f"{threads} thread(s) each ({threads_from}); records in {store.folder}", flush=True)
     restore_signals = children.stop_on_signals()  # SIGTERM, SIGHUP: Stopped, as Ctrl-C is KeyboardInterrupt
     try:
         while running or (not exhausted and (count is None or launched < count)):
-            while (len(running) < parallel and not exhausted and (count is None or launched < count)
+            while (len({id(p) for _, p, _ in running.values()}) < parallel and not exhausted
+                   and (count is None or launched < count)
                    and not (len(outcomes) >= max_initial_failures and not any(outcomes))):
                 if queue is not None:
                     picked = queue.next()
                     if picked is None:
                         exhausted = True
                         break
-                    _, params, key, claim, latest = picked
+                    size = pack if count is None else min(pack, count - launched)
+                    picks = queue.next_in_pack(picked, size) if size > 1 else [picked]
                 else:
-                    params, claim, latest = propose(config, store.records()), None, None
+                    params = propose(config, store.records())
                     if params is None:
                         exhausted = True
                         break
-                    key = run_key(params, user_extra)
-                run = store.new_record(params, key, user_extra)
-                command = build_command(config, params) + extra
-                if done := finished_unrecorded(latest, command):
-                    _count_as_finished(run, latest, done, store, claim)
+                    picks = [(None, params, run_key(params, user_extra), None, None)]
+                to_start = []
+                for _, params, key, claim, latest in picks:
+                    run = store.new_record(params, key, user_extra)
+                    command = build_command(config, params) + extra
                     launched += 1
-                    outcomes.append(True)
-                    continue
-                resume = resume_args(latest)
-                run["command"] = command + resume
-                if resume:
-                    run["resumes"] = latest["id"]
-                store.save(run)
-                launched += 1
-                _start(run, claim, _child_env(name, threads, Path(run["log"]).with_suffix(".json")),
-                       store, running)
-                print(f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
-                      f"{' (resuming run ' + latest['id'] + ')' if resume else ''}: "
-                      + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
+                    if done := finished_unrecorded(latest, command):
+                        _count_as_finished(run, latest, done, store, claim)
+                        outcomes.append(True)
+                        continue
+                    resume = resume_args(latest)
+                    run["command"] = command + resume
+                    if resume:
+                        run["resumes"] = latest["id"]
+                    store.save(run)
+                    to_start.append((run, claim))
+                    print(f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
+                          f"{' (resuming run ' + latest['id'] + ')' if resume else ''}"
+                          f"{' in pack ' + to_start[0][0]['id'] if len(picks) > 1 else ''}: "
+                          + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
+                if len(to_start) == 1:
+                    run, claim = to_start[0]
+                    _start(run, claim, _child_env(name, threads, Path(run["log"]).with_suffix(".json")),
+                           store, running)
+                elif to_start:
+                    _start_pack(to_start, _child_env(name, threads, store.folder / "logs" / "pack.json"),
+                                store, running)
             if len(outcomes) >= max_initial_failures and not any(outcomes) and not running:
                 print(f"sweep {name}: the first {len(outcomes)} runs all failed, stopping (as wandb "
                       "agent does): fix the command shown in their logs", flush=True)
