@@ -121,6 +121,15 @@ def test_a_packed_sweep_writes_ordinary_run_folders_as_its_solo_runs(tmp_path, d
     assert len(ids) == 4 and all(any(i in d for d in wandb_dirs) for i in ids)  # the folder's id is its run's
     for d in wandb_dirs:  # each run was closed with its epochs' history in it
         assert list(Path(d).glob("run-*.wandb")), d
+    # `evaluate` reads a member's best checkpoint, and reports for it what the final test logged
+    from consistency_vae.evaluation.evaluate import evaluate_checkpoint
+
+    member = runs[0]
+    best = next((Path(member["run_dir"]) / "checkpoints").glob("best-epoch*.ckpt"))
+    evaluated = evaluate_checkpoint(best, tmp_path / "eval", iwae_k=2, iwae_images=8, figures=False,
+                                    progress=False, device="cpu")
+    for key in ("kl_consistency", "elbo"):
+        assert evaluated[key] == approx_f32(final_test(member["run_dir"])[f"test/{key}"], latent_dim=2), key
     # the solo run of one grid point, by the same runner
     solo = run_sweep(file, pack=1, runs_dir=str(tmp_path / "solo"),
                      only={"model.alpha": [3.0], "seed_everything": [1]})
