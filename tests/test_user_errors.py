@@ -174,3 +174,12 @@ def test_validate_and_test_refuse_a_limit_that_leaves_a_rank_no_batch(tmp_path, 
                                "--model.decoder.init_args.hidden_dims=[32]"))
     assert f"--trainer.limit_{split}_batches=0.5" in line
     assert not (ROOT / "tests/fixtures/validate").exists() and not (ROOT / "tests/fixtures/test").exists()
+
+
+@pytest.mark.parametrize("command", [["sweep", "sweeps/alpha_mnist.yaml"], ["reproduce"]])
+def test_a_bad_pack_size_stops_before_any_run(tmp_path, command):
+    """--pack 0: one line naming it, before a run folder or a sweep record is written."""
+    shutil.copytree(ROOT / "sweeps", tmp_path / "sweeps")
+    line = one_error_line(*run(tmp_path, *command, "--pack", "0", "--runs_dir", "runs"))
+    assert "--pack 0: give a number of runs per process >= 1" in line
+    assert not (tmp_path / "runs").exists()

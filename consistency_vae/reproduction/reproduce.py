@@ -26,7 +26,7 @@ from pathlib import Path
 from consistency_vae import cli_help, data_files, threads
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
-from consistency_vae.sweep import claims
+from consistency_vae.sweep import claims, packs
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="test images of the amortisation and approximation gaps")
     args = parser.parse_args(argv)
     threads.resolve(args.threads)  # a bad --threads or OMP_NUM_THREADS stops here, before any run
+    packs.resolve(args.pack)  # and a bad --pack
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 

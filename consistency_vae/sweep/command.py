@@ -9,6 +9,7 @@ import yaml
 
 from consistency_vae import cli_help, threads
 from consistency_vae.errors import ConfigError
+from consistency_vae.sweep import packs
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
 from consistency_vae.sweep.sweep_file import check_against_cli, grid_points, load_sweep, select
@@ -67,6 +68,7 @@ def main(argv: list[str]) -> None:
                              "e.g. --extra-args --trainer.max_epochs=2")
     args = parser.parse_args(argv)
     only = parse_only(args.only)  # a UserError reaches cli.py, which prints it on one line
+    packs.resolve(args.pack)  # a bad --pack, before the sweep file is checked or a run starts
     check_output_folder(args.runs_dir, "--runs_dir")
     if args.list:
         return list_points(args.sweep_file, args.runs_dir, args.extra_args, only)
