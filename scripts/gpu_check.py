@@ -11,16 +11,25 @@ Steps, each timed and printed as one row of the final table (results in OUT/gpu_
    KL(z'||z) after 3 epochs (bf16 and TF32 must not move them beyond the seed noise);
 4. one run of the reproduction (25 epochs, constrained, MNIST 2-D, epsilon 1.5, seed 1) and
    ``evaluate`` of its last checkpoint with the reproduction's settings: the wall time of one run;
+   ``pack``: the packed reproduction (docs/scaling.md, "Packed sweeps"): the 20 runs of
+   sweeps/reproduce_claims.yaml on MNIST 2-D (alpha 0 and 1, seeds 0-9, 25 epochs) as ONE pack
+   (``sweep --pack auto``): its wall time, seconds per run and the first run's final test
+   KL(z'||z) and ELBO; ``evaluate`` of two of its checkpoints (seconds per checkpoint, the number
+   a packed evaluation has to beat); then ``bench --pack N`` on the device for N = 1, 8, 54;
 5. K copies of a 3-epoch fit at once, to see how many runs one GPU trains side by side;
 6. the dataset on the GPU against on the host, in one process, epochs alternating (as bench).
 ``--steps`` picks some of them (default: all).
-``--accelerator cpu --quick`` runs the same steps on a CPU, shorter (a dry run of this script).
+``--accelerator cpu --quick`` runs the same steps on a CPU, shorter (a dry run of this script;
+``pack``: 2 epochs of 2000 images, ``--pack 20``, as auto is 1 on a CPU, and bench N = 1, 4).
+Every command runs under a timeout, in its own process group, killed whole when it runs out.
 """
 
 import argparse
 import csv
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,10 +49,16 @@ def run(cmd: list[str], log: Path, env: dict | None = None, timeout: float = 600
     """Run cmd from the repository root, output to log; (return code, wall seconds)."""
     start = time.perf_counter()
     with open(log, "w") as f:
+        # its own process group: a sweep's pack process (a grandchild) goes with it on a timeout
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
-                                env={**os.environ, **(env or {})}).returncode
-        except subprocess.TimeoutExpired:
+            rc = proc.wait(timeout=timeout)
+        except BaseException as err:  # the timeout, or Ctrl-C
+            os.killpg(proc.pid, signal.SIGKILL)  # not yet waited for: the group is still ours
+            proc.wait()
+            if not isinstance(err, subprocess.TimeoutExpired):
+                raise
             rc = 124
     return rc, time.perf_counter() - start
 
@@ -74,7 +89,7 @@ def main() -> None:
     p.add_argument("--accelerator", default="gpu", choices=["gpu", "cpu"])
     p.add_argument("--quick", action="store_true", help="1-epoch steps (a dry run on a CPU)")
     p.add_argument("--parallel", type=int, default=8, help="K of step 5")
-    p.add_argument("--steps", default="tests,bench,precision,run,parallel,placement",
+    p.add_argument("--steps", default="tests,bench,precision,run,pack,parallel,placement",
                    help="comma-separated steps to run")
     a = p.parse_args()
     steps = set(a.steps.split(","))
@@ -105,6 +120,8 @@ def main() -> None:
         precision(out, [*device, f"--trainer.max_epochs={epochs}"], record)
     if "run" in steps:  # 4. one reproduction run and its evaluation
         reproduction_run(a, out, device, record)
+    if "pack" in steps:  # the packed reproduction, its evaluation, bench --pack
+        pack(a, out, record)
     if "parallel" in steps:  # 5. K fits side by side
         parallel(a, out, [*device, f"--trainer.max_epochs={epochs}"], record)
     if "placement" in steps:  # 6. where the dataset lives
@@ -136,16 +153,97 @@ def reproduction_run(a, out: Path, device: list[str], record) -> None:
     row = fit_setup(out, "reproduction_run", run_args)
     if row["rc"] == 0:
         ckpt = next((out / "runs" / "reproduction_run").rglob("last.ckpt"))
-        rc, wall = run([sys.executable, "-m", "consistency_vae", "evaluate", "--ckpt_path", str(ckpt),
-                        "--output", str(out / "eval"), "--iwae_images", "1000",
-                        "--metrics", "inference_gaps", "--gap_images", "200", "--no_figures",
-                        "--device", "cuda" if a.accelerator == "gpu" else "cpu"], out / "evaluate.log")
+        rc, wall = run(evaluate_cmd(ckpt, out / "eval", a.accelerator), out / "evaluate.log")
         row |= {"evaluate_rc": rc, "evaluate_wall_s": round(wall, 1)}
         if rc == 0:
             metrics = json.loads((out / "eval" / "metrics.json").read_text())
             row |= {k: metrics.get(k) for k in ("kl_consistency", "elbo", "iwae_ll", "alpha")}
     record(row)
 
+
+
+def evaluate_cmd(ckpt: Path, output: Path, accelerator: str) -> list[str]:
+    """``evaluate`` of one checkpoint with the reproduction's settings (reproduction/reproduce.py's)."""
+    return [sys.executable, "-m", "consistency_vae", "evaluate", "--ckpt_path", str(ckpt),
+            "--output", str(output), "--iwae_images", "1000", "--metrics", "inference_gaps",
+            "--gap_images", "200", "--no_figures", "--device", "cuda" if accelerator == "gpu" else "cpu"]
+
+
+# The pack step's time on an H200, from docs/scaling.md's "On a GPU": a solo run trains at 1.88
+# s/epoch there, launch-bound (a step is ~4 ms of kernel launches and Python for microseconds of
+# arithmetic), so the 20 runs one after another would take 20 x 67 s = 22 minutes. A pack's step is
+# one vmapped program, about the launches of one solo step plus 20 small noise draws
+# (packed/data.py): guess 2x a solo step, ~3.8 s/epoch, 95 s for 25 epochs, plus the 20 members'
+# start (a LightningCLI each), per-epoch test rows and checkpoints, and the last epoch's figures,
+# ~2 s per member: about 2.5 minutes. Then 2 evaluations at 14 s, and 3 bench calls of two
+# processes (~10 s to start each, ~5 s timed): about 1.5 minutes. In all ~4.5 minutes; whatever
+# happens, PACK_BUDGET_S bounds the step (each command's timeout is what is left of it).
+PACK_BUDGET_S = {"gpu": 330, "cpu": 1800}  # the CPU's dry run (--quick) is slower than the H200
+PACK_RUNS = 20  # sweeps/reproduce_claims.yaml on MNIST 2-D: alpha 0 and 1, seeds 0-9
+EVALUATED = 2  # checkpoints evaluated: enough for seconds per checkpoint
+
+
+def pack(a, out: Path, record) -> None:
+    """The packed reproduction slice, its evaluation, then bench --pack (module docstring, step 4)."""
+    deadline = time.perf_counter() + PACK_BUDGET_S[a.accelerator]
+
+    def left() -> float:
+        return max(1.0, deadline - time.perf_counter())
+
+    runs = out / "runs" / "packed"
+    shutil.rmtree(runs, ignore_errors=True)  # else the sweep finds last call's runs finished and skips them
+    extra = [f"--trainer.accelerator={a.accelerator}"]
+    if a.quick:
+        extra += ["--trainer.max_epochs=2", "--data.subset=2000"]
+    rc, wall = run([sys.executable, "-m", "consistency_vae", "sweep", "sweeps/reproduce_claims.yaml",
+                    "--pack", str(PACK_RUNS) if a.quick else "auto", "--parallel", "1",
+                    "--only", "data.dataset=mnist", "--only", "model.latent_dim=2", "--runs_dir", str(runs),
+                    "--extra-args", *extra], out / "sweep_packed.log", timeout=left())
+    records = [json.loads(f.read_text()) for f in sorted(runs.glob("sweep-*/attempts/*.json"))]
+    finished = [ROOT / r["run_dir"] for r in records if r.get("status") == "finished" and r.get("run_dir")]
+    row = {"step": f"packed reproduction ({PACK_RUNS} runs, one pack)", "rc": rc, "wall_s": round(wall, 1),
+           "runs_finished": len(finished), "s_per_run": round(wall / max(1, len(finished)), 2),
+           "packs": sorted({r.get("pack") for r in records if r.get("pack")})}
+    if finished:
+        tested = [r for r in csv.DictReader((finished[0] / "metrics.csv").read_text().splitlines())
+                  if r.get("test/loss")]
+        row["first_run"] = os.path.relpath(finished[0], out)
+        if tested:
+            row |= {"test_kl_consistency": round(float(tested[-1]["test/kl_consistency"]), 4),
+                    "test_elbo": round(float(tested[-1]["test/elbo"]), 3)}
+    if rc != 0:
+        row["tail"] = (out / "sweep_packed.log").read_text().strip().splitlines()[-10:]
+    record(row)
+
+    evaluated = {"step": f"evaluate, {EVALUATED} packed runs' last.ckpt", "rcs": [], "wall_s": []}
+    for i, folder in enumerate(finished[:EVALUATED]):
+        ckpt = folder / "checkpoints" / "last.ckpt"
+        rc, wall = run(evaluate_cmd(ckpt, out / f"eval_packed{i}", a.accelerator),
+                       out / f"evaluate_packed{i}.log", timeout=left())
+        evaluated["rcs"].append(rc)
+        evaluated["wall_s"].append(round(wall, 1))
+        if rc == 0 and i == 0:
+            metrics = json.loads((out / "eval_packed0" / "metrics.json").read_text())
+            evaluated |= {k: metrics.get(k) for k in ("kl_consistency", "elbo", "iwae_ll", "alpha")}
+    if evaluated["wall_s"]:
+        evaluated["s_per_checkpoint"] = round(statistics.mean(evaluated["wall_s"]), 1)
+    record(evaluated)
+
+    for n in (1, 4) if a.quick else (1, 8, 54):
+        numbers = out / f"bench_pack{n}.json"
+        quick = ["--steps", "3"] if a.quick else []
+        rc, wall = run([sys.executable, "-m", "consistency_vae", "bench", "--pack", str(n), "--accelerator",
+                        a.accelerator, "--json", str(numbers), *quick], out / f"bench_pack{n}.log",
+                       timeout=left())
+        row = {"step": f"bench --pack {n}", "rc": rc, "wall_s": round(wall, 1)}
+        if rc == 0:
+            result = json.loads(numbers.read_text())
+            row |= {"device": result["device"], "workers": result["workers"],
+                    "solo_model_steps_s": round(result["solo"], 1),
+                    "packed_model_steps_s": round(result["packed"], 1), "ratio": round(result["ratio"], 3)}
+        else:
+            row["tail"] = (out / f"bench_pack{n}.log").read_text().strip().splitlines()[-10:]
+        record(row)
 
 
 def parallel(a, out: Path, short: list[str], record) -> None:
