@@ -1,12 +1,19 @@
 """`make reproduce`: the reproduction's sweeps on a tiny subset, its summary against the runs' own
-files, a rerun that trains nothing, the same results from gathered run folders (--from-runs), and
-the refusal to evaluate a run before its last epoch."""
+files, a rerun that trains nothing, the same results from gathered run folders (--from-runs), the
+refusal to evaluate a run before its last epoch, and evaluation by worker processes
+(--eval_parallel) that gives the same numbers and shares the runs through their claims."""
 
 import json
 import math
+import multiprocessing
 import os
+import re
+import shutil
+import socket
 import statistics
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -15,10 +22,12 @@ import torch
 import yaml
 
 from consistency_vae import run_record
-from consistency_vae.errors import UserError
+from consistency_vae.errors import CheckpointError, UserError
 from consistency_vae.reproduction import reproduce
-from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders
+from consistency_vae.reproduction.runs import LAST, Run, check_last_epochs, from_folders
 from consistency_vae.reproduction.summary import evaluated_epoch
+from consistency_vae.sweep import claims
+from tests.cli_runs import ENV
 from tests.conftest import ROOT
 
 QUICK = ["--datasets", "mnist", "--seeds", "2", "--epochs", "2", "--subset", "1000", "--iwae_k", "5",
@@ -230,3 +239,77 @@ def test_an_evaluation_held_by_another_runner_is_passed_over_until_the_rest_is_d
     assert events == [("evaluate", free.folder), ("wait", reproduce.WAIT_S)]  # waits once nothing is left
     assert list(results) == [held, free]  # in the runs' order
     assert results[held]["elbo"] == -99.0 and results[free]["elbo"] == -98.0
+
+
+WHERE = ("ckpt_path", "figures", "wall_seconds")  # where the checkpoint was and how long it took
+
+
+@pytest.mark.slow
+def test_worker_processes_evaluate_to_the_same_numbers(quick, tmp_path, data_dir):
+    """--eval_parallel 2: three runs evaluated again, from copies of their folders, by two spawned
+    workers. Exactly the numbers that this process wrote: the same call with the same arguments, on
+    the same machine with the same thread count (the threads rule, in the workers too), so every
+    float32 sum is added in the same order."""
+    runs = [r for r in summary_of(quick["root"] / "results")["runs"] if r["name"].endswith("seed1")][:3]
+    copies = []
+    for run in runs:
+        copy = tmp_path / Path(run["folder"]).parent.name / "version_0"
+        shutil.copytree(run["folder"], copy, ignore=shutil.ignore_patterns("eval", "eval.claim"))
+        copies.append(Run.from_folder(copy))
+    results = reproduce.evaluate_all(copies, iwae_k=5, iwae_images=50, data_dir=str(data_dir), gap_images=10,
+                                     parallel=2)
+    assert list(results) == copies
+    for run, copy in zip(runs, copies, strict=True):
+        ours, theirs = evaluated(run), json.loads((copy.folder / "eval/metrics.json").read_text())
+        assert theirs["ckpt_path"] == str(copy.folder / "checkpoints/last.ckpt")
+        assert results[copy] == theirs and not (copy.folder / "eval.claim").exists()
+        # json text: a NaN metric (not computed) compares equal to itself, every float exactly
+        ours, theirs = ({k: v for k, v in m.items() if k not in WHERE} for m in (ours, theirs))
+        assert json.dumps(theirs, sort_keys=True) == json.dumps(ours, sort_keys=True)
+
+
+def test_workers_pass_over_evaluations_held_by_a_live_process_until_released(tmp_path, monkeypatch):
+    """The workers take runs through the eval.claim files, as this process does: two runs held by a
+    live process on this host are not evaluated while it holds them. Then the other runner finishes
+    one (its metrics.json is read) and dies holding the other, whose stale claim a worker takes over:
+    its checkpoint is a fake, and the worker's CheckpointError reaches us as in this process, once
+    the workers have ended, with the claim given back and no metrics.json written."""
+    done, dropped = (Run.from_folder(fake_run(tmp_path / f"{n}/version_0", 25, 24)) for n in ("a", "b"))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # another reproduce
+    held = json.dumps({"host": socket.gethostname(), **claims.process_info(holder.pid),
+                       "claimed": time.time()})
+    for run in (done, dropped):
+        (run.folder / "eval.claim").write_text(held)
+    waits = []
+
+    def the_other_runner_finishes_one_and_dies(seconds):
+        waits.append(seconds)
+        (done.folder / "eval").mkdir()
+        (done.folder / "eval/metrics.json").write_text(json.dumps({"kl_consistency": 1.0, "elbo": -99.0}))
+        (done.folder / "eval.claim").unlink()
+        holder.kill()
+        holder.wait()
+
+    monkeypatch.setattr(reproduce.time, "sleep", the_other_runner_finishes_one_and_dies)
+    before = set(multiprocessing.active_children())
+    try:
+        with pytest.raises(CheckpointError, match=re.escape(f"{dropped.folder / LAST} is not a Lightning")):
+            reproduce.evaluate_all([done, dropped], iwae_k=5, iwae_images=None, data_dir="data", parallel=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waits == [reproduce.WAIT_S]  # a worker that evaluated a held run would have failed before
+    assert set(multiprocessing.active_children()) == before  # no worker left
+    assert not (dropped.folder / "eval.claim").exists()
+    assert not (dropped.folder / "eval/metrics.json").exists()
+
+
+def test_a_bad_eval_parallel_stops_before_any_run(tmp_path):
+    """--eval_parallel 0: one line naming it and the fix, before a run folder is written."""
+    done = subprocess.run([sys.executable, "-m", "consistency_vae", "reproduce", "--eval_parallel", "0",
+                           "--runs_dir", "runs", "--output", "results"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=ENV)  # an error before any work: seconds of imports
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == ("consistency-vae: error: --eval_parallel 0: give a number of evaluation "
+                                   "processes >= 1 (1: one checkpoint at a time, in this process)")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

@@ -17,14 +17,14 @@ summary.json, summary.md and the figures. Interrupted? Run it again: finished ru
 are kept, cut-off runs resume, failed ones are tried again.
 """
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from consistency_vae import cli_help, data_files, threads
-from consistency_vae.errors import UserError
+from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.reproduction import evaluators
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
 from consistency_vae.sweep import claims, packs
 from consistency_vae.sweep.runner import run_sweep
@@ -94,42 +94,31 @@ def wait_for_other_runners(stores: list) -> None:
 
 
 def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str,
-                 gap_images: int = 200) -> dict[Run, dict]:
+                 gap_images: int = 200, parallel: int = 1,
+                 requested_threads: int | None = None) -> dict[Run, dict]:
     """Evaluate each run's last.ckpt into its folder's eval/metrics.json (kept if there): every
-    default metric and the inference gaps (on the first ``gap_images`` test images). A run that
-    another runner evaluates now is passed over and read when it is done, so two reproductions
-    started side by side evaluate different runs at once."""
-    from consistency_vae.evaluation.evaluate import (
-        evaluate_checkpoint,  # torch and Lightning: only to evaluate
-    )
-
+    default metric and the inference gaps (on the first ``gap_images`` test images), here one at a
+    time, or by ``parallel`` worker processes of ``requested_threads`` threads (evaluators.py). A
+    run that another runner evaluates now is passed over and read when it is done, so two
+    reproductions started side by side evaluate different runs at once."""
+    settings = evaluators.Settings(iwae_k, iwae_images, data_dir, gap_images)
     results, start, pending = {}, time.perf_counter(), list(runs)
-    while pending:
-        elsewhere = []
-        for run in pending:
-            out, claim = run.folder / "eval", run.folder / "eval.claim"  # one evaluator per run
-            if not (out / "metrics.json").is_file() and not claims.claim(claim):
-                elsewhere.append(run)
-                continue
-            try:
-                if (out / "metrics.json").is_file():  # kept from an earlier (or another) reproduce
-                    results[run] = json.loads((out / "metrics.json").read_text())
+    with evaluators.Evaluators(parallel, requested_threads) as evaluating:
+        while pending:
+            elsewhere = set()
+            for run, metrics in evaluating.completed(pending, settings):  # in the order they end
+                if metrics is None:  # another runner's now
+                    elsewhere.add(run)
                     continue
-                figures = run.setting == "paper" and run.model in ("vae", "consistency") and run.seed == 0
-                results[run] = evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=iwae_k,
-                                                   iwae_images=iwae_images, data_dir=data_dir,
-                                                   figures=figures, progress=False,
-                                                   metrics=["inference_gaps"], gap_images=gap_images)
-            finally:
-                claims.release(claim)
-            print(f"[eval {len(results)}/{len(runs)}] {run.name}: KL(z'||z) "
-                  f"{results[run]['kl_consistency']:.3f}, ELBO {results[run]['elbo']:.2f}   "
-                  f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
-        if len(elsewhere) == len(pending):  # nothing left to do here but wait for the others
-            names = ", ".join(r.name for r in elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
-            print(f"reproduce: waiting for another runner's evaluation of {names}", flush=True)
-            time.sleep(WAIT_S)
-        pending = elsewhere
+                results[run] = metrics
+                print(f"[eval {len(results)}/{len(runs)}] {run.name}: KL(z'||z) "
+                      f"{metrics['kl_consistency']:.3f}, ELBO {metrics['elbo']:.2f}   "
+                      f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+            if len(elsewhere) == len(pending):  # nothing left to do here but wait for the others
+                names = ", ".join(r.name for r in pending[:3]) + (" ..." if len(pending) > 3 else "")
+                print(f"reproduce: waiting for another runner's evaluation of {names}", flush=True)
+                time.sleep(WAIT_S)
+            pending = [run for run in pending if run in elsewhere]  # in the runs' order
     return {run: results[run] for run in runs}
 
 
@@ -156,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subset", type=int, default=None, help="first N train/val/test images only")
     parser.add_argument("--datasets", type=str, nargs="+", default=None, help="e.g. mnist (files: both)")
     parser.add_argument("--parallel", type=int, default=2, help="runs (or packs) trained at once")
+    parser.add_argument("--eval_parallel", type=int, default=1, metavar="P",
+                        help="last.ckpt files evaluated at once, each by a worker process "
+                             "(1: one after another, in this process)")
     parser.add_argument("--pack", type=str, default="1", metavar="N|auto",
                         help="runs trained together in one process (sweep --pack): auto packs on a GPU")
     parser.add_argument("--threads", type=int | None, default=None,
@@ -168,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     threads.resolve(args.threads)  # a bad --threads or OMP_NUM_THREADS stops here, before any run
     packs.resolve(args.pack)  # and a bad --pack
+    if args.eval_parallel < 1:  # and a bad --eval_parallel, before hours of training
+        raise ConfigError(f"--eval_parallel {args.eval_parallel}: give a number of evaluation processes "
+                          ">= 1 (1: one checkpoint at a time, in this process)")
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
@@ -192,8 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
     check_last_epochs(runs)
-    threads.apply(args.threads)  # the evaluations run in this process; the runs had their own
-    results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images)
+    threads.apply(args.threads)  # the evaluations run in this process, or in workers that apply it too
+    results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images,
+                           args.eval_parallel, args.threads)
     summary.write_all(runs, results, Path(args.output), args)
     print(f"reproduce: wrote {args.output}/summary.md from {len(runs)} runs")
     if failed:
