@@ -25,6 +25,7 @@ Every command runs under a timeout, in its own process group, killed whole when 
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -45,22 +46,43 @@ FIT_TF32 = [sys.executable, "-c", "import sys, torch; torch.set_float32_matmul_p
             "from consistency_vae.cli import cli_main; cli_main(sys.argv[1:])", *FIT_ARGS]
 
 
+STOP_GRACE_S = 15  # a stopped command's time to stop its own commands (stop below) before SIGKILL
+
+
 def run(cmd: list[str], log: Path, env: dict | None = None, timeout: float = 600) -> tuple[int, float]:
-    """Run cmd from the repository root, output to log; (return code, wall seconds)."""
+    """Run cmd from the repository root, output to log; (return code, wall seconds). Past its
+    timeout (return code 124), on Ctrl-C or on SIGTERM (main makes it SystemExit), the command goes
+    with every process it started: it runs in its own process group, which ``stop`` ends."""
     start = time.perf_counter()
     with open(log, "w") as f:
-        # its own process group: a sweep's pack process (a grandchild) goes with it on a timeout
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
         try:
             rc = proc.wait(timeout=timeout)
-        except BaseException as err:  # the timeout, or Ctrl-C
-            os.killpg(proc.pid, signal.SIGKILL)  # not yet waited for: the group is still ours
-            proc.wait()
+        except BaseException as err:
+            stop(proc)
             if not isinstance(err, subprocess.TimeoutExpired):
                 raise
             rc = 124
     return rc, time.perf_counter() - start
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End proc's process group (a sweep's pack process is the runner's child): SIGTERM first, so
+    that a command that itself runs run() (this script under a test) stops its commands' groups,
+    then SIGKILL for whatever is left."""
+    os.killpg(proc.pid, signal.SIGTERM)  # not yet waited for: the group is still ours
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):  # the group may be gone by now
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so that run() stops the command it waits on (Python's default
+    would end this process alone and leave that command running)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def last_row(root: Path) -> tuple[dict, list[float]]:
@@ -92,6 +114,7 @@ def main() -> None:
     p.add_argument("--steps", default="tests,bench,precision,run,pack,parallel,placement",
                    help="comma-separated steps to run")
     a = p.parse_args()
+    stop_on_sigterm()
     steps = set(a.steps.split(","))
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,6 @@ runs on a GPU: docs/scaling.md, "On a GPU")."""
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,20 +30,41 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+SLEEPER = ("import subprocess, sys, time; "
+           "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+           "open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + 20  # SIGKILL is delivered at once; reaping may take a moment
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
 def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path):
     # a sweep runner's pack process is its child: a timeout that killed the runner alone would
     # leave the pack training on the GPU while the next step is timed
     pid_file = tmp_path / "grandchild.pid"
-    parent = ("import subprocess, sys, time; "
-              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
-              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
-    rc, wall = _gpu_check().run([sys.executable, "-c", parent], tmp_path / "log", timeout=5)
+    rc, wall = _gpu_check().run([sys.executable, "-c", SLEEPER, str(pid_file)], tmp_path / "log", timeout=5)
     assert rc == 124 and wall < 60
-    grandchild = int(pid_file.read_text())
-    deadline = time.monotonic() + 10  # SIGKILL is delivered at once; its reaping may take a moment
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(grandchild)
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_a_stopped_run_stops_the_command_it_waits_on(tmp_path):
+    # the script under a timeout (the dry run below): its own commands are in their own process
+    # groups, and go because the SIGTERM to it stops them before its SIGKILL
+    pid_file = tmp_path / "grandchild.pid"
+    inner = tmp_path / "inner.py"
+    inner.write_text("import importlib.util, sys\n"
+                     f"spec = importlib.util.spec_from_file_location('g', {str(SCRIPT)!r})\n"
+                     "g = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(g)\n"
+                     "g.stop_on_sigterm()\n"
+                     f"g.run([sys.executable, '-c', {SLEEPER!r}, {str(pid_file)!r}], "
+                     f"g.Path({str(tmp_path / 'inner.log')!r}), timeout=120)\n")
+    rc, wall = _gpu_check().run([sys.executable, str(inner)], tmp_path / "log", timeout=8)
+    assert rc == 124 and wall < 60, (tmp_path / "log").read_text()
+    assert _gone(int(pid_file.read_text()))
 
 
 def test_pack_is_a_default_step():
@@ -53,13 +72,15 @@ def test_pack_is_a_default_step():
     assert '"tests,bench,precision,run,pack,parallel,placement"' in SCRIPT.read_text()
 
 
-@pytest.mark.slow  # ~4.5 minutes on the shared 2-core CPU: 20 packed runs, 2 evaluations, 2 benches
+@pytest.mark.slow  # 4.5-5 minutes on the shared 2-core CPU: 20 packed runs, 2 evaluations, 2 benches
 def test_the_pack_steps_dry_run_on_the_cpu_writes_its_rows(tmp_path, data_dir):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--accelerator", "cpu", "--quick", "--steps", "pack",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # under the script's own run(): past the timeout it and every command it started are stopped
+    cmd = [sys.executable, str(SCRIPT), "--accelerator", "cpu", "--quick", "--steps", "pack",
+           "--out", str(out)]
+    rc, _ = _gpu_check().run(cmd, tmp_path / "gpu_check.log", timeout=1500,
+                             env={"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
+    assert rc == 0, (tmp_path / "gpu_check.log").read_text()[-3000:]
     rows = {row["step"]: row for row in json.loads((out / "gpu_check.json").read_text())}
     assert list(rows) == ["torch", "packed reproduction (20 runs, one pack)",
                           "evaluate, 2 packed runs' last.ckpt", "bench --pack 1", "bench --pack 4"]
