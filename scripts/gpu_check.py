@@ -20,7 +20,8 @@ Steps, each timed and printed as one row of the final table (results in OUT/gpu_
 6. the dataset on the GPU against on the host, in one process, epochs alternating (as bench).
 ``--steps`` picks some of them (default: all).
 ``--accelerator cpu --quick`` runs the same steps on a CPU, shorter (a dry run of this script;
-``pack``: 2 epochs of 2000 images, ``--pack 20``, as auto is 1 on a CPU, and bench N = 1, 4).
+``pack``: 4 runs of 1 epoch on 512 images in a ``--pack 4``, as auto is 1 on a CPU, small
+evaluations and bench N = 2: it checks the path, not the numbers).
 Every command runs under a timeout, in its own process group, killed whole when it runs out.
 """
 
@@ -185,11 +186,14 @@ def reproduction_run(a, out: Path, device: list[str], record) -> None:
 
 
 
-def evaluate_cmd(ckpt: Path, output: Path, accelerator: str) -> list[str]:
-    """``evaluate`` of one checkpoint with the reproduction's settings (reproduction/reproduce.py's)."""
+def evaluate_cmd(ckpt: Path, output: Path, accelerator: str, quick: bool = False) -> list[str]:
+    """``evaluate`` of one checkpoint with the reproduction's settings (reproduction/reproduce.py's);
+    ``quick``: a few images and samples (the CPU dry run checks the path, not the numbers)."""
+    sizes = (["--iwae_k", "5", "--iwae_images", "20", "--gap_images", "5", "--data.subset", "512"] if quick
+             else ["--iwae_images", "1000", "--gap_images", "200"])
     return [sys.executable, "-m", "consistency_vae", "evaluate", "--ckpt_path", str(ckpt),
-            "--output", str(output), "--iwae_images", "1000", "--metrics", "inference_gaps",
-            "--gap_images", "200", "--no_figures", "--device", "cuda" if accelerator == "gpu" else "cpu"]
+            "--output", str(output), *sizes, "--metrics", "inference_gaps", "--no_figures",
+            "--device", "cuda" if accelerator == "gpu" else "cpu"]
 
 
 # The pack step's time on an H200, from docs/scaling.md's "On a GPU": a solo run trains at 1.88
@@ -204,6 +208,7 @@ def evaluate_cmd(ckpt: Path, output: Path, accelerator: str) -> list[str]:
 PACK_BUDGET_S = {"gpu": 330, "cpu": 1800}  # the CPU's dry run (--quick) is slower than the H200
 PACK_RUNS = 20  # sweeps/reproduce_claims.yaml on MNIST 2-D: alpha 0 and 1, seeds 0-9
 EVALUATED = 2  # checkpoints evaluated: enough for seconds per checkpoint
+QUICK_SEEDS = "0,1"  # --quick: 4 runs (alpha 0 and 1, seeds 0 and 1), 1 epoch on 512 images
 
 
 def pack(a, out: Path, record) -> None:
@@ -216,15 +221,18 @@ def pack(a, out: Path, record) -> None:
     runs = out / "runs" / "packed"
     shutil.rmtree(runs, ignore_errors=True)  # else the sweep finds last call's runs finished and skips them
     extra = [f"--trainer.accelerator={a.accelerator}"]
-    if a.quick:
-        extra += ["--trainer.max_epochs=2", "--data.subset=2000"]
+    only = ["--only", "data.dataset=mnist", "--only", "model.latent_dim=2"]
+    if a.quick:  # auto is 1 on a CPU: the dry run asks for the pack
+        extra += ["--trainer.max_epochs=1", "--data.subset=512"]
+        only += ["--only", f"seed_everything={QUICK_SEEDS}"]
+    size = 2 * len(QUICK_SEEDS.split(",")) if a.quick else PACK_RUNS
     rc, wall = run([sys.executable, "-m", "consistency_vae", "sweep", "sweeps/reproduce_claims.yaml",
-                    "--pack", str(PACK_RUNS) if a.quick else "auto", "--parallel", "1",
-                    "--only", "data.dataset=mnist", "--only", "model.latent_dim=2", "--runs_dir", str(runs),
-                    "--extra-args", *extra], out / "sweep_packed.log", timeout=left())
+                    "--pack", str(size) if a.quick else "auto", "--parallel", "1", *only,
+                    "--runs_dir", str(runs), "--extra-args", *extra], out / "sweep_packed.log",
+                   timeout=left())
     records = [json.loads(f.read_text()) for f in sorted(runs.glob("sweep-*/attempts/*.json"))]
     finished = [ROOT / r["run_dir"] for r in records if r.get("status") == "finished" and r.get("run_dir")]
-    row = {"step": f"packed reproduction ({PACK_RUNS} runs, one pack)", "rc": rc, "wall_s": round(wall, 1),
+    row = {"step": f"packed reproduction ({size} runs, one pack)", "rc": rc, "wall_s": round(wall, 1),
            "runs_finished": len(finished), "s_per_run": round(wall / max(1, len(finished)), 2),
            "packs": sorted({r.get("pack") for r in records if r.get("pack")})}
     if finished:
@@ -241,7 +249,7 @@ def pack(a, out: Path, record) -> None:
     evaluated = {"step": f"evaluate, {EVALUATED} packed runs' last.ckpt", "rcs": [], "wall_s": []}
     for i, folder in enumerate(finished[:EVALUATED]):
         ckpt = folder / "checkpoints" / "last.ckpt"
-        rc, wall = run(evaluate_cmd(ckpt, out / f"eval_packed{i}", a.accelerator),
+        rc, wall = run(evaluate_cmd(ckpt, out / f"eval_packed{i}", a.accelerator, a.quick),
                        out / f"evaluate_packed{i}.log", timeout=left())
         evaluated["rcs"].append(rc)
         evaluated["wall_s"].append(round(wall, 1))
@@ -252,7 +260,7 @@ def pack(a, out: Path, record) -> None:
         evaluated["s_per_checkpoint"] = round(statistics.mean(evaluated["wall_s"]), 1)
     record(evaluated)
 
-    for n in (1, 4) if a.quick else (1, 8, 54):
+    for n in (2,) if a.quick else (1, 8, 54):
         numbers = out / f"bench_pack{n}.json"
         quick = ["--steps", "3"] if a.quick else []
         rc, wall = run([sys.executable, "-m", "consistency_vae", "bench", "--pack", str(n), "--accelerator",

@@ -72,7 +72,7 @@ def test_pack_is_a_default_step():
     assert '"tests,bench,precision,run,pack,parallel,placement"' in SCRIPT.read_text()
 
 
-@pytest.mark.slow  # 4.5-5 minutes on the shared 2-core CPU: 20 packed runs, 2 evaluations, 2 benches
+@pytest.mark.slow  # the path, not the numbers: 4 packed runs of 1 epoch, 2 small evaluations, 1 bench
 def test_the_pack_steps_dry_run_on_the_cpu_writes_its_rows(tmp_path, data_dir):
     out = tmp_path / "out"
     # under the script's own run(): past the timeout it and every command it started are stopped
@@ -82,12 +82,12 @@ def test_the_pack_steps_dry_run_on_the_cpu_writes_its_rows(tmp_path, data_dir):
                              env={"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
     assert rc == 0, (tmp_path / "gpu_check.log").read_text()[-3000:]
     rows = {row["step"]: row for row in json.loads((out / "gpu_check.json").read_text())}
-    assert list(rows) == ["torch", "packed reproduction (20 runs, one pack)",
-                          "evaluate, 2 packed runs' last.ckpt", "bench --pack 1", "bench --pack 4"]
+    assert list(rows) == ["torch", "packed reproduction (4 runs, one pack)",
+                          "evaluate, 2 packed runs' last.ckpt", "bench --pack 2"]
 
-    packed = rows["packed reproduction (20 runs, one pack)"]
-    assert packed["rc"] == 0 and packed["runs_finished"] == 20 and len(packed["packs"]) == 1
-    assert packed["s_per_run"] == pytest.approx(packed["wall_s"] / 20, abs=0.01)  # both rounded
+    packed = rows["packed reproduction (4 runs, one pack)"]
+    assert packed["rc"] == 0 and packed["runs_finished"] == 4 and len(packed["packs"]) == 1
+    assert packed["s_per_run"] == pytest.approx(packed["wall_s"] / 4, abs=0.01)  # both rounded
     first = out / packed["first_run"]
     assert (first / "checkpoints" / "last.ckpt").is_file()
     assert 0 <= packed["test_kl_consistency"] < 100 and -600 < packed["test_elbo"] < 0
@@ -98,7 +98,7 @@ def test_the_pack_steps_dry_run_on_the_cpu_writes_its_rows(tmp_path, data_dir):
     assert evaluated["alpha"] == 0.0  # the first run of the grid: alpha 0, seed 0
     assert 0 <= evaluated["kl_consistency"] < 100 and evaluated["elbo"] < 0
 
-    for n in (1, 4):
+    for n in (2,):
         bench = rows[f"bench --pack {n}"]
         assert bench["rc"] == 0 and bench["device"] == "cpu" and bench["workers"] == 2
         assert bench["solo_model_steps_s"] > 0 and bench["packed_model_steps_s"] > 0
