@@ -40,7 +40,7 @@ def sweep_file(tmp: Path, data_dir: Path, alphas: list[float], seeds: list[int],
         "program": "consistency_vae",
         "command": ["${env}", "${interpreter}", "-m", "${program}", "fit", "--config",
                     str(ROOT / "configs/mnist.yaml"), f"--data.data_dir={data_dir}",
-                    f"--data.subset={subset}",
+                    f"--data.subset={subset}", "--trainer.callbacks+=consistency_vae.timing.EpochTimer",
                     "--trainer.enable_progress_bar=false", "${args}"],
     }
     path = tmp / f"{name}.yaml"
@@ -115,6 +115,11 @@ def test_a_packed_sweep_writes_ordinary_run_folders_as_its_solo_runs(tmp_path, d
         model = ConsistencyVAE.load_from_checkpoint(folder / "checkpoints/last.ckpt", map_location="cpu")
         assert float(model.alpha) == run["params"]["model.alpha"]
         assert run["history"] and "val/elbo" in run["history"][-1]  # the runner read its metrics
+    for run in runs:  # EpochTimer's column: each member's share of the pack's training time
+        rows = [r for r in merged_rows(Path(run["run_dir"])) if "time/train_epoch_s" in r]
+        assert len(rows) == 2
+        for row in rows:
+            assert float(row["time/train_epoch_s"]) == pytest.approx(float(row["time/pack_train_epoch_s"]) / 4)
     wandb_dirs = {r["wandb_run_dir"] for r in runs}
     assert len(wandb_dirs) == 4 and all(Path(d).is_dir() for d in wandb_dirs), wandb_dirs
     ids = {(Path(r["run_dir"]) / "wandb_id").read_text().strip() for r in runs}

@@ -6,6 +6,7 @@ What a solo ``fit`` logs per epoch, per member: ``train/{term}_epoch`` (the epoc
 noise ``noise.eval_noise``) and ``val/selection`` (``constraint.selection_criterion``).
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -91,6 +92,7 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
         sums = torch.zeros(len(members), len(TERMS), device=pack.device)  # (N, T)
         counts = torch.zeros(len(members), device=pack.device)
         order = data.pack_order(train, hp.batch_size, seeds, epoch).to(pack.device)  # (batches, N, B)
+        training, start = int(pack.alive.sum()), time.perf_counter()
         for batch in order:
             x = images[batch]  # (N, B, C, H, W)
             if hp.binarize == "dynamic":
@@ -104,8 +106,11 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
             step += 1
             if not bool(pack.alive.any()):
                 break
+        if pack.device.type == "cuda":
+            torch.cuda.synchronize()  # count the queued kernels of the last step, as EpochTimer does
+        seconds = time.perf_counter() - start
         _end_epoch(pack, results, epoch, sums / counts.clamp(min=1)[:, None],
-                   validate(pack, val.images.to(pack.device), hp.eval_batch_size))
+                   validate(pack, val.images.to(pack.device), hp.eval_batch_size), seconds, training)
         if on_epoch_end is not None:
             on_epoch_end(pack, epoch, results)
         if not bool(pack.alive.any()):
@@ -117,15 +122,18 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
 
 
 def _end_epoch(pack: Pack, results: list[MemberResult], epoch: int, train_means: Tensor,
-               val: dict[str, Tensor]) -> None:
+               val: dict[str, Tensor], seconds: float, training: int) -> None:
     """Log the epoch of each member still training, and keep its weights if ``val/selection``
     improved: ModelCheckpoint(mode="min") keeps the first epoch, then a strictly lower value; a
-    NaN counts as +inf."""
+    NaN counts as +inf. ``seconds``: the training loop's wall time (EpochTimer's span: no
+    validation), shared by the ``training`` members that began the epoch; each is charged its
+    share as ``time/train_epoch_s``, the pack's whole time is ``time/pack_train_epoch_s``."""
     for i, result in enumerate(results):
         if i in pack.failed:
             continue  # its solo run stopped at the failing step
         row = {f"train/{t}_epoch": float(train_means[i, k]) for k, t in enumerate(TERMS)}
         row |= {"train/alpha_epoch": float(pack.alpha[i])} | {k: float(v[i]) for k, v in val.items()}
+        row |= {"time/train_epoch_s": seconds / training, "time/pack_train_epoch_s": seconds}
         result.epochs.append(row)
         selection = row["val/selection"]
         selection = float("inf") if selection != selection else selection

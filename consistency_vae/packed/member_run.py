@@ -17,7 +17,9 @@ pack's state, what the solo run writes into its folder:
   ``metrics.merged.csv`` and the ``Done.`` lines.
 
 What a packed run folder does not have: the per-step ``train/*`` rows (every 50 steps in a solo
-run): a pack logs the epoch means only.
+run): a pack logs the epoch means only. Where the member has an EpochTimer, its
+``time/train_epoch_s`` is its share of the pack's training time (the pack's, divided by the
+members that trained the epoch), and ``time/pack_train_epoch_s`` the pack's own.
 """
 
 from pathlib import Path
@@ -30,6 +32,7 @@ from lightning.pytorch.loggers import WandbLogger
 from consistency_vae import callbacks, run_record, run_start
 from consistency_vae.packed import checkpoint
 from consistency_vae.packed.members import PackMember
+from consistency_vae.timing import EpochTimer
 from consistency_vae.training_cli import ConsistencyCLI, lightning_cli
 
 # What may differ between the members of one pack; every other value of their configs is shared.
@@ -101,6 +104,8 @@ class MemberRun:
                   global_step: int, batches_per_epoch: int, val_batches: int, improved: bool) -> None:
         """Log epoch ``epoch`` (0-based) and write its checkpoints."""
         step = global_step - 1  # where Lightning logs epoch-end values: the epoch's last step
+        if not any(isinstance(cb, EpochTimer) for cb in self.trainer.callbacks):  # the solo run's keys only
+            row = {k: v for k, v in row.items() if not k.startswith("time/")}
         for logger in self.trainer.loggers:
             val = {k: v for k, v in row.items() if k.startswith("val/")}
             logger.log_metrics(val | {"epoch": epoch}, step)
