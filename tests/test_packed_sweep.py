@@ -119,7 +119,8 @@ def test_a_packed_sweep_writes_ordinary_run_folders_as_its_solo_runs(tmp_path, d
         rows = [r for r in merged_rows(Path(run["run_dir"])) if "time/train_epoch_s" in r]
         assert len(rows) == 2
         for row in rows:
-            assert float(row["time/train_epoch_s"]) == pytest.approx(float(row["time/pack_train_epoch_s"]) / 4)
+            share = float(row["time/pack_train_epoch_s"]) / 4
+            assert float(row["time/train_epoch_s"]) == pytest.approx(share)
     wandb_dirs = {r["wandb_run_dir"] for r in runs}
     assert len(wandb_dirs) == 4 and all(Path(d).is_dir() for d in wandb_dirs), wandb_dirs
     ids = {(Path(r["run_dir"]) / "wandb_id").read_text().strip() for r in runs}
