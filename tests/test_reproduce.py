@@ -246,11 +246,11 @@ WHERE = ("ckpt_path", "figures", "wall_seconds")  # where the checkpoint was and
 
 @pytest.mark.slow
 def test_worker_processes_evaluate_to_the_same_numbers(quick, tmp_path, data_dir):
-    """--eval_parallel 2: three runs evaluated again, from copies of their folders, by two spawned
+    """--eval_parallel 2: two runs evaluated again, from copies of their folders, by two spawned
     workers. Exactly the numbers that this process wrote: the same call with the same arguments, on
     the same machine with the same thread count (the threads rule, in the workers too), so every
     float32 sum is added in the same order."""
-    runs = [r for r in summary_of(quick["root"] / "results")["runs"] if r["name"].endswith("seed1")][:3]
+    runs = [r for r in summary_of(quick["root"] / "results")["runs"] if r["name"].endswith("seed1")][:2]
     copies = []
     for run in runs:
         copy = tmp_path / Path(run["folder"]).parent.name / "version_0"

@@ -9,8 +9,9 @@ a claim that is then stale (its process is gone).
 
 Workers are started with "spawn" (CUDA cannot be forked), apply the thread rule (threads.py) once,
 and each task is one run, evaluated by the same call with the same arguments as in this process: the
-same numbers. On Linux a worker gets SIGTERM when the process that started it dies, so no worker
-evaluates on as an orphan after a SIGKILL; a caught error stops them (``__exit__``).
+same numbers. No worker outlives this process: an error or Ctrl-C here (which the workers ignore)
+ends them at once, their runs cut off (``Evaluators.__exit__``); and on Linux a worker gets SIGTERM
+when this process dies, by a SIGTERM or SIGKILL that no handler sees.
 """
 
 import ctypes
@@ -26,8 +27,7 @@ from pathlib import Path
 
 from consistency_vae import threads
 from consistency_vae.reproduction.runs import Run
-from consistency_vae.sweep import claims
-from consistency_vae.sweep.children import PR_SET_PDEATHSIG
+from consistency_vae.sweep import children, claims
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,11 @@ def evaluate_run(run: Run, settings: Settings) -> dict | None:
 
 
 def _start_worker(parent: int, requested_threads: int | None) -> None:
-    """A worker's first act: die with its parent (Linux), then the reproduction's thread rule."""
+    """A worker's first acts: leave Ctrl-C to its parent, which stops it (a worker interrupted on
+    its own would go on with the next run), die with its parent (Linux), apply the thread rule."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(children.PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before the call above
             os.kill(os.getpid(), signal.SIGTERM)
     threads.apply(requested_threads)
@@ -77,9 +79,9 @@ def _start_worker(parent: int, requested_threads: int | None) -> None:
 
 class Evaluators:
     """Evaluates runs here, one after another (``parallel`` 1), or in ``parallel`` worker processes,
-    started when a run first needs one. Use it as a context manager: on the way out, by an error
-    too, queued runs are dropped and the workers end after the run each one evaluates now (it
-    writes its metrics.json, kept next time)."""
+    started when a run first needs one. Use it as a context manager: it ends the workers on the way
+    out; on an error or Ctrl-C at once, dropping the queued runs and cutting off those under way
+    (they leave no metrics.json, and a claim that is stale once its worker is gone)."""
 
     def __init__(self, parallel: int, requested_threads: int | None = None):
         self.parallel, self.requested_threads = parallel, requested_threads
@@ -88,8 +90,18 @@ class Evaluators:
     def __enter__(self) -> "Evaluators":
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._pool is not None:
+    def __exit__(self, kind, error, traceback) -> None:
+        if self._pool is None:
+            return
+        if kind is None:  # every run done: the workers are idle
+            self._pool.shutdown(wait=True)
+            return
+        # Waiting for the runs under way would take up to a run's time, and more: a worker takes
+        # the next run queued for it (cancel_futures drops only the others), and a second Ctrl-C
+        # in that wait left the exit hanging on workers that never got the word to stop.
+        with children.uninterrupted():  # the stop itself is quick: not to be cut short
+            for process in list(self._pool._processes.values()):  # Python >= 3.14: terminate_workers()
+                process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def completed(self, runs: list[Run], settings: Settings) -> Iterator[tuple[Run, dict | None]]:
