@@ -3,6 +3,7 @@
     make reproduce                       # the four sweeps of sweeps/reproduce_*.yaml, 220 runs
     make reproduce SEEDS=1 EPOCHS=5      # a quicker version
     consistency-vae reproduce --from-runs DIR   # only evaluate and summarise runs trained elsewhere
+    consistency-vae reproduce --eval_parallel 8 # 8 checkpoints evaluated at once (worker processes)
     consistency-vae reproduce --from-summary results/summary.json   # only the tables, from its runs
 
 The reproduction is a set of sweep files, run by the same runner as any sweep
