@@ -1,6 +1,7 @@
 """Shared fixtures: CPU, no network, real data fetched once into the repository's data/ folder."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ def no_inherited_wandb_service():
     os.environ.pop("WANDB_SERVICE", None)
     yield
     os.environ.pop("WANDB_SERVICE", None)
+    # A W&B run that a test's in-process fit left open (lightning_cli called directly, not through
+    # cli_main, which closes it) would become the next test's run: WandbLogger adopts wandb.run.
+    # CI runs with WANDB_MODE=offline, so there such a run is real.
+    # wandb.teardown() also drops the settings wandb cached at its first set-up (WANDB_MODE among
+    # them), which a later test's monkeypatched WANDB_MODE would not otherwise reach.
+    wandb = sys.modules.get("wandb")  # not imported by this fixture: most tests never load it
+    if wandb is not None:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
 
 
 @pytest.fixture(scope="session")
