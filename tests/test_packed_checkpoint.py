@@ -19,9 +19,10 @@ from consistency_vae import run_start
 from consistency_vae.errors import CheckpointError
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.packed import PackMember, fit_pack
-from consistency_vae.packed.checkpoint import member_checkpoint, restore_members, resume_epoch, save
+from consistency_vae.packed.checkpoint import member_checkpoint, save
 from consistency_vae.packed.fit import MemberResult
 from consistency_vae.packed.members import build_models
+from consistency_vae.packed.restore import restore_members, resume_epoch
 from consistency_vae.packed.step import Pack
 from consistency_vae.training_cli import lightning_cli
 from tests.conftest import ROOT

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from consistency_vae import atomic, checkpointing
 from consistency_vae.errors import ConfigError
-from consistency_vae.packed import checkpoint
+from consistency_vae.packed import restore as pack_restore
 from consistency_vae.packed.fit import MemberResult, fit_pack
 from consistency_vae.packed.member_run import PER_MEMBER_KEYS, MemberRun, member_cli, test_set_means
 from consistency_vae.tracking import RUN_INFO_ENV, finish_wandb_run
@@ -106,7 +106,7 @@ def _train(runs: list[MemberRun], states: list[dict | None], first: int, spec: l
                           val_batches=val_batches, improved=result.best_epoch == epoch)
 
     def restore(pack, results: list[MemberResult]) -> None:
-        checkpoint.restore_members(pack, results, states)
+        pack_restore.restore_members(pack, results, states)
 
     device = runs[0].trainer.strategy.root_device
     results = fit_pack([r.member() for r in runs], dm, runs[0].max_epochs, device=device,

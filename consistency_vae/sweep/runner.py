@@ -21,6 +21,7 @@ from consistency_vae import threads as cpu_threads
 from consistency_vae.errors import ConfigError
 from consistency_vae.run_record import read_status
 from consistency_vae.sweep import best_run, children, claims, packs
+from consistency_vae.sweep.grid_queue import GridQueue
 from consistency_vae.sweep.resume import finished_unrecorded, resume_args
 from consistency_vae.sweep.store import SweepStore, read_json, run_key
 from consistency_vae.sweep.sweep_file import (
@@ -152,55 +153,6 @@ def _count_as_finished(run: dict, latest: dict, why: str, store: SweepStore, cla
         claims.release(claim)
     print(f"[run {run['id']}] run {latest['id']} {why}: counted as finished, run folder "
           f"{latest['run_dir']}", flush=True)
-
-
-class GridQueue:
-    """The grid points still to train, each handed out once it is claimed for this runner."""
-
-    def __init__(self, store: SweepStore, todo: list[tuple[int, dict]], extra_args: list[str]):
-        self.store, self.todo, self.extra_args = store, list(todo), extra_args
-        self.skipped = {"finished": 0, "failed here": 0, "claimed": 0}
-
-    def next(self) -> tuple[int, dict, str, Path, dict | None] | None:
-        """(index, params, key, claim file, latest earlier attempt) of the next point, or None."""
-        while self.todo:
-            index, params = self.todo.pop(0)
-            key = run_key(params, self.extra_args)
-            if (state := self.store.state(key)[0]) != "todo":
-                self.skipped[state] += 1
-                continue
-            path = self.store.claim_path(key)
-            if not claims.claim(path, {"key": key}):
-                self.skipped["claimed"] += 1  # another runner trains it now
-                continue
-            state, latest = self.store.state(key)  # again, now that it is ours: it may have ended
-            if state != "todo":
-                claims.release(path)
-                self.skipped[state] += 1
-                continue
-            return index, params, key, path, latest
-        return None
-
-    def next_in_pack(self, first: tuple, size: int) -> list[tuple]:
-        """``first`` (from next()) and up to ``size - 1`` more claimed points of its pack: the points
-        that differ from it only in per-member values (packs.group) and resume as it does. The
-        others stay queued, in order."""
-        from consistency_vae.sweep.resume import resume_args
-
-        def resumes(picked: tuple) -> bool:
-            return bool(resume_args(picked[4]))
-
-        same = [t for t in self.todo if packs.group(t[1]) == packs.group(first[1])]
-        others = [t for t in self.todo if packs.group(t[1]) != packs.group(first[1])]
-        picked, passed, self.todo = [first], [], same
-        while len(picked) < size and (found := self.next()) is not None:
-            if resumes(found) == resumes(first):
-                picked.append(found)
-            else:  # it resumes where first starts fresh, or the reverse: another pack, later
-                claims.release(found[3])
-                passed.append((found[0], found[1]))
-        self.todo = sorted(self.todo + others + passed, key=lambda t: t[0])
-        return picked
 
 
 def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs_dir: str = "runs",
