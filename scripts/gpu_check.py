@@ -20,8 +20,8 @@ Steps, each timed and printed as one row of the final table (results in OUT/gpu_
 6. the dataset on the GPU against on the host, in one process, epochs alternating (as bench).
 ``--steps`` picks some of them (default: all).
 ``--accelerator cpu --quick`` runs the same steps on a CPU, shorter (a dry run of this script;
-``pack``: 4 runs of 1 epoch on 512 images in a ``--pack 4``, as auto is 1 on a CPU, small
-evaluations and bench N = 2: it checks the path, not the numbers).
+``pack``: 4 runs of 1 epoch on 512 images in a ``--pack 4``, as auto is 1 on a CPU, and one small
+evaluation; no bench, which tests/test_packed_bench.py runs: it checks the path, not the numbers).
 Every command runs under a timeout, in its own process group, killed whole when it runs out.
 """
 
@@ -246,8 +246,9 @@ def pack(a, out: Path, record) -> None:
         row["tail"] = (out / "sweep_packed.log").read_text().strip().splitlines()[-10:]
     record(row)
 
-    evaluated = {"step": f"evaluate, {EVALUATED} packed runs' last.ckpt", "rcs": [], "wall_s": []}
-    for i, folder in enumerate(finished[:EVALUATED]):
+    n_eval = 1 if a.quick else EVALUATED
+    evaluated = {"step": f"evaluate, {n_eval} packed runs' last.ckpt", "rcs": [], "wall_s": []}
+    for i, folder in enumerate(finished[:n_eval]):
         ckpt = folder / "checkpoints" / "last.ckpt"
         rc, wall = run(evaluate_cmd(ckpt, out / f"eval_packed{i}", a.accelerator, a.quick),
                        out / f"evaluate_packed{i}.log", timeout=left())
@@ -260,7 +261,7 @@ def pack(a, out: Path, record) -> None:
         evaluated["s_per_checkpoint"] = round(statistics.mean(evaluated["wall_s"]), 1)
     record(evaluated)
 
-    for n in (2,) if a.quick else (1, 8, 54):
+    for n in () if a.quick else (1, 8, 54):  # the dry run: tests/test_packed_bench.py runs bench --pack
         numbers = out / f"bench_pack{n}.json"
         quick = ["--steps", "3"] if a.quick else []
         rc, wall = run([sys.executable, "-m", "consistency_vae", "bench", "--pack", str(n), "--accelerator",
