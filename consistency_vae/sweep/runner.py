@@ -84,16 +84,20 @@ def _report(run: dict, index: str, metric: str | None) -> None:
               f"{params}\n  last lines of {run['log']}:\n{_tail(Path(run['log']))}", flush=True)
 
 
-def _start(run: dict, claim: Path | None, env: dict, store: SweepStore, running: dict) -> None:
-    """Start the run's command, into ``running`` at once (so that every exit path stops it), and
-    name its process in the claim and the record: neither is stale while it runs."""
-    with open(run["log"], "w") as out:
-        proc = children.start(run["command"], out, env)
-    running[run["id"]] = (run, proc, claim)
-    if claim:
-        claims.add_child(claim, proc.pid)
-    run["runner"] = {**run["runner"], "child": claims.process_info(proc.pid)}
-    store.save(run)
+def _launch(command: list[str], log: Path | str, env: dict, members: list[tuple[dict, Path | None]],
+            store: SweepStore, running: dict, record: dict | None = None) -> None:
+    """Start ``command``, one run's or a pack's (the runs of ``members``), into ``running`` at once (so
+    that every exit path stops it), and name its process in each run's claim and record (updated
+    with ``record``): neither is stale while it runs."""
+    with open(log, "w") as out:
+        proc = children.start(command, out, env)
+    child = claims.process_info(proc.pid)
+    for run, claim in members:
+        running[run["id"]] = (run, proc, claim)
+        if claim:
+            claims.add_child(claim, proc.pid)
+        run.update(record or {}, runner={**run["runner"], "child": child})
+        store.save(run)
 
 
 def _start_pack(to_start: list[tuple[dict, Path | None]], env: dict, store: SweepStore,
@@ -103,15 +107,8 @@ def _start_pack(to_start: list[tuple[dict, Path | None]], env: dict, store: Swee
     first = to_start[0][0]
     spec = packs.write_spec(store.folder / "logs" / f"pack-{first['id']}.json", [r for r, _ in to_start])
     log = store.folder / "logs" / f"pack-{first['id']}.log"
-    with open(log, "w") as out:
-        proc = children.start(packs.pack_command(spec), out, env)
-    child = claims.process_info(proc.pid)
-    for run, claim in to_start:
-        running[run["id"]] = (run, proc, claim)
-        if claim:
-            claims.add_child(claim, proc.pid)
-        run.update(pack=first["id"], log=str(log), runner={**run["runner"], "child": child})
-        store.save(run)
+    _launch(packs.pack_command(spec), log, env, to_start, store, running,
+            record={"pack": first["id"], "log": str(log)})
 
 
 def _why(err: BaseException) -> str:
@@ -246,10 +243,11 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                           f"{' in pack ' + to_start[0][0]['id'] if len(picks) > 1 else ''}: "
                           + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
                 if len(to_start) == 1:
-                    run, claim = to_start[0]
-                    _start(run, claim, _child_env(name, threads, Path(run["log"]).with_suffix(".json")),
-                           store, running)
+                    run = to_start[0][0]
+                    env = _child_env(name, threads, Path(run["log"]).with_suffix(".json"))
+                    _launch(run["command"], run["log"], env, to_start, store, running)
                 elif to_start:
+                    # the pack's process points each member's fit at its own run-info (packed/run.py)
                     _start_pack(to_start, _child_env(name, threads, store.folder / "logs" / "pack.json"),
                                 store, running)
             if len(outcomes) >= max_initial_failures and not any(outcomes) and not running:
