@@ -30,22 +30,11 @@ from consistency_vae.packed.member_run import PER_MEMBER_KEYS, MemberRun, member
 from consistency_vae.tracking import RUN_INFO_ENV, finish_wandb_run
 
 
-def _flat(config, prefix: str = "") -> dict:
-    out = {}
-    for key, value in (config.items() if hasattr(config, "items") else []):
-        name = f"{prefix}{key}"
-        if hasattr(value, "items") and not isinstance(value, dict | list):
-            out |= _flat(value, f"{name}.")
-        else:
-            out[name] = value
-    return out
-
-
 def check_shared(runs: list[MemberRun]) -> None:
     """Every member's config is the first's, but for PER_MEMBER_KEYS (and the run folder names)."""
     def shared(run: MemberRun) -> dict:
-        flat = _flat(run.config)
-        return {k: v for k, v in flat.items()
+        flat = run.config.items()  # jsonargparse's Namespace: its leaves, under dotted keys
+        return {k: v for k, v in flat
                 if not any(k == p or k.startswith(p + ".") for p in PER_MEMBER_KEYS)}
 
     first = shared(runs[0])
