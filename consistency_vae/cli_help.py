@@ -242,3 +242,16 @@ def unknown_command(name: str, commands: list[str]) -> str:
 def command_parser(prog: str, description: str) -> CommandParser:
     """The parser of a project command."""
     return CommandParser(prog=prog, description=description)
+
+
+def add_data_overrides(parser, whose: str, path_whose: str) -> None:
+    """``--data.dataset/path/data_dir/subset``: what a command that reads checkpoints (evaluate,
+    compare) may change of their data config; ``whose``: "the checkpoint's", ...; ``path_whose``:
+    whose ``data.path`` the flag replaces."""
+    parser.add_argument("--data.dataset", type=str | None, default=None,
+                        help=f"override {whose} dataset: a name of the dataset registry (datasets.py)")
+    parser.add_argument("--data.path", type=str | None, default=None,
+                        help=f"override {path_whose} data.path (your own images)")
+    parser.add_argument("--data.data_dir", type=str | None, default=None,
+                        help=f"override {whose} data folder")
+    parser.add_argument("--data.subset", type=int | None, default=None, help="first N images of each split")

@@ -132,12 +132,7 @@ def parser():
     p.add_argument("--output", type=str, required=True, help=f"folder for {NAME}.png and .pdf")
     p.add_argument("--labels", type=str, nargs=2, default=None, metavar=("TOP", "BOTTOM"),
                    help="the rows' headings (default: each model's alpha, run and epoch)")
-    p.add_argument("--data.dataset", type=str | None, default=None,
-                   help="override the checkpoints' dataset: a name of the dataset registry")
-    p.add_argument("--data.path", type=str | None, default=None,
-                   help="override the first checkpoint's data.path (your own images)")
-    p.add_argument("--data.data_dir", type=str | None, default=None, help="override the data folder")
-    p.add_argument("--data.subset", type=int | None, default=None, help="first N images of each split")
+    cli_help.add_data_overrides(p, "the checkpoints'", "the first checkpoint's")
     p.add_argument("--n_images", type=int, default=3, help="test images shown (the first of each class)")
     p.add_argument("--one_per_class", action="store_true", help="one test image of every class")
     p.add_argument("--seed", type=int, default=0, help="seed of each image's z (evaluate's)")

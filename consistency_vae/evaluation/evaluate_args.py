@@ -11,13 +11,7 @@ def parser():
     p = cli_help.command_parser("consistency-vae evaluate", DESCRIPTION)
     p.add_argument("--ckpt_path", type=str, required=True, help="a .ckpt written by `consistency-vae fit`")
     p.add_argument("--output", type=str, required=True, help="folder for metrics.json and the PNGs")
-    p.add_argument("--data.dataset", type=str | None, default=None,
-                   help="override the checkpoint's dataset: a name of the dataset registry (datasets.py)")
-    p.add_argument("--data.path", type=str | None, default=None,
-                   help="override the checkpoint's data.path (your own images)")
-    p.add_argument("--data.data_dir", type=str | None, default=None,
-                   help="override the checkpoint's data folder")
-    p.add_argument("--data.subset", type=int | None, default=None, help="first N images of each split")
+    cli_help.add_data_overrides(p, "the checkpoint's", "the checkpoint's")
     p.add_argument("--iwae_k", type=int, default=1000, help="importance samples per image")
     p.add_argument("--iwae_images", type=int | None, default=None,
                    help="IWAE on the first N test images only (quick)")
