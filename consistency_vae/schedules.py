@@ -20,10 +20,16 @@ from consistency_vae.errors import ConfigError
 SCHEDULES = ("constant", "cosine")
 
 
-def adam(params: Iterable[torch.nn.Parameter], lr: float, schedule: str, trainer: Trainer) -> dict:
+def adam(params: Iterable[torch.nn.Parameter], lr: float, schedule: str, trainer: Trainer,
+         capturable: bool = False) -> dict:
     """What ``configure_optimizers`` returns: Adam, with the schedule over the run's optimizer
-    steps (``trainer.estimated_stepping_batches``, read for ``cosine`` only)."""
-    optimizer = torch.optim.Adam(params, lr=lr)
+    steps (``trainer.estimated_stepping_batches``, read for ``cosine`` only). ``capturable``
+    (CUDA graphs, packed/graph.py): Adam's step count and learning rate live on the device."""
+    if capturable:
+        params = list(params)
+        optimizer = torch.optim.Adam(params, lr=torch.tensor(lr, device=params[0].device), capturable=True)
+    else:
+        optimizer = torch.optim.Adam(params, lr=lr)
     if schedule == "constant":
         return {"optimizer": optimizer}
     steps = trainer.estimated_stepping_batches

@@ -3,7 +3,8 @@
     python scripts/gpu_check.py [--out DIR] [--accelerator gpu] [--quick]
 
 Steps, each timed and printed as one row of the final table (results in OUT/gpu_check.json):
-1. the GPU-marked tests (``pytest -m gpu``: evaluate gives the CPU numbers on a GPU);
+1. the GPU-marked tests (``pytest -m gpu``: evaluate gives the CPU numbers on a GPU; a pack's step
+   replayed as a CUDA graph trains as the uncaptured step, tests/test_packed_graph.py);
 2. ``consistency-vae bench`` on the GPU: Lightning fit against a plain PyTorch loop;
 3. fit, 3 epochs of the default config, in four numeric set-ups: float32; float32 with TF32
    matrix products; bf16-mixed; and float32 with the dataset left on the host
@@ -15,7 +16,8 @@ Steps, each timed and printed as one row of the final table (results in OUT/gpu_
    sweeps/reproduce_claims.yaml on MNIST 2-D (alpha 0 and 1, seeds 0-9, 25 epochs) as ONE pack
    (``sweep --pack auto``): its wall time, seconds per run and the first run's final test
    KL(z'||z) and ELBO; ``evaluate`` of two of its checkpoints (seconds per checkpoint, the number
-   a packed evaluation has to beat); then ``bench --pack N`` on the device for N = 1, 8, 54;
+   a packed evaluation has to beat); then ``bench --pack N`` on the device for N = 1, 8, 54
+   (solo, packed, and packed with its step as a CUDA graph: before and after the capture);
 5. K copies of a 3-epoch fit at once, to see how many runs one GPU trains side by side;
 6. the dataset on the GPU against on the host, in one process, epochs alternating (as bench).
 ``--steps`` picks some of them (default: all).
@@ -134,7 +136,8 @@ def main() -> None:
 
     if a.accelerator == "gpu" and "tests" in steps:  # 1. the GPU-marked tests
         rc, wall = run([sys.executable, "-m", "pytest", "tests/test_evaluate.py", "tests/test_alpha_state.py",
-                        "-m", "gpu", "-q", "-p", "no:cacheprovider"], out / "pytest_gpu.log")
+                        "tests/test_packed_graph.py", "-m", "gpu", "-q", "-p", "no:cacheprovider"],
+                       out / "pytest_gpu.log")
         record({"step": "pytest -m gpu", "rc": rc, "wall_s": round(wall, 1),
                 "tail": (out / "pytest_gpu.log").read_text().strip().splitlines()[-(1 if rc == 0 else 20):]})
 
@@ -273,6 +276,9 @@ def pack(a, out: Path, record) -> None:
             row |= {"device": result["device"], "workers": result["workers"],
                     "solo_model_steps_s": round(result["solo"], 1),
                     "packed_model_steps_s": round(result["packed"], 1), "ratio": round(result["ratio"], 3)}
+            if "packed_graph" in result:  # the pack's step as a CUDA graph (packed/graph.py)
+                row |= {"graph_model_steps_s": round(result["packed_graph"], 1),
+                        "ratio_graph": round(result["ratio_graph"], 3)}
         else:
             row["tail"] = (out / f"bench_pack{n}.log").read_text().strip().splitlines()[-10:]
         record(row)

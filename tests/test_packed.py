@@ -75,7 +75,7 @@ def test_a_member_after_one_step_is_its_solo_run(solo_runs, data_dir):
     seeds = [m.seed for m in MEMBERS]
     pack = Pack(MEMBERS, build_models(MEMBERS), steps=4)
     x = dm.train_set.images[pack_data.pack_order(dm.train_set, 128, seeds, 0)[0]]  # (N, B, C, H, W)
-    pack.train_step(x, pack_data.train_noise(seeds, 0, 128, 2, pack.device), epoch=0, step=0)
+    pack.train_step(x, pack_data.train_noise(seeds, 0, 128, 2, pack.device))
     for i, (first, _) in enumerate(solo_runs):
         weights = pack.member_weights(i)
         for name, solo_grad in first.grads.items():

@@ -16,9 +16,12 @@ the stacked tensors is N Adams, as Adam is elementwise. Each member is its solo 
 - a member whose loss goes non-finite is frozen at its last good weights and reported failed with
   the solo run's message (``guards.py``); the others go on.
 
+On CUDA the step is recorded once as a CUDA graph and replayed (``graph.py``): the step reads
+nothing back to the host and keeps its tensors' storage, so a graph can hold it.
+
 ``sweep --pack N`` runs a pack per process (``run.py``), each member writing its ordinary run
 folder (``member_run.py``) and Lightning checkpoints (``checkpoint.py``). Not packed yet
-(docs/scaling.md): evaluation, and the CUDA-graph capture of the step.
+(docs/scaling.md): evaluation, which ``reproduce`` runs one checkpoint per process at a time.
 """
 
 from consistency_vae.packed.fit import MemberResult, fit_pack

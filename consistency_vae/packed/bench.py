@@ -26,6 +26,7 @@ import time
 WORKERS = 2  # the 2-core CPU's reproduction runs two solo processes side by side
 WARMUP = 3  # untimed steps: the first allocate buffers and warm the caches
 GPU_WARMUP = 10  # on a GPU the first steps also create the CUDA context, cuBLAS handles, allocator pools
+# (and, for the graphed pack, graph.WARMUP eager steps and the recording)
 GPU_STEPS = 300  # timed steps per side on a GPU: a step of any pack up to 64 is milliseconds there
 AUTO_MIN_RATIO = 0.9  # packing pays where it is at most 10% slower per run than solo
 
@@ -92,13 +93,16 @@ def solo_worker(data_dir: str, steps: int, accelerator: str = "cpu", warmup: int
     return steps / (clock.end - clock.start)
 
 
-def pack_worker(data_dir: str, steps: int, n: int, accelerator: str = "cpu", warmup: int = WARMUP) -> float:
+def pack_worker(data_dir: str, steps: int, n: int, accelerator: str = "cpu", warmup: int = WARMUP,
+                capture: bool = False) -> float:
     """Model-steps per second of a pack of n (seeds 0..n-1, alpha 0.3 or 3 alternately), as a packed
-    run trains it (packed/fit.py): images, batch order and noise on the pack's device."""
+    run trains it (packed/fit.py): images, batch order and noise on the pack's device; with
+    ``capture``, its step replayed as a CUDA graph (packed/graph.py: recorded within the warmup)."""
     import torch
 
     from consistency_vae.datamodule import MNISTDataModule
     from consistency_vae.packed import data
+    from consistency_vae.packed.graph import CapturedStep
     from consistency_vae.packed.members import PackMember, build_models
     from consistency_vae.packed.step import Pack
 
@@ -107,6 +111,7 @@ def pack_worker(data_dir: str, steps: int, n: int, accelerator: str = "cpu", war
     dm = MNISTDataModule(data_dir=data_dir, on_device=False)
     dm.setup("fit")
     pack = Pack(members, build_models(members), warmup + steps, device)
+    train_step = CapturedStep(pack) if capture else pack.train_step
     seeds = [m.seed for m in members]
     order = data.pack_order(dm.train_set, 128, seeds, 0).to(device)  # (batches, N, B)
     images = dm.train_set.images.to(device)
@@ -114,7 +119,7 @@ def pack_worker(data_dir: str, steps: int, n: int, accelerator: str = "cpu", war
         if step == warmup:
             start = _clock(accelerator)
         noise = data.train_noise(seeds, step, 128, 2, device)
-        pack.train_step(images[order[step % len(order)]], noise, epoch=0, step=step)
+        train_step(images[order[step % len(order)]], noise)
     return n * steps / (_clock(accelerator) - start)
 
 
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
                         help=f"where both sides train: cpu ({WORKERS} processes per side, 1 thread each), "
                              "gpu (1 process per side), auto (gpu where torch sees one)")
     parser.add_argument("--json", type=str, default=None, help="also write the numbers to this JSON file")
-    parser.add_argument("--worker", choices=["solo", "pack"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["solo", "pack", "graph"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pack < 1:
         raise ConfigError(f"--pack {args.pack}: give the number of members per process, >= 1")
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     if args.worker is not None:  # one timed process (side() starts them)
         steps = args.steps or 300
         rate = (solo_worker(args.data_dir, steps, accelerator, p["warmup"]) if args.worker == "solo"
-                else pack_worker(args.data_dir, steps, args.pack, accelerator, p["warmup"]))
+                else pack_worker(args.data_dir, steps, args.pack, accelerator, p["warmup"],
+                                 capture=args.worker == "graph"))
         print(json.dumps({"rate": rate}))
         return {"rate": rate}
     device = _device_name(accelerator)
@@ -178,13 +184,21 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     print(f"bench --pack {args.pack}: device={device}, {where}; MLP 784-400-2, batch 128", flush=True)
     solo = side("solo", 1, p["solo_steps"], args.data_dir, accelerator, p["workers"])
     packed = side("pack", args.pack, p["pack_steps"], args.data_dir, accelerator, p["workers"])
-    ratio = packed / solo
-    for name, rate in (("solo (Lightning fit, 1 model per process)", solo),
-                       (f"packed ({args.pack} models per process)", packed)):
+    rows = [("solo (Lightning fit, 1 model per process)", solo),
+            (f"packed ({args.pack} models per process)", packed)]
+    result = {"device": device, "pack": args.pack, **p, "solo": solo, "packed": packed,
+              "ratio": packed / solo}
+    if accelerator == "gpu":  # the step as one CUDA graph (packed/graph.py): nothing to capture on a CPU
+        graphed = side("graph", args.pack, p["pack_steps"], args.data_dir, accelerator, p["workers"])
+        rows.append((f"packed, CUDA graph ({args.pack} per process)", graphed))
+        result |= {"packed_graph": graphed, "ratio_graph": graphed / solo}
+    for name, rate in rows:
         print(f"  {name:<42}: {rate:7.1f} model-steps/s")
+    ratio = result["ratio"]
     verdict = "packing pays" if ratio >= AUTO_MIN_RATIO else "auto stays solo here"
     print(f"  packed / solo: {ratio:.2f} ({verdict}: the bar is {AUTO_MIN_RATIO:g})")
-    result = {"device": device, "pack": args.pack, **p, "solo": solo, "packed": packed, "ratio": ratio}
+    if "ratio_graph" in result:
+        print(f"  packed with a CUDA graph / solo: {result['ratio_graph']:.2f}")
     if args.json:
         atomic.write_text(args.json, json.dumps(result, indent=1))
     return result

@@ -55,7 +55,7 @@ def member_checkpoint(pack: Pack, i: int, model: ConsistencyVAE, datamodule: pl.
         "callbacks": _callback_states(trainer, best),
         "optimizer_states": [_adam_state(pack, i, model)],
         # the solo's schedule is the pack's: the same steps, and one rate for all members
-        "lr_schedulers": [] if pack.scheduler is None else [copy.deepcopy(pack.scheduler.state_dict())],
+        "lr_schedulers": [] if pack.scheduler is None else [_as_solo(pack, pack.scheduler.state_dict())],
     }
     precision = trainer.precision_plugin  # as dump_checkpoint: 32-bit training adds nothing
     if precision_state := precision.state_dict():
@@ -181,12 +181,28 @@ def _adam_state(pack: Pack, i: int, model: ConsistencyVAE) -> dict:
     """Member i's Adam state_dict, in the solo model's parameter order (configure_optimizers gives
     Adam ``self.parameters()``): its rows of the pack's moments, and the step count all share."""
     saved = pack.optimizer.state_dict()["param_groups"]
-    group = {k: copy.deepcopy(v) for k, v in saved[0].items() if k != "params"}
+    group = _as_solo(pack, {k: v for k, v in saved[0].items() if k != "params"})
     names = [name for name, _ in model.named_parameters()]
     state = {}
     for j, name in enumerate(names):
         moments = pack.optimizer.state[pack.params[name]]
-        state[j] = {k: (v if k == "step" else v[i]).detach().clone() for k, v in moments.items()}
+        # the step count: a CPU float tensor, as a solo Adam keeps it (a capturable one, on the device)
+        state[j] = {k: (v.detach().to("cpu", torch.float32) if k == "step" else v[i].detach()).clone()
+                    for k, v in moments.items()}
     return {"state": state, "param_groups": [group | {"params": list(range(len(names)))}]}
+
+
+def _as_solo(pack: Pack, saved: dict) -> dict:
+    """Adam's param group or the schedule's state_dict as a solo run saves them (a copy). A CUDA
+    pack's Adam is capturable and holds its rates as float32 device tensors (step.Pack); a solo
+    run's holds float64 numbers, and a resume compares ``initial_lr`` with model.lr exactly
+    (resume_state.apply_lr): the rates are written from the host's numbers, not read back."""
+    saved = copy.deepcopy(saved)
+    if not pack.capturable:
+        return saved
+    lr = float(pack.hparams.lr)
+    now = pack.scheduled_lr() if pack.scheduler is not None else lr
+    solo = {"lr": now, "initial_lr": lr, "base_lrs": [lr], "_last_lr": [now], "capturable": False}
+    return saved | {k: v for k, v in solo.items() if k in saved}
 
 

@@ -6,6 +6,7 @@ What a solo ``fit`` logs per epoch, per member: ``train/{term}_epoch`` (the epoc
 noise ``noise.eval_noise``) and ``val/selection`` (``constraint.selection_criterion``).
 """
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ def validate(pack: Pack, images: Tensor, batch_size: int, seed: int = 0) -> dict
     return means
 
 
+CUDA_GRAPH_ENV = "CONSISTENCY_VAE_CUDA_GRAPH"  # "0": packs on CUDA run their step uncaptured
+
 EpochHook = Callable[[Pack, int, list[MemberResult]], None]
 
 
@@ -63,7 +66,7 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
              shared: dict | None = None, device: torch.device | str = "cpu", *,
              models: list | None = None, start_epoch: int = 0,
              restore: Callable[[Pack, list[MemberResult]], None] | None = None,
-             on_epoch_end: EpochHook | None = None) -> list[MemberResult]:
+             on_epoch_end: EpochHook | None = None, capture: bool | None = None) -> list[MemberResult]:
     """Train every member for ``max_epochs`` epochs, validating after each; one MemberResult per
     member, in order. ``shared``: the ConsistencyVAE arguments common to all (lr, latent_dim, ...).
 
@@ -71,7 +74,8 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
     ``start_epoch`` and ``restore(pack, results)``: resume a pack cut off after epoch
     ``start_epoch - 1`` (restore loads the members' weights, optimizer state and best epochs);
     ``on_epoch_end(pack, epoch, results)``: after each epoch's validation and selection (to write
-    the members' checkpoints and logs)."""
+    the members' checkpoints and logs); ``capture``: replay the step as a CUDA graph
+    (packed/graph.py; default: on CUDA, where it exists; never on a CPU)."""
     if max_epochs < 1:
         raise ConfigError(f"packed training: max_epochs must be >= 1, got {max_epochs}")
     datamodule.setup("fit")
@@ -88,6 +92,8 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
     if restore is not None:
         restore(pack, results)
     step = start_epoch * per_epoch
+    pack.global_step.fill_(step)
+    train_step = _step_function(pack, capture)
     for epoch in range(start_epoch, max_epochs):
         sums = torch.zeros(len(members), len(TERMS), device=pack.device)  # (N, T)
         counts = torch.zeros(len(members), device=pack.device)
@@ -99,16 +105,15 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
                 x = data.binarize_dynamic(x, seeds, step)
             noise = data.train_noise(seeds, step, hp.batch_size, pack.hparams.latent_dim, pack.device)
             alive = pack.alive.clone()
-            values = pack.train_step(x, noise, epoch=epoch, step=step)
+            values = train_step(x, noise)
             live = alive & pack.alive  # a member failing at this step adds nothing, as in its solo run
             sums += torch.where(live[:, None], values, torch.zeros_like(values))
             counts += live.float()
             step += 1
-            if not bool(pack.alive.any()):
-                break
         if pack.device.type == "cuda":
             torch.cuda.synchronize()  # count the queued kernels of the last step, as EpochTimer does
         seconds = time.perf_counter() - start
+        pack.collect_failures(per_epoch)  # the epoch's one read of the failures (a host sync)
         _end_epoch(pack, results, epoch, sums / counts.clamp(min=1)[:, None],
                    validate(pack, val.images.to(pack.device), hp.eval_batch_size), seconds, training)
         if on_epoch_end is not None:
@@ -119,6 +124,18 @@ def fit_pack(members: list[PackMember], datamodule: MNISTDataModule, max_epochs:
         result.failed = pack.failed.get(i)
         result.last_weights = pack.member_weights(i)
     return results
+
+
+def _step_function(pack: Pack, capture: bool | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """The pack's training step, or its CUDA graph (``capture``; default: on CUDA, unless the
+    environment sets CONSISTENCY_VAE_CUDA_GRAPH=0, the way out should a device refuse the capture)."""
+    if capture is None:
+        capture = pack.device.type == "cuda" and os.environ.get(CUDA_GRAPH_ENV, "1") != "0"
+    if not capture:
+        return pack.train_step
+    from consistency_vae.packed.graph import CapturedStep
+
+    return CapturedStep(pack)
 
 
 def _end_epoch(pack: Pack, results: list[MemberResult], epoch: int, train_means: Tensor,

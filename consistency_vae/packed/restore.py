@@ -112,7 +112,10 @@ def _restore_adam(pack: Pack, checkpoints: list[dict], names: list[str]) -> None
                                   f"{tuple(param.shape)}: not this architecture")
     # a resumed solo run trains at model.lr (or refuses a new rate under a schedule): the same here
     resume_state.apply_lr(pack.hparams, {"optimizer_states": [{"param_groups": [groups[0]]}]}, fitting=True)
-    pack.optimizer.load_state_dict({"state": state, "param_groups": [groups[0] | {"params": list(state)}]})
+    # a CUDA pack's Adam stays capturable (its step count loaded onto the device), its rate a tensor
+    group = groups[0] | {"params": list(state), "capturable": pack.capturable}
+    pack.optimizer.load_state_dict({"state": state, "param_groups": [group]})
+    pack.set_lr(float(group["lr"]))
 
 
 def _restore_schedule(pack: Pack, checkpoints: list[dict], names: list[str]) -> None:
