@@ -140,9 +140,10 @@ def log_figure(trainer: Trainer, name: str, fig: Figure, epoch: int) -> Path:
     not closed here (the caller's).
     """
     caption = epoch_words(epoch, getattr(trainer, "max_epochs", None))
+    pixels = figures.render(fig)  # drawn once, for the PNG and W&B alike (savefig would draw again)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=f"figures/{name}", images=[figures.figure_to_array(fig)],
+            logger.log_image(key=f"figures/{name}", images=[pixels[..., :3]],
                              step=trainer.global_step, caption=[caption])
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(f"figures/{name}", fig, global_step=trainer.global_step,
@@ -150,7 +151,7 @@ def log_figure(trainer: Trainer, name: str, fig: Figure, epoch: int) -> Path:
     folder = run_dir(trainer) / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}_epoch{epoch:02d}.png"
-    fig.savefig(path)
+    figures.write_png(pixels, path, dpi=fig.dpi)
     return path
 
 

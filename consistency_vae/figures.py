@@ -7,6 +7,7 @@ and a figure is freed as soon as the caller drops it. Arrays may be numpy or CPU
 
 import numpy as np
 from matplotlib import colormaps, patheffects
+from matplotlib import image as mimage
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Patch, Rectangle
@@ -249,8 +250,20 @@ def image_grid_figure(images, ncols: int = 8, title: str = "") -> Figure:
     return fig
 
 
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """Render a figure to an (H, W, 3) uint8 array (for wandb.Image and tests)."""
+def render(fig: Figure) -> np.ndarray:
+    """Draw a figure once on the Agg canvas: its (H, W, 4) uint8 RGBA pixels, those ``savefig``
+    writes at the figure's dpi. Each draw lays the figure out again (``layout="constrained"``),
+    which is most of a figure's cost: callers that need pixels and a file draw once."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a figure to an (H, W, 3) uint8 array (for wandb.Image and tests)."""
+    return render(fig)[..., :3]
+
+
+def write_png(pixels: np.ndarray, path, dpi: float = 100) -> None:
+    """Write ``render``'s pixels as a PNG, as ``savefig`` would (without drawing again)."""
+    mimage.imsave(path, pixels, format="png", dpi=dpi)

@@ -7,6 +7,7 @@ from unittest import mock
 
 import matplotlib.image
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from lightning import Trainer
@@ -105,7 +106,8 @@ def test_log_figure_sends_to_wandb_and_tensorboard_and_saves_png(tmp_path):
     wandb_logger.save_dir = str(tmp_path)  # the first logger names the run folder
     trainer = SimpleNamespace(loggers=[wandb_logger, tb_logger], default_root_dir="elsewhere",
                               global_step=7)
-    fig = figures.image_grid_figure(torch.rand(16, 28, 28), ncols=4, title="t")
+    images = torch.rand(16, 28, 28)
+    fig = figures.image_grid_figure(images, ncols=4, title="t")
     path = callbacks.log_figure(trainer, "samples", fig, epoch=3)
     assert path == tmp_path / "figures" / "samples_epoch03.png"
     read_png(path)
@@ -113,6 +115,11 @@ def test_log_figure_sends_to_wandb_and_tensorboard_and_saves_png(tmp_path):
     assert kwargs["key"] == "figures/samples" and kwargs["step"] == 7
     (image,) = kwargs["images"]
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    # drawn once for both: the PNG holds the pixels W&B got, those savefig writes of the same figure
+    figures.image_grid_figure(images, ncols=4, title="t").savefig(tmp_path / "savefig.png")
+    png = np.asarray(PIL.Image.open(path))
+    np.testing.assert_array_equal(png[..., :3], image)
+    np.testing.assert_array_equal(png, np.asarray(PIL.Image.open(tmp_path / "savefig.png")))  # same machine
     tb_logger.experiment.add_figure.assert_called_once_with("figures/samples", fig, global_step=7,
                                                             close=False)
 
