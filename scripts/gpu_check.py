@@ -16,8 +16,9 @@ Steps, each timed and printed as one row of the final table (results in OUT/gpu_
    sweeps/reproduce_claims.yaml on MNIST 2-D (alpha 0 and 1, seeds 0-9, 25 epochs) as ONE pack
    (``sweep --pack auto``): its wall time, seconds per run and the first run's final test
    KL(z'||z) and ELBO; ``evaluate`` of two of its checkpoints (seconds per checkpoint, the number
-   a packed evaluation has to beat); then ``bench --pack N`` on the device for N = 1, 8, 54
-   (solo, packed, and packed with its step as a CUDA graph: before and after the capture);
+   a packed evaluation has to beat), then of 8 at once (``reproduce --eval_parallel 8``); then
+   ``bench --pack N`` on the device for N = 1, 8, 54 (solo, packed, and packed with its step as a
+   CUDA graph: before and after the capture);
 5. K copies of a 3-epoch fit at once, to see how many runs one GPU trains side by side;
 6. the dataset on the GPU against on the host, in one process, epochs alternating (as bench).
 ``--steps`` picks some of them (default: all).
@@ -38,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +213,7 @@ def evaluate_cmd(ckpt: Path, output: Path, accelerator: str, quick: bool = False
 PACK_BUDGET_S = {"gpu": 330, "cpu": 1800}  # the CPU's dry run (--quick) is slower than the H200
 PACK_RUNS = 20  # sweeps/reproduce_claims.yaml on MNIST 2-D: alpha 0 and 1, seeds 0-9
 EVALUATED = 2  # checkpoints evaluated: enough for seconds per checkpoint
+EVAL_AT_ONCE = 8  # then this many at once, one process each (reproduce --eval_parallel 8)
 QUICK_SEEDS = "0,1"  # --quick: 4 runs (alpha 0 and 1, seeds 0 and 1), 1 epoch on 512 images
 
 
@@ -263,6 +266,18 @@ def pack(a, out: Path, record) -> None:
     if evaluated["wall_s"]:
         evaluated["s_per_checkpoint"] = round(statistics.mean(evaluated["wall_s"]), 1)
     record(evaluated)
+
+    # what `reproduce --eval_parallel P` would do on this device: P evaluations at once
+    at_once = finished[:2 if a.quick else EVAL_AT_ONCE]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max(1, len(at_once))) as pool:  # each run() is a process (group) of its own
+        jobs = [pool.submit(run, evaluate_cmd(f / "checkpoints" / "last.ckpt", out / f"eval_at_once{i}",
+                                              a.accelerator, a.quick), out / f"evaluate_at_once{i}.log",
+                            None, left()) for i, f in enumerate(at_once)]
+        rcs = [job.result()[0] for job in jobs]
+    wall = time.perf_counter() - start
+    record({"step": f"evaluate, {len(at_once)} checkpoints at once", "rcs": rcs, "wall_s": round(wall, 1),
+            "s_per_checkpoint": round(wall / max(1, len(at_once)), 2)})
 
     for n in () if a.quick else (1, 8, 54):  # the dry run: tests/test_packed_bench.py runs bench --pack
         numbers = out / f"bench_pack{n}.json"
