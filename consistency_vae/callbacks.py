@@ -207,8 +207,9 @@ class _FigureCallback(Callback):
                     class_names: Sequence[str] | None, title: str) -> Figure:
         raise NotImplementedError
 
-    def _draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        """epoch: the one just finished, counted from 1."""
+    def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        """Draw and log the figure of ``pl_module`` as it is now (the training hooks call it; so does
+        a pack for each member at its end). epoch: the one just finished, counted from 1."""
         images, labels = _test_data(trainer)
         dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "mnist")
         title = (f"{dataset}, {setting_words(pl_module.hparams, float(pl_module.alpha))}, "
@@ -224,11 +225,11 @@ class _FigureCallback(Callback):
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0 and not last:
-            self._draw(trainer, pl_module, epoch + 1)  # current_epoch counts from 0
+            self.draw(trainer, pl_module, epoch + 1)  # current_epoch counts from 0
 
     @rank_zero_only
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._draw(trainer, pl_module, epochs_done(trainer))
+        self.draw(trainer, pl_module, epochs_done(trainer))
 
 
 class LatentScatter(_FigureCallback):

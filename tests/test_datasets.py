@@ -91,7 +91,7 @@ def test_folder_of_grey_pngs_without_test_split_trains_with_the_conv_net(run_cli
         legends.append([t.get_text() for t in fig.axes[-1].get_legend().get_texts()])
 
     with mock.patch.object(callbacks, "log_figure", log_figure):
-        callbacks.LatentScatter()._draw(SimpleNamespace(datamodule=dm, max_epochs=1), model, epoch=1)
+        callbacks.LatentScatter().draw(SimpleNamespace(datamodule=dm, max_epochs=1), model, epoch=1)
     assert len(legends) == 1 and legends[0][:3] == ["a", "b", "c"]
 
 

@@ -139,7 +139,7 @@ class MemberRun:
             self.trainer.datamodule = self.datamodule
             for cb in self.trainer.callbacks:
                 if isinstance(cb, callbacks._FigureCallback):
-                    cb._draw(self.trainer, self.model, epochs_done)
+                    cb.draw(self.trainer, self.model, epochs_done)
             results = self.trainer.test(self.model, datamodule=self.datamodule,
                                         ckpt_path=self.best_path or self.last_path, verbose=False)
             self._done_lines(results[0] if results else {}, epochs_done)
