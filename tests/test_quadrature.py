@@ -117,3 +117,28 @@ def test_evaluate_reports_it_for_a_2d_latent_only(tmp_path, data_dir):
     assert grid["points"] == 401 and grid["images_near_edge"] == 0
     assert grid["min_posterior_std"] > grid["spacing"]
     assert not METRICS["log_likelihood"].applies({"latent_dim": 20})
+
+
+def test_evaluate_takes_a_coarser_grid_and_it_agrees_where_the_posteriors_are_wider(tmp_path, data_dir):
+    """--quadrature_points 101 (h = 0.1; the test suite's quick reproduction uses it): recorded, used by
+    both metrics that integrate, and within float32 noise of the default grid on a model whose
+    posteriors lie inside the grid and are wider than h (smallest std about 0.33). Not a rule for any
+    model: where the integrand peaks at the grid's edge, as on barely trained ones, the sum errs by O(h)."""
+    from consistency_vae.datamodule import load_split
+    from consistency_vae.evaluation import evaluate_args, quadrature
+    from consistency_vae.evaluation.evaluate import evaluate_checkpoint
+
+    assert evaluate_args.QUADRATURE_POINTS == quadrature.POINTS  # the flags' default: results unchanged
+    results = evaluate_checkpoint(FIXTURE, tmp_path / "eval", data_dir=str(data_dir), subset=64, iwae_k=2,
+                                  iwae_images=8, figures=False, progress=False, quadrature_points=101,
+                                  metrics=["inference_gaps"], gap_images=4)
+    grid = results["quadrature_settings"]
+    assert grid["points"] == 101 and grid["spacing"] == pytest.approx(0.1)
+    assert results["inference_gaps_settings"]["quadrature_points"] == 101
+    assert grid["min_posterior_std"] > grid["spacing"] and grid["images_near_edge"] == 0
+    model = ConsistencyVAE.load_from_checkpoint(FIXTURE, map_location="cpu").eval()
+    x = load_split(data_dir, "mnist", train=False)[0][:64]  # evaluate's subset: the first 64
+    coarse, fine = log_likelihood(model.decoder, x, points=101), log_likelihood(model.decoder, x)
+    assert results["log_likelihood"] == pytest.approx(coarse.mean().item(), rel=1e-12)  # float64, same call
+    # float32 products over 784 pixels, summed over other grid points: ~1e-4 nats (measured 6e-5)
+    assert (coarse - fine).abs().max().item() < 1e-3

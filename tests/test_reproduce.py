@@ -30,8 +30,13 @@ from consistency_vae.sweep import claims
 from tests.cli_runs import ENV
 from tests.conftest import ROOT
 
+# --quadrature_points 101: log p(x) on a 101 x 101 grid (h = 0.1), 1/16 of the default 401's time. No
+# test here reads its value, only that it is computed, passed on and the same in a worker: on these
+# 2-epoch runs it is 0.09-0.11 nats below a 801 x 801 grid's (the default's: 0.013-0.017), whose
+# integrand peaks at the grid's edge for most images (quadrature_settings' images_near_edge)
+GRID = 101
 QUICK = ["--datasets", "mnist", "--seeds", "2", "--epochs", "2", "--subset", "1000", "--iwae_k", "5",
-         "--iwae_images", "50", "--gap_images", "10", "--parallel", "2"]
+         "--iwae_images", "50", "--gap_images", "10", "--parallel", "2", "--quadrature_points", str(GRID)]
 
 
 def trimmed(sweep: str, tmp: Path, **values) -> str:
@@ -79,6 +84,19 @@ def test_quick_reproduce_writes_every_result_file(quick):
         [f"mnist_alpha{a}_seed{s}" for a in (0.0, 1.0, 3.0) for s in (0, 1)]
         + [f"mnist_constrained_kl1.0_alpha1.0_seed{s}" for s in (0, 1)])
     assert {r["evaluated_epoch"] for r in runs} == {1}  # 2 epochs: the last is epoch 1
+
+
+@pytest.mark.slow
+def test_the_quadrature_grid_reaches_every_evaluation_and_the_summary(quick):
+    results = quick["root"] / "results"
+    assert summary_of(results)["config"]["quadrature_points"] == GRID
+    assert f"log p(x) by quadrature on a {GRID} x {GRID} grid" in (results / "summary.md").read_text()
+    for run in summary_of(results)["runs"]:
+        metrics = evaluated(run)
+        assert metrics["quadrature_settings"]["points"] == GRID  # log_likelihood's grid
+        assert metrics["quadrature_settings"]["spacing"] == pytest.approx(0.1)
+        assert metrics["inference_gaps_settings"]["quadrature_points"] == GRID  # and the gaps'
+        assert math.isfinite(metrics["log_likelihood"]) and math.isfinite(metrics["approximation_gap"])
 
 
 @pytest.mark.slow
@@ -257,7 +275,7 @@ def test_worker_processes_evaluate_to_the_same_numbers(quick, tmp_path, data_dir
         shutil.copytree(run["folder"], copy, ignore=shutil.ignore_patterns("eval", "eval.claim"))
         copies.append(Run.from_folder(copy))
     results = reproduce.evaluate_all(copies, iwae_k=5, iwae_images=50, data_dir=str(data_dir), gap_images=10,
-                                     parallel=2)
+                                     parallel=2, quadrature_points=GRID)
     assert list(results) == copies
     for run, copy in zip(runs, copies, strict=True):
         ours, theirs = evaluated(run), json.loads((copy.folder / "eval/metrics.json").read_text())
@@ -304,12 +322,18 @@ def test_workers_pass_over_evaluations_held_by_a_live_process_until_released(tmp
     assert not (dropped.folder / "eval/metrics.json").exists()
 
 
-def test_a_bad_eval_parallel_stops_before_any_run(tmp_path):
-    """--eval_parallel 0: one line naming it and the fix, before a run folder is written."""
-    done = subprocess.run([sys.executable, "-m", "consistency_vae", "reproduce", "--eval_parallel", "0",
+@pytest.mark.parametrize("flag, says", [
+    (["--eval_parallel", "0"], "--eval_parallel 0: give a number of evaluation processes >= 1 (1: one "
+                               "checkpoint at a time, in this process)"),
+    (["--quadrature_points", "1"], "--quadrature_points 1: give at least 2 grid points per axis (401, the "
+                                   "default, has spacing 0.025; 101 has 0.1)"),
+], ids=["eval_parallel", "quadrature_points"])
+def test_a_bad_evaluation_setting_stops_before_any_run(tmp_path, flag, says):
+    """--eval_parallel 0, --quadrature_points 1: one line naming it and the fix, before a run folder
+    is written (not after hours of training)."""
+    done = subprocess.run([sys.executable, "-m", "consistency_vae", "reproduce", *flag,
                            "--runs_dir", "runs", "--output", "results"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env=ENV)  # an error before any work: seconds of imports
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip() == ("consistency-vae: error: --eval_parallel 0: give a number of evaluation "
-                                   "processes >= 1 (1: one checkpoint at a time, in this process)")
+    assert done.stderr.strip() == f"consistency-vae: error: {says}"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

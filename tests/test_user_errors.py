@@ -77,7 +77,8 @@ def test_data_dir_that_is_a_file(tmp_path):
      "--metrics no_such_module.metric: no module 'no_such_module' to import"),
     (["--output", "out", "--device", "tpu9"], "--device tpu9: not a device"),
     (["--output", "out", "--mi_batch", "0"], "--mi_batch 0: each must be >= 1"),
-], ids=["output-is-a-file", "metrics-module-missing", "unknown-device", "zero-count"])
+    (["--output", "out", "--quadrature_points", "1"], "--quadrature_points 1: give at least 2 grid points"),
+], ids=["output-is-a-file", "metrics-module-missing", "unknown-device", "zero-count", "one-grid-point"])
 def test_evaluate(tmp_path, mnist_dir, args, says):
     (tmp_path / "taken").write_text("")
     line = one_error_line(*run(tmp_path, "evaluate", "--ckpt_path", str(FIXTURE_CKPT), *args,

@@ -27,7 +27,7 @@ import torch
 from consistency_vae import threads
 from consistency_vae.errors import CheckpointError, ConfigError, UserError
 from consistency_vae.evaluation import eval_metrics
-from consistency_vae.evaluation.evaluate_args import parser
+from consistency_vae.evaluation.evaluate_args import QUADRATURE_POINTS, check_quadrature_points, parser
 from consistency_vae.user_files import check_output_folder
 
 # The Lightning side (checkpointing, model, datamodule, callbacks) is imported inside the functions
@@ -100,7 +100,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
                         seed: int = 0, figures: bool = True, overwrite: bool = False,
                         allow_pickle: bool = False, progress: bool = True, path: str | None = None,
                         metrics: list[str] | tuple[str, ...] = (), mi_batch: int = 100,
-                        gap_images: int = 100) -> dict:
+                        gap_images: int = 100, quadrature_points: int = QUADRATURE_POINTS) -> dict:
     """Evaluate one checkpoint; write ``output_dir/metrics.json`` and PNGs; return the metrics.
 
     dataset, data_dir, subset, path: override the checkpoint's data config. iwae_images: IWAE on
@@ -108,6 +108,9 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     iwae_batch: test images per IWAE step (25 keeps each block of logits in the CPU's cache).
     metrics: opt-in metrics of the registry to add (``inference_gaps``, on the first gap_images
     test images). mi_batch: B of the mutual information estimate (recorded with it).
+    quadrature_points: n of the n x n grid of log p(x) by quadrature, 2-D latents only (quadrature.py;
+    recorded in quadrature_settings): the time goes as n^2, the default is accurate down to a
+    posterior std of 0.025.
     """
     from tqdm.auto import tqdm
 
@@ -124,6 +127,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     if bad := {k: v for k, v in counts.items() if v is not None and v < 1}:
         raise ConfigError(f"{', '.join(f'--{k} {v}' for k, v in bad.items())}: each must be >= 1 "
                           "(a count of images or samples)")
+    check_quadrature_points(quadrature_points)
     ckpt_epoch = _read_checkpoint(ckpt_path, allow_pickle).get("epoch")  # a clear error if not ours
     dev = _device(device)
     model = _load_model(ckpt_path, dev, allow_pickle)
@@ -133,7 +137,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
     n, dim = len(images), model.hparams.latent_dim
     n_iwae = min(iwae_images or n, n)
     settings = {"iwae_k": iwae_k, "iwae_images": n_iwae, "iwae_batch": iwae_batch, "seed": seed,
-                "latent_dim": dim, "test_images": n, "mi_batch": mi_batch, "gap_images": gap_images}
+                "latent_dim": dim, "test_images": n, "mi_batch": mi_batch, "gap_images": gap_images,
+                "quadrature_points": quadrature_points}
     chosen = [name for name, info in eval_metrics.METRICS.items() if info.default and info.applies(settings)]
     chosen += [m for m in metrics if m not in chosen]
     infos = [eval_metrics.get_metric(name) for name in chosen]

@@ -2,8 +2,21 @@
 (``--help``, a mistyped flag) loads neither torch nor Lightning (commands.evaluate_main)."""
 
 from consistency_vae import cli_help, threads
+from consistency_vae.errors import ConfigError
 
 DESCRIPTION = "consistency-vae evaluate: metrics.json, figures and a table for one checkpoint."
+# quadrature.POINTS, the n of log p(x)'s n x n grid, written here because this module loads no torch
+# (tests/test_quadrature.py checks that the two agree); reproduce's flag has the same default
+QUADRATURE_POINTS = 401
+QUADRATURE_HELP = ("n of the n x n grid over [-5, 5]^2 of log p(x) by quadrature, 2-D latents only "
+                   "(time ~ n^2; 401: spacing 0.025)")
+
+
+def check_quadrature_points(points: int) -> None:
+    """A grid needs two points per axis to have a spacing."""
+    if points < 2:
+        raise ConfigError(f"--quadrature_points {points}: give at least 2 grid points per axis "
+                          f"({QUADRATURE_POINTS}, the default, has spacing 0.025; 101 has 0.1)")
 
 
 def parser():
@@ -24,6 +37,8 @@ def parser():
                         "(a module registering NAME in eval_metrics)")
     p.add_argument("--mi_batch", type=int, default=100, help="B of the mutual information estimate")
     p.add_argument("--gap_images", type=int, default=100, help="test images of inference_gaps")
+    p.add_argument("--quadrature_points", type=int, default=QUADRATURE_POINTS, metavar="N",
+                   help=QUADRATURE_HELP)
     p.add_argument("--no_figures", action="store_true", help="write metrics.json only")
     p.add_argument("--overwrite", action="store_true", help="replace an existing metrics.json")
     p.add_argument("--allow_pickle", action="store_true",

@@ -154,6 +154,7 @@ class InferenceGaps(Metric):
     def __init__(self, settings: dict):
         super().__init__()
         self.images, self.seed = settings["gap_images"], settings["seed"]
+        self.points = settings.get("quadrature_points", quadrature.POINTS)  # n of the 2-D grid
         self.settings = GapSettings()
         for state in ("amortization", "amortization_sq", "approximation", "approximation_sq", "count"):
             self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -167,7 +168,8 @@ class InferenceGaps(Metric):
         x, (mu, logvar) = batch.x[:n], batch.encode()
         generator = torch.Generator(device=x.device).manual_seed(self.seed + 4 + batch.start)
         # 2-D: the grid's mode as a second start, and log p(x) by quadrature (quadrature.py)
-        log_px, mode = quadrature.scan(batch.model.decoder, x) if mu.shape[1] == 2 else (None, None)
+        log_px, mode = (quadrature.scan(batch.model.decoder, x, points=self.points) if mu.shape[1] == 2
+                        else (None, None))
         self.log_px_from = "iwae" if log_px is None else "quadrature"
         gaps = inference_gaps(bernoulli_log_likelihood(batch.model.decoder),
                               x, mu[:n], logvar[:n], self.settings, generator, mode, log_px)
@@ -189,4 +191,4 @@ class InferenceGaps(Metric):
         return {**result, "inference_gaps_settings": {
             **self.settings.as_dict(), "images": int(self.count), "steps": self.steps,
             "batches_at_step_limit": self.limit_hit, "images_started_at_grid_mode": self.changed_start,
-            "log_px": self.log_px_from}}
+            "log_px": self.log_px_from, "quadrature_points": self.points}}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consistency_vae import threads
+from consistency_vae.evaluation.evaluate_args import QUADRATURE_POINTS
 from consistency_vae.reproduction.runs import Run
 from consistency_vae.sweep import children, claims
 
@@ -37,6 +38,7 @@ class Settings:
     iwae_images: int | None
     data_dir: str
     gap_images: int
+    quadrature_points: int = QUADRATURE_POINTS  # n of log p(x)'s n x n grid (2-D latents)
 
 
 def metrics_file(run: Run) -> Path:
@@ -61,7 +63,8 @@ def evaluate_run(run: Run, settings: Settings) -> dict | None:
         return evaluate_checkpoint(run.folder / "checkpoints/last.ckpt", out, iwae_k=settings.iwae_k,
                                    iwae_images=settings.iwae_images, data_dir=settings.data_dir,
                                    figures=figures, progress=False, metrics=["inference_gaps"],
-                                   gap_images=settings.gap_images)
+                                   gap_images=settings.gap_images,
+                                   quadrature_points=settings.quadrature_points)
     finally:
         claims.release(claim)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from consistency_vae import cli_help, data_files, threads
 from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.evaluation import evaluate_args
 from consistency_vae.reproduction import evaluators
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
 from consistency_vae.sweep import claims, packs
@@ -95,14 +96,14 @@ def wait_for_other_runners(stores: list) -> None:
 
 
 def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir: str,
-                 gap_images: int = 200, parallel: int = 1,
-                 requested_threads: int | None = None) -> dict[Run, dict]:
+                 gap_images: int = 200, parallel: int = 1, requested_threads: int | None = None,
+                 quadrature_points: int = evaluate_args.QUADRATURE_POINTS) -> dict[Run, dict]:
     """Evaluate each run's last.ckpt into its folder's eval/metrics.json (kept if there): every
     default metric and the inference gaps (on the first ``gap_images`` test images), here one at a
     time, or by ``parallel`` worker processes of ``requested_threads`` threads (evaluators.py). A
     run that another runner evaluates now is passed over and read when it is done, so two
     reproductions started side by side evaluate different runs at once."""
-    settings = evaluators.Settings(iwae_k, iwae_images, data_dir, gap_images)
+    settings = evaluators.Settings(iwae_k, iwae_images, data_dir, gap_images, quadrature_points)
     results, start, pending = {}, time.perf_counter(), list(runs)
     with evaluators.Evaluators(parallel, requested_threads) as evaluating:
         while pending:
@@ -158,12 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iwae_images", type=int, default=1000, help="test images for IWAE (all: 0)")
     parser.add_argument("--gap_images", type=int, default=200,
                         help="test images of the amortisation and approximation gaps")
+    parser.add_argument("--quadrature_points", type=int, default=evaluate_args.QUADRATURE_POINTS, metavar="N",
+                        help=evaluate_args.QUADRATURE_HELP)
     args = parser.parse_args(argv)
     threads.resolve(args.threads)  # a bad --threads or OMP_NUM_THREADS stops here, before any run
     packs.resolve(args.pack)  # and a bad --pack
     if args.eval_parallel < 1:  # and a bad --eval_parallel, before hours of training
         raise ConfigError(f"--eval_parallel {args.eval_parallel}: give a number of evaluation processes "
                           ">= 1 (1: one checkpoint at a time, in this process)")
+    evaluate_args.check_quadrature_points(args.quadrature_points)  # and a bad grid
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     check_last_epochs(runs)
     threads.apply(args.threads)  # the evaluations run in this process, or in workers that apply it too
     results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images,
-                           args.eval_parallel, args.threads)
+                           args.eval_parallel, args.threads, args.quadrature_points)
     summary.write_all(runs, results, Path(args.output), args)
     print(f"reproduce: wrote {args.output}/summary.md from {len(runs)} runs")
     if failed:

@@ -194,7 +194,7 @@ def run_config(runs: list[Run], args) -> dict:
             "planned_groups": None if args.from_runs else planned_groups(args.sweeps),
             "epochs": one_or_all({r.epochs for r in runs}),
             "subset": one_or_all(subsets), "lr_schedule": one_or_all(schedules), "iwae_k": args.iwae_k,
-            "iwae_images": args.iwae_images,
+            "iwae_images": args.iwae_images, "quadrature_points": args.quadrature_points,
             "from_runs": args.from_runs, "sweeps": None if args.from_runs else args.sweeps}
 
 

@@ -3,6 +3,7 @@ written from the numbers themselves, so a regenerated summary can never claim wh
 
 import math
 
+from consistency_vae.evaluation.evaluate_args import QUADRATURE_POINTS
 from consistency_vae.reproduction.common import LABELS, METRICS, NAMES, TOLERANCE
 from consistency_vae.reproduction.significance import LEVEL, POWER
 
@@ -207,6 +208,8 @@ def render(summary: dict) -> str:
            f"IWAE K={cfg['iwae_k']} on the first {cfg['iwae_images'] or 'all'} "
            "test images). Mean ± std over seeds (sample std); every other metric on the full "
            "10k test set. Evaluated at the last epoch, as the paper reports."
+           + (f" log p(x) by quadrature on a {n} x {n} grid (the default: {QUADRATURE_POINTS})."
+              if (n := cfg.get("quadrature_points")) and n != QUADRATURE_POINTS else "")
            + (f" Tables and verdicts rebuilt from its run records by `consistency-vae reproduce "
               f"--from-summary {cfg['rebuilt_from']}`." if cfg.get("rebuilt_from") else ""), ""]
     if cfg.get("planned_seeds") and cfg["seeds"] < cfg["planned_seeds"]:
