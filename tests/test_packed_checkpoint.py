@@ -19,6 +19,7 @@ from consistency_vae import run_start
 from consistency_vae.errors import CheckpointError
 from consistency_vae.model import ConsistencyVAE
 from consistency_vae.packed import PackMember, fit_pack
+from consistency_vae.packed import checkpoint as pack_checkpoint
 from consistency_vae.packed.checkpoint import member_checkpoint, save
 from consistency_vae.packed.fit import MemberResult
 from consistency_vae.packed.members import build_models
@@ -291,3 +292,23 @@ def test_a_pack_resumes_only_its_members_from_one_end_of_epoch(runs):
 
 def untimed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def test_the_background_writer_writes_in_order_and_raises_a_failed_write(tmp_path):
+    """packed.checkpoint.Writer: tasks run in threads; flush waits for them and raises the first error,
+    so a write that failed (here: into a folder that is a file) stops the pack, and leaving the
+    ``with`` block after an error of the pack's own waits for the writes in flight."""
+    order: list[str] = []
+    with pack_checkpoint.Writer(threads=2) as writer:
+        writer.submit(lambda: (save({"a": torch.ones(3)}, tmp_path / "a.ckpt"), order.append("a")))
+        writer.flush()
+        assert order == ["a"] and torch.load(tmp_path / "a.ckpt")["a"].sum() == 3
+        (tmp_path / "file").write_text("not a folder")
+        writer.submit(lambda: save({"b": torch.ones(3)}, tmp_path / "file" / "b.ckpt"))
+        with pytest.raises(OSError):
+            writer.flush()
+    done: list[str] = []
+    with pytest.raises(RuntimeError, match="the pack's own"), pack_checkpoint.Writer() as writer:
+        writer.submit(lambda: done.append("written"))
+        raise RuntimeError("the pack's own error")
+    assert done == ["written"]

@@ -16,6 +16,8 @@ failed (its solo run stopped at the failing step and wrote nothing after).
 
 import copy
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -72,6 +74,42 @@ def member_checkpoint(pack: Pack, i: int, model: ConsistencyVAE, datamodule: pl.
         callback.on_save_checkpoint(trainer, model, checkpoint)
     model.on_save_checkpoint(checkpoint)  # the initial alpha (resume_state.INITIAL_ALPHA)
     return checkpoint
+
+
+class Writer:
+    """Writes checkpoints in background threads while the pack trains on (a pack of 64 writes 128
+    files an epoch; one after another, on the host, they would hold the device idle).
+
+    ``submit(task)``: a callable that writes one member's files of one epoch, in order (the best
+    checkpoint, the old best's removal, then last.ckpt, as ModelCheckpoint does). ``flush()``
+    waits for every task so far and raises the first one's error (a full disk stops the pack):
+    ``packed/run.py`` flushes before each epoch's checkpoints, so a member's files of two epochs
+    are never written at once, and before anything reads them. Each file is written whole under a
+    partial name and renamed (``save``), so a kill leaves every file whole, old or new."""
+
+    def __init__(self, threads: int = 4):
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="pack-checkpoints")
+        self.pending: list[Future] = []
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self.pending.append(self.pool.submit(task))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.flush()
+            else:  # already failing: let the writes in flight finish whole, keep the first error
+                wait(self.pending)
+        finally:
+            self.pool.shutdown()
 
 
 def save(checkpoint: dict, path: str | Path) -> None:

@@ -101,8 +101,10 @@ class MemberRun:
         self.last_path = saved.get("last_model_path") or None
 
     def end_epoch(self, pack, epoch: int, row: dict[str, float], test: dict[str, float] | None,
-                  global_step: int, batches_per_epoch: int, val_batches: int, improved: bool) -> None:
-        """Log epoch ``epoch`` (0-based) and write its checkpoints."""
+                  global_step: int, batches_per_epoch: int, val_batches: int, improved: bool,
+                  writer: checkpoint.Writer) -> None:
+        """Log epoch ``epoch`` (0-based) and hand its checkpoints to ``writer`` (built here, from
+        the pack's state now; written in the background)."""
         step = global_step - 1  # where Lightning logs epoch-end values: the epoch's last step
         if not any(isinstance(cb, EpochTimer) for cb in self.trainer.callbacks):  # the solo run's keys only
             row = {k: v for k, v in row.items() if not k.startswith("time/")}
@@ -118,18 +120,28 @@ class MemberRun:
         last = self.checkpoints.format_checkpoint_name(names, ModelCheckpoint.CHECKPOINT_NAME_LAST)
         kwargs = dict(epoch=epoch, global_step=global_step, batches_per_epoch=batches_per_epoch,
                       val_batches=val_batches)
+        writes: list[tuple[dict, str]] = []
+        old = None
         if improved and self.checkpoints.monitor:  # ModelCheckpoint saves the best first, then last.ckpt
             old, self.best_path = self.best_path, self.checkpoints.format_checkpoint_name(names)
             self.best_score = row.get(self.checkpoints.monitor)
             best = {"path": self.best_path, "score": self.best_score, "last_path": self.last_path or ""}
-            checkpoint.save(checkpoint.member_checkpoint(pack, self.index, self.model, self.datamodule,
-                                                         self.trainer, best=best, **kwargs), self.best_path)
-            if old and old != self.best_path:
-                Path(old).unlink(missing_ok=True)  # save_top_k: 1
+            writes.append((checkpoint.member_checkpoint(pack, self.index, self.model, self.datamodule,
+                                                        self.trainer, best=best, **kwargs), self.best_path))
         self.last_path = last
         best = {"path": self.best_path, "score": self.best_score, "last_path": last}
-        checkpoint.save(checkpoint.member_checkpoint(pack, self.index, self.model, self.datamodule,
-                                                     self.trainer, best=best, **kwargs), last)
+        last_ckpt = checkpoint.member_checkpoint(pack, self.index, self.model, self.datamodule, self.trainer,
+                                                 best=best, **kwargs)
+        stale = old if old and old != self.best_path else None
+
+        def write() -> None:
+            if writes:
+                checkpoint.save(*writes[0])
+            if stale:
+                Path(stale).unlink(missing_ok=True)  # save_top_k: 1
+            checkpoint.save(last_ckpt, last)
+
+        writer.submit(write)
 
     def finish(self, last_weights: dict, failed: str | None, epochs_done: int) -> None:
         """Figures of the last weights, the final test of the best checkpoint, the run's record."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from consistency_vae import atomic, checkpointing
 from consistency_vae.errors import ConfigError
+from consistency_vae.packed import checkpoint
 from consistency_vae.packed import restore as pack_restore
 from consistency_vae.packed.fit import MemberResult, fit_pack
 from consistency_vae.packed.member_run import PER_MEMBER_KEYS, MemberRun, member_cli, test_set_means
@@ -87,20 +88,22 @@ def _train(runs: list[MemberRun], states: list[dict | None], first: int, spec: l
 
     def end_epoch(pack, epoch: int, results: list[MemberResult]) -> None:
         test = test_set_means(pack, runs)
+        writer.flush()  # the last epoch's files are on disk before this epoch's are written
         for i, (run, result) in enumerate(zip(runs, results, strict=True)):
             if i in pack.failed:
                 continue
             run.end_epoch(pack, epoch, result.epochs[-1], {k: float(v[i]) for k, v in (test or {}).items()},
                           global_step=(epoch + 1) * per_epoch, batches_per_epoch=per_epoch,
-                          val_batches=val_batches, improved=result.best_epoch == epoch)
+                          val_batches=val_batches, improved=result.best_epoch == epoch, writer=writer)
 
     def restore(pack, results: list[MemberResult]) -> None:
         pack_restore.restore_members(pack, results, states)
 
     device = runs[0].trainer.strategy.root_device
-    results = fit_pack([r.member() for r in runs], dm, runs[0].max_epochs, device=device,
-                       models=[r.model for r in runs], start_epoch=first,
-                       restore=restore if first > 0 else None, on_epoch_end=end_epoch)
+    with checkpoint.Writer() as writer:  # the checkpoints are written while the pack trains on
+        results = fit_pack([r.member() for r in runs], dm, runs[0].max_epochs, device=device,
+                           models=[r.model for r in runs], start_epoch=first,
+                           restore=restore if first > 0 else None, on_epoch_end=end_epoch)
     failed = 0
     for run, result, member in zip(runs, results, spec, strict=True):
         if result.failed:
