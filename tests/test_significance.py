@@ -26,9 +26,9 @@ def test_paired_is_the_t_test_of_the_differences_written_out():
     half = stats.t.ppf(0.975, 2) * se
     assert got["n"] == 3 and got["df"] == 2
     assert got["mean"] == pytest.approx(d.mean(), rel=1e-12)  # float64 both sides, same inputs
-    assert got["se"] == pytest.approx(se, rel=1e-12)
+    assert got["se"] == pytest.approx(se, rel=1e-12)  # float64 both sides, same inputs
     assert got["p"] == pytest.approx(2 * stats.t.sf(abs(t), 2), rel=1e-9)  # float64: two t.sf paths
-    assert got["ci"] == pytest.approx([d.mean() - half, d.mean() + half], rel=1e-9)
+    assert got["ci"] == pytest.approx([d.mean() - half, d.mean() + half], rel=1e-9)  # float64
 
 
 def test_paired_without_spread_or_with_one_seed():
@@ -48,7 +48,7 @@ def test_welch_of_two_groups_is_scipys_unequal_variance_t_test():
     got = significance.welch(a.mean() - b.mean(), parts)
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert got["p"] == pytest.approx(ref.pvalue, rel=1e-9)  # float64, same inputs
-    assert got["df"] == pytest.approx(ref.df, rel=1e-9)
+    assert got["df"] == pytest.approx(ref.df, rel=1e-9)  # float64, same inputs
     low, high = ref.confidence_interval(0.95)
     assert got["ci"] == pytest.approx([low, high], rel=1e-9)
     assert significance.welch(1.0, [(0.1, 3), (0.2, 1)]) is None  # one seed: no spread to test with
