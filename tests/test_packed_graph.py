@@ -1,11 +1,12 @@
 """The packed step as a CUDA graph can record it (consistency_vae/packed/graph.py).
 
 A graph replays its kernels on the addresses it recorded, and runs nothing on the host. So, on any
-device: the step keeps the storage of every tensor it touches, and a member's failure is found
-without a host read in the step (fit_pack reads the failures once per epoch) yet reported at its
-own step, as its solo run reports it. On a GPU (marked ``gpu``): a captured pack trains as the
-uncaptured one, to float32 tolerance, through a cosine schedule, a constrained member whose
-multiplier rule has state (NuPI), and a member that fails mid-run.
+device: the static step (CUDA's) keeps the storage of every tensor it touches, and a member's
+failure is found without a host read in the step (fit_pack reads the failures once per epoch) yet
+reported at its own step, as its solo run reports it, in the static step and the CPU's alike. On
+a GPU (marked ``gpu``): a captured pack trains as the uncaptured one, to float32 tolerance,
+through a cosine schedule, a constrained member whose multiplier rule has state (NuPI), and a
+member that fails mid-run.
 """
 
 import math
@@ -50,9 +51,10 @@ def _batches(pack: Pack, data_dir, steps: int):
         yield images[order[step % 4]], pack_data.train_noise(seeds, step, 128, 2, pack.device)
 
 
-def test_the_step_keeps_the_storage_of_everything_it_touches(data_dir):
-    """The condition of a replay: the second step and later read and write the first's tensors."""
-    pack = Pack(MEMBERS, build_models(MEMBERS, SHARED), steps=8)
+def test_the_static_step_keeps_the_storage_of_everything_it_touches(data_dir):
+    """The condition of a replay: the second step and later read and write the first's tensors.
+    ``static`` is the CUDA default; a CPU pack may set gradients to None instead (faster there)."""
+    pack = Pack(MEMBERS, build_models(MEMBERS, SHARED), steps=8, static=True)
     first = None
     for x, noise in _batches(pack, data_dir, 4):
         pack.train_step(x, noise)
@@ -85,6 +87,29 @@ def test_a_member_failing_mid_run_is_reported_at_its_step_and_frozen_there(data_
             torch.testing.assert_close(value, at_epoch_end[name], rtol=0, atol=0, equal_nan=True)
     for i in (0, 2):
         assert results[i].failed is None and len(results[i].epochs) == 3
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_a_failed_member_is_frozen_by_either_step_and_the_others_are_its_pack_without_it(static, data_dir):
+    """Pack.step directly: member 1 poisoned after 4 steps fails at step 4 (collect_failures gives
+    the solo message), keeps its weights of then, and members 0 and 2 end as in an unpoisoned pack
+    (the same computation on the same machine: exactly)."""
+    poisoned, clean = (Pack(MEMBERS, build_models(MEMBERS, SHARED), steps=8, static=static) for _ in range(2))
+    for step, (x, noise) in enumerate(_batches(poisoned, data_dir, 8)):
+        if step == 4:
+            kept = poisoned.member_weights(1)
+            poisoned.alpha[1] = math.inf
+        poisoned.train_step(x, noise)
+        clean.train_step(x, noise)
+    assert poisoned.collect_failures(steps_per_epoch=4) == [1]
+    assert "non-finite loss at epoch 1, global step 4: loss=inf" in poisoned.failed[1]
+    for name, value in poisoned.member_weights(1).items():
+        if name != "alpha":  # the poison itself
+            torch.testing.assert_close(value, kept[name], rtol=0, atol=0, equal_nan=True)
+    for i in (0, 2):
+        theirs = poisoned.member_weights(i)
+        for name, value in clean.member_weights(i).items():
+            torch.testing.assert_close(theirs[name], value, rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.gpu

@@ -31,8 +31,9 @@ class CapturedStep:
     """``Pack.train_step`` as a replayed CUDA graph: ``captured(x, noise)`` -> terms (N, T)."""
 
     def __init__(self, pack: Pack, warmup: int = WARMUP):
-        if pack.device.type != "cuda":
-            raise ValueError(f"a CUDA graph needs a pack on a CUDA device, not {pack.device}")
+        if pack.device.type != "cuda" or not pack.static:
+            raise ValueError(f"a CUDA graph needs a static pack on a CUDA device, not "
+                             f"{'a' if pack.static else 'a non-static'} pack on {pack.device}")
         self.pack, self.warmup, self.calls = pack, warmup, 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.x = self.noise = self.values = None  # the static buffers, set at the capture
