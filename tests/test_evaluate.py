@@ -21,7 +21,9 @@ from tests.conftest import ROOT
 KEYS = {"kl_consistency", "elbo", "recon", "kl", "iwae_ll", "iwae_gap", "active_units",
         "probe_accuracy", "alpha", "alpha_mode", "latent_dim", "dataset", "ckpt_path", "iwae_k"}
 PNGS = ("latent_drift.png", "reconstructions.png", "prior_samples.png")
-QUICK = {"iwae_k": 5, "iwae_images": 40, "progress": False}
+# quadrature_points 101: log p(x) on 1/16 of the default grid (seconds per evaluation), for tests of
+# what evaluate writes; tests/test_quadrature.py checks the default grid's numbers
+QUICK = {"iwae_k": 5, "iwae_images": 40, "progress": False, "quadrature_points": 101}
 
 
 def assert_real_png(path: Path) -> None:
@@ -78,7 +80,8 @@ def test_cli_prints_the_table_and_overrides_apply(ckpt, tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
         cli_main(["evaluate", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "e"), "--threads", "1",
-                  "--data.dataset", "fashion_mnist", "--iwae_k", "3", "--iwae_images", "20", "--no_figures"])
+                  "--data.dataset", "fashion_mnist", "--iwae_k", "3", "--iwae_images", "20", "--no_figures",
+                  "--quadrature_points", "101"])
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
@@ -180,11 +183,14 @@ def test_fit_logs_the_test_curve_per_epoch_and_saves_the_scatter(trained_run):
 def test_evaluate_a_trained_checkpoint(trained_run, tmp_path, capsys):
     out = tmp_path / "eval"
     with one_thread():
+        # --quadrature_points 101: 1/16 of the default grid's time (about 40 s here on 10k images);
+        # nothing below reads log p(x), and the grid's chunks hold as many images at any n
         cli_main(["evaluate", "--ckpt_path", str(trained_run / "checkpoints/last.ckpt"), "--output",
-                  str(out), "--iwae_k", "100", "--iwae_images", "500"])
+                  str(out), "--iwae_k", "100", "--iwae_images", "500", "--quadrature_points", "101"])
     assert "probe_accuracy" in capsys.readouterr().out
     saved = json.loads((out / "metrics.json").read_text())
     assert KEYS <= saved.keys() and saved["test_images"] == 10_000
+    assert saved["quadrature_settings"]["points"] == 101 and math.isfinite(saved["log_likelihood"])
     for name in PNGS:
         assert_real_png(out / name)
     assert saved["iwae_gap"] > 0  # the K=100 bound is tighter than the ELBO
