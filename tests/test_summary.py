@@ -101,15 +101,16 @@ def test_from_summary_judges_the_seeds_by_the_sweep_files_it_names(tmp_path, mon
     from consistency_vae.reproduction.reproduce import SWEEPS
 
     old = json.loads((ROOT / "results/summary.json").read_text())
-    three = {**old, "config": {**old["config"], "sweeps": SWEEPS},
+    three = {**old, "config": {**old["config"], "sweeps": SWEEPS, "planned_seeds": 10},
              "runs": [r for r in old["runs"] if r["seed"] < 3]}
     (tmp_path / "summary.json").write_text(json.dumps(three))
     monkeypatch.chdir(ROOT)  # the sweep files as a summary names them, from the repository
     got = summary.rebuild(tmp_path / "summary.json", tmp_path / "out")["seeds_per_group"]
     assert got["groups"] == 36 and len(got["short"]) == 36 and set(got["short"].values()) == {3}
     assert got["expected"]["mnist/paper/alpha1"] == 10 and got["expected"]["mnist/d20/eps3"] == 5
-    assert "36 of 36 run groups have fewer seeds than the sweep files ask" in (
-        tmp_path / "out/summary.md").read_text()
+    text = (tmp_path / "out/summary.md").read_text()
+    assert "36 of 36 run groups have fewer seeds than the sweep files ask" in text
+    assert text.count("**Partial reproduction:**") == 1  # one warning, by group, not a second by seeds
 
 
 def test_from_summary_refuses_a_missing_file_and_from_runs_beside_it(tmp_path):

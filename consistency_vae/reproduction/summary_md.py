@@ -212,10 +212,11 @@ def render(summary: dict) -> str:
               if (n := cfg.get("quadrature_points")) and n != QUADRATURE_POINTS else "")
            + (f" Tables and verdicts rebuilt from its run records by `consistency-vae reproduce "
               f"--from-summary {cfg['rebuilt_from']}`." if cfg.get("rebuilt_from") else ""), ""]
-    if cfg.get("planned_seeds") and cfg["seeds"] < cfg["planned_seeds"]:
+    seeds = summary["seeds_per_group"]  # where it knows each group's planned seeds, it says it all
+    if "expected" not in seeds and cfg.get("planned_seeds") and cfg["seeds"] < cfg["planned_seeds"]:
         out += [f"**Partial reproduction:** {cfg['seeds']} of the sweep files' {cfg['planned_seeds']} seeds "
                 "so far; a verdict marked (1 seed) has no spread over seeds yet.", ""]
-    out += partial_warning(summary["seeds_per_group"])
+    out += partial_warning(seeds)
     out += claims_section(summary["claims"]) + noise_section(summary["noise"]) + ["## Headline", ""]
     for d, by_setting in summary["results"].items():
         for s, c in by_setting.items():
