@@ -1,7 +1,8 @@
 """`consistency-vae bench`: seconds per training epoch, Lightning ``fit`` against plain PyTorch.
 
-Both sides run the same maths (MLP 784-400-2, batch 128, Adam 1e-3, the full 50k training split)
-on the same in-memory tensors, in the same process, alternating so that machine noise hits both.
+Both sides run the same maths (MLP 784-400-2, batch 128, Adam 1e-3, the full 50k training split,
+or its first N images with --subset N: a quicker, noisier check) on the same in-memory tensors, in
+the same process, alternating so that machine noise hits both.
 Printed: the median epoch time of each, their ratio (target <= 1.15), and the consistency
 overhead, fit's epoch time at alpha = 1 over alpha = 0 (target <= 1.5); with each ratio, the
 min/median/max over the paired epochs (the epochs run back to back), which says how noisy the
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 FIT_OVER_PLAIN_TARGET = 1.15  # Lightning's bookkeeping may cost at most 15% over a plain loop
 OVERHEAD_TARGET = 1.5  # the consistency term (a second encoder pass) at most 50% more per epoch
+BATCH = 128  # both sides' batch size: MNISTDataModule's default, the config's
 
 
 def lightning_epochs(dm: MNISTDataModule, alpha: float, epochs: int, accelerator: str) -> list[float]:
@@ -43,7 +45,7 @@ def lightning_epochs(dm: MNISTDataModule, alpha: float, epochs: int, accelerator
     return timer.times
 
 
-def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: int = 128) -> list[float]:
+def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: int = BATCH) -> list[float]:
     """The reference: a hand-written loop over the same tensors with the same losses."""
     import torch
 
@@ -77,12 +79,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = cli_help.command_parser("consistency-vae bench", __doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side (after 1 warm-up)")
     parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
+    parser.add_argument("--subset", type=int | None, default=None, metavar="N",
+                        help="time epochs of the first N training images only (null: all 50,000)")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"],
                         help="where both sides run")
     parser.add_argument("--threads", type=int | None, default=None, help=threads.HELP)
     args = parser.parse_args(argv)
     if args.epochs < 1:  # else minutes of warm-up end in a median of no epochs
         raise ConfigError(f"--epochs {args.epochs}: give at least 1 timed epoch per side")
+    if args.subset is not None and args.subset < BATCH:  # else an epoch of no step
+        raise ConfigError(f"--subset {args.subset}: give at least {BATCH} images, one batch (null: all)")
     n_threads, threads_from = threads.resolve(args.threads)  # a bad number stops before any import
 
     import torch
@@ -97,13 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     threads.apply(n_threads)
 
     torch.manual_seed(0)
-    dm = MNISTDataModule(data_dir=args.data_dir, on_device=False)
+    dm = MNISTDataModule(data_dir=args.data_dir, on_device=False, subset=args.subset)
     dm.prepare_data()
     dm.setup()
     device = "cuda" if args.accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
     images = dm.train_set.images.to(device)
     n = args.epochs + 1  # the first epoch of each side is a warm-up and is dropped
-    print(f"bench: {len(images)} images/epoch, batch 128, MLP 784-400-2, device={device}, "
+    print(f"bench: {len(images)} images/epoch, batch {BATCH}, MLP 784-400-2, device={device}, "
           f"threads={torch.get_num_threads()} ({threads_from}), {args.epochs} timed epochs per side")
 
     fit_1, plain_1, fit_0 = [], [], []

@@ -24,3 +24,25 @@ def test_a_clear_miss_is_not_called_noise_and_a_clear_pass_says_met():
     assert "MISSED: ratio fit / plain 1.400 > target 1.15" in text and "too noisy" not in text
     _, lines = bench.report([1.0, 1.05, 1.1], [1.0, 1.0, 1.0], [0.9, 0.9, 0.9])
     assert "met: ratio fit / plain 1.050 <= target 1.15" in "\n".join(lines)
+
+
+def test_subset_times_the_first_n_training_images_and_refuses_under_a_batch(monkeypatch, capsys, data_dir):
+    """--subset N: both sides' epochs run over the first N training images (a quick check, which the
+    README tour in tests/test_docs_commands.py runs); fewer than one batch is one line, before any work."""
+    seen = []
+
+    def lightning(dm, alpha, epochs, accelerator):
+        seen.append(("fit", len(dm.train_set.images)))
+        return [1.0]
+
+    def plain(images, alpha, epochs):
+        seen.append(("plain", len(images)))
+        return [1.0]
+
+    monkeypatch.setattr(bench, "lightning_epochs", lightning)
+    monkeypatch.setattr(bench, "plain_epochs", plain)
+    bench.main(["--epochs", "1", "--subset", "256", "--data_dir", str(data_dir)])
+    assert set(seen) == {("fit", 256), ("plain", 256)} and len(seen) == 6  # 3 sides x (warm-up + 1)
+    assert "bench: 256 images/epoch, batch 128" in capsys.readouterr().out
+    with pytest.raises(bench.ConfigError, match=r"--subset 100: give at least 128 images, one batch"):
+        bench.main(["--subset", "100", "--data_dir", str(data_dir)])

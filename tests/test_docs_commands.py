@@ -5,7 +5,8 @@ is run by this test the next time, and a command that stops working fails it. Ea
 subprocess in a copy of the tracked files (what a fresh clone holds, `results/` included, so an
 example that would overwrite a tracked file fails here too), with the real data linked in and
 W&B disabled. To keep the suite short, long commands get a smaller setting appended: one epoch
-on 512 images, a few IWAE samples, one sweep run. Commands that need what this machine lacks (a
+on 512 images, a few IWAE samples on a 101 x 101 quadrature grid, one sweep run, a bench of 2048
+images. Commands that need what this machine lacks (a
 W&B server, several GPUs, a cluster) are skipped by name, with the reason.
 
 The README's tour runs as one sequence, as a new user types it; each command of docs/ runs in
@@ -25,7 +26,7 @@ from tests.conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FIT_FAST = ["--data.subset=512", "--trainer.max_epochs=1"]
-EVAL_FAST = ["--iwae_k", "4", "--iwae_images", "16", "--data.subset", "512"]
+EVAL_FAST = ["--iwae_k", "4", "--iwae_images", "16", "--data.subset", "512", "--quadrature_points", "101"]
 CKPT = "runs/mnist_alpha1.0_seed0/version_0/checkpoints/last.ckpt"
 PLACEHOLDERS = {"runs/.../last.ckpt": CKPT, "X.ckpt": CKPT}
 SKIPS = {  # command prefix -> why it cannot run here
@@ -87,7 +88,7 @@ def as_argv(command: str) -> list[str]:
         args = next((w.split("=", 1)[1] for w in words[2:] if w.startswith("ARGS=")), "")
         words = ["consistency-vae", "fit", "--config", "configs/mnist.yaml", *shlex.split(args)]
     if words[:2] == ["make", "bench"]:
-        words = ["consistency-vae", "bench", "--epochs", "1"]
+        words = ["consistency-vae", "bench", "--epochs", "1", "--subset", "2048"]  # 16 steps an epoch
     if words[0] == "ls":
         return words
     assert words[0] == "consistency-vae", f"no rule to run {command!r}: add one in {__file__}"
