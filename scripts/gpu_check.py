@@ -193,8 +193,10 @@ def reproduction_run(a, out: Path, device: list[str], record) -> None:
 
 def evaluate_cmd(ckpt: Path, output: Path, accelerator: str, quick: bool = False) -> list[str]:
     """``evaluate`` of one checkpoint with the reproduction's settings (reproduction/reproduce.py's);
-    ``quick``: a few images and samples (the CPU dry run checks the path, not the numbers)."""
-    sizes = (["--iwae_k", "5", "--iwae_images", "20", "--gap_images", "5", "--data.subset", "512"] if quick
+    ``quick``: a few images and samples, log p(x) on a 101 x 101 grid (the CPU dry run checks the path,
+    not the numbers)."""
+    sizes = (["--iwae_k", "5", "--iwae_images", "20", "--gap_images", "5", "--data.subset", "512",
+              "--quadrature_points", "101"] if quick
              else ["--iwae_images", "1000", "--gap_images", "200"])
     return [sys.executable, "-m", "consistency_vae", "evaluate", "--ckpt_path", str(ckpt),
             "--output", str(output), *sizes, "--metrics", "inference_gaps", "--no_figures",

@@ -116,7 +116,7 @@ def test_recipe_a_metric(user_module, tmp_path, data_dir):
     fit(f"--data.data_dir={data_dir}", "--data.subset=256")
     (ckpt,) = tmp_path.glob("runs/*/version_0/checkpoints/last.ckpt")
     cli_main(["evaluate", "--ckpt_path", str(ckpt), "--output", "eval", "--iwae_k", "2",
-              "--no_figures", "--metrics", "my_metric.mean_norm"])
+              "--no_figures", "--metrics", "my_metric.mean_norm", "--quadrature_points", "101"])
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     model = ConsistencyVAE.load_from_checkpoint(ckpt)
     from consistency_vae.datamodule import MNISTDataModule
