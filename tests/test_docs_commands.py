@@ -6,17 +6,22 @@ subprocess in a copy of the tracked files (what a fresh clone holds, `results/` 
 example that would overwrite a tracked file fails here too), with the real data linked in and
 W&B disabled. To keep the suite short, long commands get a smaller setting appended: one epoch
 on 512 images, a few IWAE samples on a 101 x 101 quadrature grid, one sweep run, a bench of 2048
-images. Commands that need what this machine lacks (a
-W&B server, several GPUs, a cluster) are skipped by name, with the reason.
+images. Commands that need what this machine lacks (a W&B server, several GPUs, a cluster) are
+skipped by name, with the reason.
 
 The README's tour runs as one sequence, as a new user types it; each command of docs/ runs in
-its own copy, after a short `fit` where it needs a checkpoint to work on.
+its own copy, after a short `fit` where it needs a checkpoint to work on. Every command runs on
+one thread (cli_runs.ENV), so the tour and the docs commands run two at a time (``WORKERS``), each
+in its own clone, in one module fixture; each test then reports its own command's result.
 """
 
+import os
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -144,9 +149,9 @@ def test_no_documented_output_overwrites_a_tracked_file():
                 assert not any(t.startswith(out.rstrip("/") + "/") for t in tracked), (doc.name, command)
 
 
-@pytest.mark.slow
-def test_readme_tour_runs_in_order(tmp_path, data_dir):
-    clone = fresh_clone(tmp_path, data_dir)
+def readme_tour(tmp: Path, data_dir: Path) -> None:
+    """The README's commands in order, in one fresh clone, as a new user types them."""
+    clone = fresh_clone(tmp, data_dir)
     for command in doc_commands(ROOT / "README.md"):
         if skip_reason(command) is None:
             run(clone, as_argv(command))
@@ -165,31 +170,79 @@ def _docs_cases() -> list:
     return cases
 
 
-@pytest.fixture(scope="module")
-def clone_with_a_run(tmp_path_factory, data_dir) -> Path:
-    """A fresh clone after `consistency-vae fit`: a run to test, evaluate or report on. Each test
+def clone_with_a_run(tmp: Path, data_dir: Path) -> Path:
+    """A fresh clone after `consistency-vae fit`: a run to test, evaluate or report on. Each command
     works on its own copy; a command that resumes the run fits in its own clone instead, so that
     the checkpoint's recorded folders are where `fit` wrote them, as for a user."""
-    clone = fresh_clone(tmp_path_factory.mktemp("clone_with_a_run"), data_dir)
+    clone = fresh_clone(tmp, data_dir)
     run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml"))
     return clone
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("doc", "command"), _docs_cases())
-def test_docs_command_runs(doc, command, tmp_path, data_dir, request):
-    if (why := skip_reason(command)) is not None:
-        pytest.skip(why)
-    resumes = "--ckpt_path" in command and shlex.split(command)[1] == "fit"
-    reads_a_run = not resumes and ("--ckpt_path" in command or command.startswith(
+def resumes(command: str) -> bool:
+    return "--ckpt_path" in command and shlex.split(command)[1] == "fit"
+
+
+def reads_a_run(command: str) -> bool:
+    return not resumes(command) and ("--ckpt_path" in command or command.startswith(
         ("consistency-vae sweep-report", "consistency-vae runs", "consistency-vae compare")))
-    if reads_a_run:  # something to test, evaluate or report on: a copy of the fitted clone
-        clone = tmp_path / "clone"
-        shutil.copytree(request.getfixturevalue("clone_with_a_run"), clone, symlinks=True)
+
+
+def docs_command(command: str, tmp: Path, data_dir: Path, fitted: Callable[[], Path]) -> None:
+    """One command of docs/ in its own clone; ``fitted()``: the clone with a run, to copy."""
+    if reads_a_run(command):  # something to test, evaluate or report on: a copy of the fitted clone
+        clone = tmp / "clone"
+        shutil.copytree(fitted(), clone, symlinks=True)
     else:
-        clone = fresh_clone(tmp_path, data_dir)
-    if resumes:
+        clone = fresh_clone(tmp, data_dir)
+    if resumes(command):
         run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml"))
     if command.startswith("consistency-vae compare"):  # a plain VAE to set beside the fitted run
         run(clone, as_argv("consistency-vae fit --config configs/mnist.yaml --model.alpha=0"))
     run(clone, as_argv(command))
+
+
+# Two at a time: each command is one process of one thread, and two fill a 2-core machine (a
+# 1-core one runs them one after another); more would only wait on each other, with a GB each.
+WORKERS = min(2, len(os.sched_getaffinity(0)))
+TOUR = "README tour"
+
+
+@pytest.fixture(scope="module")
+def documented_runs(request, tmp_path_factory, data_dir) -> dict[str, BaseException | None]:
+    """The README tour and the runnable docs commands of the tests this session runs (-k and -m
+    choose as ever), WORKERS at a time: TOUR or command -> the error it ended with, or None. The
+    clone with a run is made first, once, if a command reads it; a failed one fails each of them."""
+    chosen = [item for item in request.session.items if item.module is request.module]
+    commands = [item.callspec.params["command"] for item in chosen
+                if item.originalname == "test_docs_command_runs"
+                and skip_reason(item.callspec.params["command"]) is None]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        # submitted first, so it runs before any command that waits for it: no deadlock at 1 worker
+        fitted = pool.submit(clone_with_a_run, tmp_path_factory.mktemp("clone_with_a_run"), data_dir) \
+            if any(map(reads_a_run, commands)) else None
+        jobs = {}
+        if any(item.originalname == "test_readme_tour_runs_in_order" for item in chosen):
+            jobs[TOUR] = pool.submit(readme_tour, tmp_path_factory.mktemp("tour"), data_dir)  # longest
+        for command in commands:
+            jobs[command] = pool.submit(docs_command, command, tmp_path_factory.mktemp("docs"), data_dir,
+                                        fitted.result if fitted else None)
+        return {key: job.exception() for key, job in jobs.items()}
+
+
+def reported(error: BaseException | None) -> None:
+    if error is not None:
+        raise error  # the command's own assertion (its output) or timeout
+
+
+@pytest.mark.slow
+def test_readme_tour_runs_in_order(documented_runs):
+    reported(documented_runs[TOUR])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("doc", "command"), _docs_cases())
+def test_docs_command_runs(doc, command, documented_runs):
+    if (why := skip_reason(command)) is not None:
+        pytest.skip(why)
+    reported(documented_runs[command])
