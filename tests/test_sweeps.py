@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -198,16 +199,38 @@ def test_a_misspelt_parameter_is_refused_by_the_cli(capsys, monkeypatch):
     assert exit_.value.code not in (0, None) and "alpah" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sweep_file", SWEEPS, ids=ids)
-def test_the_command_wandb_builds_really_trains(sweep_file, tmp_path, data_dir):
+def train_with_wandbs_command(sweep_file: Path, tmp: Path, data_dir: Path) -> subprocess.CompletedProcess:
     """One proposed run, its argv from wandb's own code, run as a subprocess with fast_dev_run."""
     config = load_sweep(sweep_file)
     argv = build_command(config, propose(config, []))
-    proc = subprocess.run([*argv, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}",
+    return subprocess.run([*argv, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp}",
                            f"--data.data_dir={data_dir}", "--trainer.enable_progress_bar=false"],
                           cwd=ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "WANDB_MODE": "disabled"})
+
+
+@pytest.fixture(scope="module")
+def wandb_commands(request, tmp_path_factory, data_dir) -> dict:
+    """The run of each sweep file that this session's tests ask for (-k chooses as ever), two at a
+    time: a run is a process of one thread (threads.py's default) that mostly imports, and two fill
+    a 2-core machine. sweep file -> its CompletedProcess, or the error (a timeout) its test raises."""
+    files = [item.callspec.params["sweep_file"] for item in request.session.items
+             if item.module is request.module and item.originalname == TRAINS]
+    with ThreadPoolExecutor(min(2, len(os.sched_getaffinity(0)))) as pool:
+        runs = {f: pool.submit(train_with_wandbs_command, f, tmp_path_factory.mktemp("wandb_command"),
+                               data_dir) for f in files}
+        return {f: run.exception() or run.result() for f, run in runs.items()}
+
+
+TRAINS = "test_the_command_wandb_builds_really_trains"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=ids)
+def test_the_command_wandb_builds_really_trains(sweep_file, wandb_commands):
+    proc = wandb_commands[sweep_file]
+    if isinstance(proc, BaseException):
+        raise proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "`Trainer.fit` stopped: `max_steps=1` reached" in proc.stdout + proc.stderr
 
