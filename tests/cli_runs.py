@@ -16,6 +16,9 @@ RUN_NAME = "mnist_alpha1.0_seed0"
 # One thread per process: tiny models gain nothing from more, and results must not depend on it.
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
        "PYTHONUNBUFFERED": "1"}
+# CLI processes of one thread that a test module runs at once (test_docs_commands, test_sweeps):
+# two fill a 2-core machine; more would only wait on each other, with about a GB of memory each
+AT_ONCE = min(2, os.cpu_count() or 1)
 
 
 def csv_only(version: int | None = None) -> str:

@@ -11,11 +11,10 @@ skipped by name, with the reason.
 
 The README's tour runs as one sequence, as a new user types it; each command of docs/ runs in
 its own copy, after a short `fit` where it needs a checkpoint to work on. Every command runs on
-one thread (cli_runs.ENV), so the tour and the docs commands run two at a time (``WORKERS``), each
+one thread (cli_runs.ENV), so the tour and the docs commands run two at a time (``AT_ONCE``), each
 in its own clone, in one module fixture; each test then reports its own command's result.
 """
 
-import os
 import shlex
 import shutil
 import subprocess
@@ -202,22 +201,19 @@ def docs_command(command: str, tmp: Path, data_dir: Path, fitted: Callable[[], P
     run(clone, as_argv(command))
 
 
-# Two at a time: each command is one process of one thread, and two fill a 2-core machine (a
-# 1-core one runs them one after another); more would only wait on each other, with a GB each.
-WORKERS = min(2, len(os.sched_getaffinity(0)))
 TOUR = "README tour"
 
 
 @pytest.fixture(scope="module")
 def documented_runs(request, tmp_path_factory, data_dir) -> dict[str, BaseException | None]:
     """The README tour and the runnable docs commands of the tests this session runs (-k and -m
-    choose as ever), WORKERS at a time: TOUR or command -> the error it ended with, or None. The
+    choose as ever), cli_runs.AT_ONCE at a time: TOUR or command -> the error it ended with, or None. The
     clone with a run is made first, once, if a command reads it; a failed one fails each of them."""
     chosen = [item for item in request.session.items if item.module is request.module]
     commands = [item.callspec.params["command"] for item in chosen
                 if item.originalname == "test_docs_command_runs"
                 and skip_reason(item.callspec.params["command"]) is None]
-    with ThreadPoolExecutor(WORKERS) as pool:
+    with ThreadPoolExecutor(cli_runs.AT_ONCE) as pool:
         # submitted first, so it runs before any command that waits for it: no deadlock at 1 worker
         fitted = pool.submit(clone_with_a_run, tmp_path_factory.mktemp("clone_with_a_run"), data_dir) \
             if any(map(reads_a_run, commands)) else None

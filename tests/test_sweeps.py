@@ -20,6 +20,7 @@ import yaml
 from consistency_vae.cli import cli_main
 from consistency_vae.run_name import run_name
 from consistency_vae.sweep.sweep_file import build_command, grid_points, load_sweep, propose
+from tests import cli_runs
 from tests.conftest import ROOT
 from tests.sweep_files import SWEEPS, cli_args, ids
 
@@ -216,7 +217,7 @@ def wandb_commands(request, tmp_path_factory, data_dir) -> dict:
     a 2-core machine. sweep file -> its CompletedProcess, or the error (a timeout) its test raises."""
     files = [item.callspec.params["sweep_file"] for item in request.session.items
              if item.module is request.module and item.originalname == TRAINS]
-    with ThreadPoolExecutor(min(2, len(os.sched_getaffinity(0)))) as pool:
+    with ThreadPoolExecutor(cli_runs.AT_ONCE) as pool:
         runs = {f: pool.submit(train_with_wandbs_command, f, tmp_path_factory.mktemp("wandb_command"),
                                data_dir) for f in files}
         return {f: run.exception() or run.result() for f, run in runs.items()}
