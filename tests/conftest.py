@@ -75,3 +75,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory, data_dir) -> dict:
+    """The quick reproduction (tests/reproduce_quick.py), once for every module that reads it."""
+    from tests.reproduce_quick import quick_reproduction
+
+    return quick_reproduction(tmp_path_factory.mktemp("reproduce"), data_dir)

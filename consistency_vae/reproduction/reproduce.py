@@ -15,7 +15,9 @@ the rest of the fixed-alpha front, alpha in {0.1, 0.3, 3, 10, 30}, with 5 seeds
 Then every finished run's last.ckpt is evaluated (the paper reports "after 25 epochs"; a run whose
 last.ckpt is an earlier epoch stops the reproduction with its name) and ``results/`` is written:
 summary.json, summary.md and the figures. Interrupted? Run it again: finished runs and evaluations
-are kept, cut-off runs resume, failed ones are tried again.
+are kept, cut-off runs resume, failed ones are tried again. On another machine, or with the run
+folders gone: the runs recorded in --output's summary.json are kept, and only the others are trained
+(kept.py), so a reproduction can be done in pieces (``--datasets``, ``--latent_dims``, ``--seeds``).
 """
 
 import os
@@ -26,7 +28,7 @@ from pathlib import Path
 from consistency_vae import cli_help, data_files, threads
 from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.evaluation import evaluate_args
-from consistency_vae.reproduction import evaluators
+from consistency_vae.reproduction import evaluators, kept
 from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folders, from_records
 from consistency_vae.sweep import claims, packs
 from consistency_vae.sweep.runner import run_sweep
@@ -48,11 +50,14 @@ def sweep_arguments(args) -> tuple[list[str], dict[str, list]]:
     only = {"seed_everything": list(range(args.seeds))} if args.seeds else {}
     if args.datasets:
         only["data.dataset"] = list(args.datasets)
+    if args.latent_dims:
+        only["model.latent_dim"] = list(args.latent_dims)
     return extra, only
 
 
-def train(args) -> tuple[list[Run], int]:
-    """Run the reproduction's sweeps; return the finished runs of this setting and the failures."""
+def train(args, skip: set[str] = frozenset()) -> tuple[list[Run], int]:
+    """Run the reproduction's sweeps, but for the grid points of the ``skip`` sweep keys (recorded by
+    an earlier reproduction, kept.py); return the finished runs of this setting and the failures."""
 
     os.environ.setdefault("WANDB_MODE", "disabled")  # WANDB_MODE=offline or online keeps W&B
     for name in args.datasets or data_files.DATASETS:
@@ -63,18 +68,19 @@ def train(args) -> tuple[list[Run], int]:
         config = load_sweep(sweep_file)
         store = SweepStore(Path(args.runs_dir) / f"sweep-{config['name']}", sweep_file, config)
         records = store.records()
-        points = select(grid_points(config), only)
-        todo += sum(store.state(run_key(p, extra), records)[0] != "finished" for _, p in points)
-        stores.append((store, {run_key(p, extra) for _, p in points}))
+        keys = {run_key(p, extra) for _, p in select(grid_points(config), only)} - skip
+        todo += sum(store.state(key, records)[0] != "finished" for key in keys)
+        stores.append((store, keys))
     epochs = args.epochs or 25
     fraction = min(1.0, (args.subset or 50_000) / 50_000)
     minutes = todo * epochs * SECONDS_PER_EPOCH * fraction / args.parallel / 60
     print(f"reproduce: {todo} runs to train ({epochs} epochs each), expected about {minutes:.0f} min on "
-          f"a 2-core CPU, then evaluation.", flush=True)
+          f"a 2-core CPU, then evaluation."
+          + (f" {len(skip)} runs are kept from {args.output}/summary.json." if skip else ""), flush=True)
     failed = 0
     for sweep_file in args.sweeps:
         failed += run_sweep(sweep_file, args.parallel, runs_dir=args.runs_dir, extra_args=extra,
-                            only=only, threads=args.threads, pack=args.pack)["failed"]
+                            only=only, threads=args.threads, pack=args.pack, skip=skip)["failed"]
     wait_for_other_runners(stores)
     runs = [run for store, keys in stores
             for run in from_records([r for r in store.records() if r.get("key") in keys])]
@@ -146,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                              "count (else the most common length)")
     parser.add_argument("--subset", type=int, default=None, help="first N train/val/test images only")
     parser.add_argument("--datasets", type=str, nargs="+", default=None, help="e.g. mnist (files: both)")
+    parser.add_argument("--latent_dims", type=int, nargs="+", default=None, metavar="D",
+                        help="e.g. 2: the paper's setting only (files: 2 and 20)")
     parser.add_argument("--parallel", type=int, default=2, help="runs (or packs) trained at once")
     parser.add_argument("--eval_parallel", type=int, default=1, metavar="P",
                         help="last.ckpt files evaluated at once, each by a worker process "
@@ -186,17 +194,19 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.from_summary}")
         return
     if args.from_runs:
-        runs, failed = from_folders(Path(args.from_runs), args.epochs, args.subset), 0
-    else:
-        runs, failed = train(args)
-    if not runs:
+        runs, failed, kept_records = from_folders(Path(args.from_runs), args.epochs, args.subset), 0, {}
+    else:  # the runs an earlier reproduction recorded in --output are kept, not trained again
+        kept_records = kept.records(Path(args.output), args)
+        runs, failed = train(args, set(kept_records))
+    if not runs and not kept_records:
         raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
     check_last_epochs(runs)
     threads.apply(args.threads)  # the evaluations run in this process, or in workers that apply it too
     results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images,
                            args.eval_parallel, args.threads, args.quadrature_points)
-    summary.write_all(runs, results, Path(args.output), args)
-    print(f"reproduce: wrote {args.output}/summary.md from {len(runs)} runs")
+    written = summary.write_all(results, Path(args.output), args, kept_records)
+    print(f"reproduce: wrote {args.output}/summary.md from {len(written['runs'])} runs"
+          + (f" ({len(written['runs']) - len(runs)} kept from its summary.json)" if kept_records else ""))
     if failed:
         sys.exit(f"reproduce: {failed} runs failed (their logs: {args.runs_dir}/sweep-*/logs/) and are "
                  "left out; run the same command again to retry them")

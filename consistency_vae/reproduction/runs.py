@@ -7,7 +7,7 @@ A run is known by its folder (``RUNS/NAME/version_N``): its ``config.yaml`` says
 
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from consistency_vae.errors import DataError, UserError
@@ -28,6 +28,7 @@ class Run:
     kl_target: float | None  # set: constrained mode, alpha adapted from its initial value
     epochs: int  # trainer.max_epochs
     subset: int | None = None  # data.subset: the first N images only (a quick try)
+    key: str | None = field(default=None, compare=False)  # its sweep key (store.run_key), if a sweep ran it
 
     @property
     def name(self) -> str:
@@ -56,7 +57,7 @@ class Run:
                 self.alpha, self.seed, self.epochs)
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "Run":
+    def from_folder(cls, folder: Path, key: str | None = None) -> "Run":
         fix = "fix it, or move its run folder out of the folder that reproduce reads"
         config = read_yaml(folder / "config.yaml", fix)
         try:
@@ -66,7 +67,8 @@ class Run:
                        latent_dim=int(model["latent_dim"]), seed=int(config["seed_everything"]),
                        alpha=float(model["alpha"]),
                        kl_target=float(model["kl_target"]) if constrained else None,
-                       epochs=int(config["trainer"]["max_epochs"]), subset=config["data"].get("subset"))
+                       epochs=int(config["trainer"]["max_epochs"]), subset=config["data"].get("subset"),
+                       key=key)
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a key missing or malformed
             raise DataError(f"{folder / 'config.yaml'} lacks a setting of the run ({type(err).__name__}: "
                             f"{err}): {fix}") from None
@@ -82,7 +84,7 @@ def from_records(records: list[dict]) -> list[Run]:
             print(f"reproduce: run {record['id']} finished but its run folder {record.get('run_dir')} "
                   "has no config.yaml; left out", file=sys.stderr)
             continue
-        runs.append(Run.from_folder(Path(record["run_dir"])))
+        runs.append(Run.from_folder(Path(record["run_dir"]), record.get("key")))
     return sorted(runs, key=lambda r: r.order)
 
 

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from consistency_vae import alpha_choice, run_record
-from consistency_vae.reproduction import claims_figures, results_figures, summary_md, verdicts
+from consistency_vae.reproduction import claims_figures, kept, results_figures, summary_md, verdicts
 from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, checkpoint_epoch, group
 from consistency_vae.reproduction.runs import Run
 from consistency_vae.reproduction.verdicts import stats
@@ -48,11 +48,16 @@ def evaluated_epoch(folder: Path, metrics: dict) -> int | None:
 
 
 def record(run: Run, metrics: dict) -> dict:
+    """Every number of ``run`` that the summary uses, with its sweep key: what a later reproduction
+    with the same --output keeps when the run's folder is gone (kept.py)."""
+    import yaml
+
     folder, epochs = run.folder, run.epochs
     times = [t for t in epoch_curve(folder, epochs, "time/train_epoch_s") if not math.isnan(t)]
-    return {"name": run.name, "folder": str(folder), "dataset": run.dataset, "setting": run.setting,
-            "model": run.model, "alpha_init": run.alpha, "kl_target": run.kl_target, "seed": run.seed,
-            "epochs": epochs,
+    schedule = yaml.safe_load((folder / "config.yaml").read_text())["model"].get("lr_schedule", "constant")
+    return {"name": run.name, "folder": str(folder), "key": run.key, "dataset": run.dataset,
+            "setting": run.setting, "model": run.model, "alpha_init": run.alpha, "kl_target": run.kl_target,
+            "seed": run.seed, "epochs": epochs, "subset": run.subset, "lr_schedule": schedule,
             **{m: float(metrics[m]) for m in METRICS if m in metrics},
             # standard errors over images (evaluate's KEY_se), beside the spread over seeds
             **{f"{m}_se": float(metrics[f"{m}_se"]) for m in METRICS if f"{m}_se" in metrics},
@@ -177,30 +182,37 @@ def seeds_per_group(records: list[dict], planned: dict[str, int] | None = None) 
     return {"most": most, "groups": len(counts), "short": short, "expected": {k: expected[k] for k in short}}
 
 
-def run_config(runs: list[Run], args) -> dict:
-    """What the summary was made from: seeds, epochs and subset as the runs themselves say."""
-    import yaml
+def run_config(records: list[dict], args) -> dict:
+    """What the summary was made from: seeds, epochs, subset and schedule as the runs' records say
+    (older runs: constant), and the command's evaluation flags."""
 
     def one_or_all(values: set):
         return next(iter(values)) if len(values) == 1 else sorted(values, key=str)
 
-    configs = [yaml.safe_load((r.folder / "config.yaml").read_text()) for r in runs]
-    subsets = {c["data"].get("subset") for c in configs}
-    schedules = {c["model"].get("lr_schedule", "constant") for c in configs}  # older runs: constant
     planned = None if args.from_runs else max(  # the sweep files' seeds
         (len(load_sweep(f)["parameters"].get("seed_everything", {}).get("values", [0])) for f in args.sweeps),
         default=None)
-    return {"seeds": len({r.seed for r in runs}), "planned_seeds": planned,
+    return {"seeds": len({r["seed"] for r in records}), "planned_seeds": planned,
             "planned_groups": None if args.from_runs else planned_groups(args.sweeps),
-            "epochs": one_or_all({r.epochs for r in runs}),
-            "subset": one_or_all(subsets), "lr_schedule": one_or_all(schedules), "iwae_k": args.iwae_k,
-            "iwae_images": args.iwae_images, "quadrature_points": args.quadrature_points,
-            "from_runs": args.from_runs, "sweeps": None if args.from_runs else args.sweeps}
+            "epochs": one_or_all({r["epochs"] for r in records}),
+            "subset": one_or_all({r["subset"] for r in records}),
+            "lr_schedule": one_or_all({r["lr_schedule"] for r in records}),
+            **kept.evaluation(args), "from_runs": args.from_runs,
+            "sweeps": None if args.from_runs else args.sweeps}
 
 
-def write_all(runs: list[Run], results: dict[Run, dict], output: Path, args) -> dict:
-    records = [record(run, metrics) for run, metrics in results.items()]
-    return write_summary(records, run_config(list(results), args), output)
+def write_all(results: dict[Run, dict], output: Path, args,
+              kept_records: dict[str, dict] | None = None) -> dict:
+    """The summary of the evaluated runs (``results``) and of the runs an earlier reproduction
+    recorded in ``output`` that this one kept (``kept_records``, by sweep key; kept.py)."""
+    records = kept.merged(kept_records or {}, [record(run, metrics) for run, metrics in results.items()])
+    return write_summary(sorted(records, key=order), run_config(records, args), output)
+
+
+def order(record: dict) -> tuple:
+    """Runs.order's order, of records."""
+    return (record["dataset"], record["setting"] != "paper", len(record["setting"]), record["setting"],
+            record["kl_target"] is not None, record["kl_target"] or 0.0, record["alpha_init"], record["seed"])
 
 
 def rebuild(summary_json: Path, output: Path) -> dict:

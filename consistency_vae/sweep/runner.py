@@ -154,13 +154,15 @@ def _count_as_finished(run: dict, latest: dict, why: str, store: SweepStore, cla
 
 def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs_dir: str = "runs",
               extra_args: list[str] | None = None, index: int | None = None,
-              only: dict[str, list] | None = None, threads: int | None = None, pack: int | str = 1) -> dict:
+              only: dict[str, list] | None = None, threads: int | None = None, pack: int | str = 1,
+              skip: set[str] = frozenset()) -> dict:
     """Propose, claim, launch and collect runs until ``count`` have run or the grid is done.
 
     ``index``: only grid point ``index`` (a SLURM array task); ``only``: the grid points whose
     parameters take the given values (``{"seed_everything": [0]}``); ``threads``: CPU threads of
     each run (None: OMP_NUM_THREADS if set, else 1; threads.py); ``pack``: grid points per process
-    (sweep/packs.py; ``parallel`` then counts processes), or ``auto``.
+    (sweep/packs.py; ``parallel`` then counts processes), or ``auto``; ``skip``: the run keys
+    (store.run_key) of grid points not to run (those a reproduction kept from an earlier one).
     """
     from wandb.env import get_agent_max_initial_failures
     from wandb.wandb_agent import Agent
@@ -173,7 +175,7 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
     user_extra = list(extra_args or [])
     queue = None
     if config["method"] == "grid":
-        points = select(grid_points(config), only)
+        points = [(i, p) for i, p in select(grid_points(config), only) if run_key(p, user_extra) not in skip]
         if index is not None:
             points = [(i, p) for i, p in points if i == index]
             if not points:

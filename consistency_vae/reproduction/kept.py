@@ -1,0 +1,55 @@
+"""The runs an earlier reproduction recorded in ``--output``'s summary.json, kept by the next one.
+
+A reproduction takes hours on a CPU, and its machine may not last that long: run folders live on
+scratch space, a preemptible node, a session that ends. What outlives them is the output folder
+(``results/``, committed or copied): its summary.json holds one record per run, every number the
+summary needs (``summary.record``), under the run's sweep key (its grid point and the command's
+extra arguments, ``store.run_key``). So ``reproduce`` with the same ``--output`` keeps those records
+and trains and evaluates only the grid points without one: a reproduction can be done in pieces,
+on different machines, and each piece adds its runs to the same results. A record is kept only if
+it was evaluated as this command evaluates (IWAE K and images, the gaps' images, the quadrature
+grid); otherwise the command stops before any work and says which flags differ.
+"""
+
+import json
+from pathlib import Path
+
+from consistency_vae.errors import UserError
+
+# The evaluation flags a kept record must share with this command (summary.run_config's keys).
+EVALUATION = ("iwae_k", "iwae_images", "gap_images", "quadrature_points")
+
+
+def evaluation(args) -> dict:
+    return {name: getattr(args, name) for name in EVALUATION}
+
+
+def records(output: Path, args) -> dict[str, dict]:
+    """{sweep key: run record} of ``output``/summary.json's runs that this command can keep: none if
+    there is no summary.json, or if it came from --from-runs (its runs have no sweep key)."""
+    path = Path(output) / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+        config, runs = old["config"], old["runs"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a summary.json that reproduce wrote ({type(err).__name__}: {err}): "
+                        "move it away, or give another --output") from None
+    keyed = {r["key"]: r for r in runs if isinstance(r, dict) and r.get("key")}
+    if not keyed:  # an older summary, or one of gathered folders: nothing to keep
+        return {}
+    theirs = {name: config.get(name) for name in EVALUATION}
+    if theirs != (ours := evaluation(args)):
+        differ = ", ".join(f"--{n} {theirs[n]} there, {ours[n]} here"
+                           for n in EVALUATION if theirs[n] != ours[n])
+        raise UserError(f"--output {output} holds {len(keyed)} runs of an earlier reproduction, evaluated "
+                        f"otherwise ({differ}): give the same flags to go on with it, or another --output "
+                        "to start a new one")
+    return keyed
+
+
+def merged(kept: dict[str, dict], fresh: list[dict]) -> list[dict]:
+    """The kept records and this command's, one per run key: this command's where both have one."""
+    ours = {r["key"] for r in fresh if r.get("key")}
+    return [r for key, r in kept.items() if key not in ours] + fresh

@@ -1,0 +1,102 @@
+"""A reproduction in pieces: `reproduce` with an --output whose summary.json an earlier reproduction
+wrote keeps its run records (kept.py) and trains only the grid points without one, as on a new
+machine where the run folders are gone; and refuses, before any work, records evaluated otherwise."""
+
+import json
+import shutil
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from consistency_vae.errors import UserError
+from consistency_vae.reproduction import kept, reproduce
+from tests.reproduce_quick import summary_of
+
+COMPARED = ("results", "claims", "front", "constrained", "sweep", "recommendation")
+
+
+def continued(quick: dict, tmp_path: Path, *flags: str) -> list[str]:
+    """The quick reproduction's command with its output copied to ``tmp_path``/results and a new,
+    empty runs folder (another machine), plus ``flags``."""
+    shutil.copytree(quick["root"] / "results", tmp_path / "results")
+    argv = quick["argv"].copy()
+    argv[argv.index("--output") + 1] = str(tmp_path / "results")
+    argv[argv.index("--runs_dir") + 1] = str(tmp_path / "runs")
+    return [*argv, *flags]
+
+
+@pytest.mark.slow
+def test_every_run_recorded_in_the_output_is_kept_on_a_machine_without_its_folders(quick, tmp_path, capsys):
+    reproduce.main(continued(quick, tmp_path))
+    out = capsys.readouterr().out
+    assert "reproduce: 0 runs to train" in out and "8 runs are kept from" in out
+    assert "from 8 runs (8 kept from its summary.json)" in out
+    assert not list((tmp_path / "runs").glob("*/version_*"))  # nothing trained
+    ours, before = summary_of(tmp_path / "results"), summary_of(quick["root"] / "results")
+    assert {k: ours[k] for k in COMPARED} == {k: before[k] for k in COMPARED}
+    assert ours["runs"] == before["runs"]  # the same records, in the same order
+
+
+@pytest.mark.slow
+def test_only_the_runs_without_a_record_are_trained(quick, tmp_path, capsys):
+    argv = continued(quick, tmp_path)
+    summary = summary_of(tmp_path / "results")
+    dropped = next(r for r in summary["runs"] if r["name"] == "mnist_alpha3.0_seed1")
+    summary["runs"].remove(dropped)
+    (tmp_path / "results/summary.json").write_text(json.dumps(summary))
+    reproduce.main(argv)
+    out = capsys.readouterr().out
+    assert "reproduce: 1 runs to train" in out and "7 runs are kept from" in out
+    (trained,) = (tmp_path / "runs").glob("*/version_*")
+    assert trained.parent.name == "mnist_alpha3.0_seed1"
+    runs = summary_of(tmp_path / "results")["runs"]
+    assert [r["name"] for r in runs] == [r["name"] for r in summary_of(quick["root"] / "results")["runs"]]
+    again = next(r for r in runs if r["name"] == "mnist_alpha3.0_seed1")
+    assert again["folder"] == str(trained) and again["key"] == dropped["key"]
+
+
+@pytest.mark.slow
+def test_records_evaluated_otherwise_stop_the_command_before_any_work(quick, tmp_path):
+    argv = continued(quick, tmp_path)
+    argv[argv.index("--iwae_k") + 1] = "7"
+    with pytest.raises(UserError, match=r"holds 8 runs of an earlier reproduction, evaluated otherwise "
+                                        r"\(--iwae_k 5 there, 7 here\): give the same flags"):
+        reproduce.main(argv)
+    assert not (tmp_path / "runs").exists()
+
+
+ARGS = Namespace(iwae_k=5, iwae_images=50, gap_images=10, quadrature_points=101)
+
+
+def write_summary(folder: Path, runs: list, **config) -> Path:
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps({"config": {**kept.evaluation(ARGS), **config},
+                                                      "runs": runs}))
+    return folder
+
+
+def test_summaries_without_sweep_keys_keep_nothing(tmp_path):
+    """No summary.json, or one of gathered folders (--from-runs) or of an older version (records
+    without a key): nothing is kept, whatever its flags."""
+    assert kept.records(tmp_path / "absent", ARGS) == {}
+    older = write_summary(tmp_path / "older", [{"name": "a", "key": None}], iwae_k=1000)
+    assert kept.records(older, ARGS) == {}
+
+
+def test_a_broken_summary_names_the_file_and_the_fix(tmp_path):
+    (tmp_path / "summary.json").write_text('{"config": {}, "ru')
+    with pytest.raises(UserError, match=r"summary.json is not a summary.json that reproduce wrote "
+                                        r"\(JSONDecodeError.*move it away, or give another --output"):
+        kept.records(tmp_path, ARGS)
+
+
+def test_this_commands_record_of_a_run_replaces_the_kept_one():
+    old = {"a": {"key": "a", "elbo": -1.0}, "b": {"key": "b", "elbo": -2.0}}
+    assert kept.merged(old, [{"key": "b", "elbo": -3.0}]) == [{"key": "a", "elbo": -1.0},
+                                                               {"key": "b", "elbo": -3.0}]
+
+
+def test_latent_dims_pick_the_grid_points():
+    args = Namespace(epochs=None, subset=None, data_dir="data", seeds=None, datasets=["mnist"], latent_dims=[2])
+    assert reproduce.sweep_arguments(args) == ([], {"data.dataset": ["mnist"], "model.latent_dim": [2]})
