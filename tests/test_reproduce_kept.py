@@ -98,5 +98,5 @@ def test_this_commands_record_of_a_run_replaces_the_kept_one():
 
 
 def test_latent_dims_pick_the_grid_points():
-    args = Namespace(epochs=None, subset=None, data_dir="data", seeds=None, datasets=["mnist"], latent_dims=[2])
+    args = reproduce.make_parser().parse_args(["--datasets", "mnist", "--latent_dims", "2"])
     assert reproduce.sweep_arguments(args) == ([], {"data.dataset": ["mnist"], "model.latent_dim": [2]})

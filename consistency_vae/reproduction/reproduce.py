@@ -130,7 +130,8 @@ def evaluate_all(runs: list[Run], iwae_k: int, iwae_images: int | None, data_dir
     return {run: results[run] for run in runs}
 
 
-def main(argv: list[str] | None = None) -> None:
+def make_parser():
+    """The command's flags and defaults."""
     parser = cli_help.command_parser("consistency-vae reproduce", __doc__.split("\n")[0])
     parser.add_argument("--output", type=str, default="results",
                         help="where summary.md, .json and figures go")
@@ -169,7 +170,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="test images of the amortisation and approximation gaps")
     parser.add_argument("--quadrature_points", type=int, default=evaluate_args.QUADRATURE_POINTS, metavar="N",
                         help=evaluate_args.QUADRATURE_HELP)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
     threads.resolve(args.threads)  # a bad --threads or OMP_NUM_THREADS stops here, before any run
     packs.resolve(args.pack)  # and a bad --pack
     if args.eval_parallel < 1:  # and a bad --eval_parallel, before hours of training
