@@ -66,6 +66,17 @@ def test_records_evaluated_otherwise_stop_the_command_before_any_work(quick, tmp
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_records_of_another_length_of_training_stop_the_command_before_any_work(quick, tmp_path):
+    argv = continued(quick, tmp_path)
+    argv[argv.index("--epochs") + 1] = "3"
+    with pytest.raises(UserError, match=r"holds runs of an earlier reproduction trained with other options "
+                                        r"\(--trainer.max_epochs=2 --data.subset=1000.* there, "
+                                        r"--trainer.max_epochs=3 --data.subset=1000.* here"):
+        reproduce.main(argv)
+    assert not (tmp_path / "runs").exists()
+
+
 ARGS = Namespace(iwae_k=5, iwae_images=50, gap_images=10, quadrature_points=101)
 
 
@@ -79,16 +90,16 @@ def write_summary(folder: Path, runs: list, **config) -> Path:
 def test_summaries_without_sweep_keys_keep_nothing(tmp_path):
     """No summary.json, or one of gathered folders (--from-runs) or of an older version (records
     without a key): nothing is kept, whatever its flags."""
-    assert kept.records(tmp_path / "absent", ARGS) == {}
+    assert kept.records(tmp_path / "absent", ARGS, []) == {}
     older = write_summary(tmp_path / "older", [{"name": "a", "key": None}], iwae_k=1000)
-    assert kept.records(older, ARGS) == {}
+    assert kept.records(older, ARGS, []) == {}
 
 
 def test_a_broken_summary_names_the_file_and_the_fix(tmp_path):
     (tmp_path / "summary.json").write_text('{"config": {}, "ru')
     with pytest.raises(UserError, match=r"summary.json is not a summary.json that reproduce wrote "
                                         r"\(JSONDecodeError.*move it away, or give another --output"):
-        kept.records(tmp_path, ARGS)
+        kept.records(tmp_path, ARGS, [])
 
 
 def test_this_commands_record_of_a_run_replaces_the_kept_one():

@@ -24,9 +24,11 @@ def evaluation(args) -> dict:
     return {name: getattr(args, name) for name in EVALUATION}
 
 
-def records(output: Path, args) -> dict[str, dict]:
-    """{sweep key: run record} of ``output``/summary.json's runs that this command can keep: none if
-    there is no summary.json, or if it came from --from-runs (its runs have no sweep key)."""
+def records(output: Path, args, extra_args: list[str]) -> dict[str, dict]:
+    """{sweep key: run record} of ``output``/summary.json's runs, which this command keeps: none if
+    there is no summary.json, or if it came from --from-runs (its runs have no sweep key). Runs
+    trained with other extra arguments (``--epochs``, ``--subset``: another length of training) or
+    evaluated with other flags stop the command: one summary is one experiment."""
     path = Path(output) / "summary.json"
     if not path.is_file():
         return {}
@@ -39,6 +41,11 @@ def records(output: Path, args) -> dict[str, dict]:
     keyed = {r["key"]: r for r in runs if isinstance(r, dict) and r.get("key")}
     if not keyed:  # an older summary, or one of gathered folders: nothing to keep
         return {}
+    if others := {tuple(json.loads(key)["extra_args"]) for key in keyed} - {tuple(extra_args)}:
+        raise UserError(f"--output {output} holds runs of an earlier reproduction trained with other "
+                        f"options ({' '.join(min(others)) or 'none'} there, {' '.join(extra_args) or 'none'} "
+                        "here; from --epochs, --subset, --data_dir): give the same options to go on with it, "
+                        "or another --output to start a new one")
     theirs = {name: config.get(name) for name in EVALUATION}
     if theirs != (ours := evaluation(args)):
         differ = ", ".join(f"--{n} {theirs[n]} there, {ours[n]} here"

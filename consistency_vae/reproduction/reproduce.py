@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.from_runs:
         runs, failed, kept_records = from_folders(Path(args.from_runs), args.epochs, args.subset), 0, {}
     else:  # the runs an earlier reproduction recorded in --output are kept, not trained again
-        kept_records = kept.records(Path(args.output), args)
+        kept_records = kept.records(Path(args.output), args, sweep_arguments(args)[0])
         runs, failed = train(args, set(kept_records))
     if not runs and not kept_records:
         raise UserError(f"no finished run to evaluate in {args.from_runs or args.runs_dir}")
