@@ -4,6 +4,8 @@ machine where the run folders are gone; and refuses, before any work, records ev
 
 import json
 import shutil
+import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -75,6 +77,51 @@ def test_records_of_another_length_of_training_stop_the_command_before_any_work(
                                         r"--trainer.max_epochs=3 --data.subset=1000.* here"):
         reproduce.main(argv)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_runs_that_another_piece_recorded_meanwhile_are_kept(quick, tmp_path, monkeypatch, capsys):
+    """Two pieces into one --output end at about the same time: this one reads the records again
+    before it writes, so the other piece's run (seed 2, outside this piece's --seeds 2) stays."""
+    argv = continued(quick, tmp_path)
+    path = tmp_path / "results/summary.json"
+    summary = json.loads(path.read_text())
+    mine = next(r for r in summary["runs"] if r["name"] == "mnist_alpha3.0_seed1")
+    summary["runs"].remove(mine)
+    path.write_text(json.dumps(summary))
+    key = json.loads(mine["key"])
+    key["params"]["seed_everything"] = 2
+    theirs = {**mine, "name": "mnist_alpha3.0_seed2", "seed": 2, "key": json.dumps(key, sort_keys=True)}
+    evaluate_all = reproduce.evaluate_all
+
+    def the_other_piece_ends_meanwhile(*args, **kwargs):
+        results = evaluate_all(*args, **kwargs)
+        path.write_text(json.dumps({**summary, "runs": [*summary["runs"], theirs]}))
+        return results
+
+    monkeypatch.setattr(reproduce, "evaluate_all", the_other_piece_ends_meanwhile)
+    reproduce.main(argv)
+    assert "reproduce: 1 runs to train" in capsys.readouterr().out
+    names = [r["name"] for r in summary_of(tmp_path / "results")["runs"]]
+    assert "mnist_alpha3.0_seed2" in names and "mnist_alpha3.0_seed1" in names and len(names) == 9
+
+
+def test_the_summary_is_written_by_one_piece_at_a_time(tmp_path):
+    """A second process holds the output's lock, then writes a marker and ends: this one enters
+    ``kept.writing`` only after that."""
+    hold = ("import fcntl, pathlib, sys, time; lock = open(sys.argv[1], 'w'); "
+            "fcntl.flock(lock, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1); "
+            "pathlib.Path(sys.argv[2]).write_text('done')")
+    marker = tmp_path / "the other piece wrote"
+    other = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / kept.LOCK), str(marker)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        with kept.writing(tmp_path):
+            assert marker.read_text() == "done"
+    finally:
+        other.kill()
+        other.wait(timeout=30)
 
 
 ARGS = Namespace(iwae_k=5, iwae_images=50, gap_images=10, quadrature_points=101)

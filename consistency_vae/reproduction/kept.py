@@ -7,11 +7,19 @@ summary needs (``summary.record``), under the run's sweep key (its grid point an
 extra arguments, ``store.run_key``). So ``reproduce`` with the same ``--output`` keeps those records
 and trains and evaluates only the grid points without one: a reproduction can be done in pieces,
 on different machines, and each piece adds its runs to the same results. A record is kept only if
-it was evaluated as this command evaluates (IWAE K and images, the gaps' images, the quadrature
-grid); otherwise the command stops before any work and says which flags differ.
+its run was trained with this command's options (``--epochs``, ``--subset``) and evaluated with its
+flags (IWAE K and images, the gaps' images, the quadrature grid); otherwise the command stops
+before any work and says which differ.
+
+Pieces may end at the same time into one --output (a shared file system): each reads the latest
+records again and writes the summary under a lock on the folder (``writing``), so neither drops
+the other's runs.
 """
 
+import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from consistency_vae.errors import UserError
@@ -60,3 +68,16 @@ def merged(kept: dict[str, dict], fresh: list[dict]) -> list[dict]:
     """The kept records and this command's, one per run key: this command's where both have one."""
     ours = {r["key"] for r in fresh if r.get("key")}
     return [r for key, r in kept.items() if key not in ours] + fresh
+
+
+LOCK = ".summary.lock"
+
+
+@contextmanager
+def writing(output: Path) -> Iterator[None]:
+    """Hold ``output``/.summary.lock (flock: released if this process dies) while reading the latest
+    records and writing the summary from them."""
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -209,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     threads.apply(args.threads)  # the evaluations run in this process, or in workers that apply it too
     results = evaluate_all(runs, args.iwae_k, args.iwae_images or None, args.data_dir, args.gap_images,
                            args.eval_parallel, args.threads, args.quadrature_points)
-    written = summary.write_all(results, Path(args.output), args, kept_records)
+    with kept.writing(Path(args.output)):
+        if not args.from_runs:  # the latest: another piece into this --output may have ended meanwhile
+            kept_records = kept.records(Path(args.output), args, sweep_arguments(args)[0])
+        written = summary.write_all(results, Path(args.output), args, kept_records)
     print(f"reproduce: wrote {args.output}/summary.md from {len(written['runs'])} runs"
           + (f" ({len(written['runs']) - len(runs)} kept from its summary.json)" if kept_records else ""))
     if failed:

@@ -11,7 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
-from consistency_vae import alpha_choice, run_record
+from consistency_vae import alpha_choice, atomic, run_record
 from consistency_vae.reproduction import claims_figures, kept, results_figures, summary_md, verdicts
 from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, checkpoint_epoch, group
 from consistency_vae.reproduction.runs import Run
@@ -252,8 +252,9 @@ def write_summary(records: list[dict], config: dict, output: Path) -> dict:
         "runs": records,
     }
     summary["recommendation"] = recommend(records)
-    (output / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    (output / "summary.md").write_text(summary_md.render(summary))
+    # whole or not at all: the next piece of a reproduction reads summary.json (kept.py)
+    atomic.write_text(output / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    atomic.write_text(output / "summary.md", summary_md.render(summary))
     results_figures.write_all(summary, records, output)
     claims_figures.write_all(records, PAPER, output)
     return summary
