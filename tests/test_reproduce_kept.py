@@ -13,6 +13,7 @@ import pytest
 
 from consistency_vae.errors import UserError
 from consistency_vae.reproduction import kept, reproduce
+from consistency_vae.reproduction.runs import Run
 from tests.reproduce_quick import summary_of
 
 COMPARED = ("results", "claims", "front", "constrained", "sweep", "recommendation")
@@ -153,6 +154,22 @@ def test_this_commands_record_of_a_run_replaces_the_kept_one():
     old = {"a": {"key": "a", "elbo": -1.0}, "b": {"key": "b", "elbo": -2.0}}
     assert kept.merged(old, [{"key": "b", "elbo": -3.0}]) == [{"key": "a", "elbo": -1.0},
                                                                {"key": "b", "elbo": -3.0}]
+
+
+def test_the_same_flags_pick_gathered_run_folders(tmp_path):
+    """--from-runs DIR with --datasets, --latent_dims, --seeds: the same runs as on the grid."""
+    runs = []
+    for dataset, dim, seed in [("mnist", 2, 0), ("mnist", 20, 0), ("fashion_mnist", 2, 0), ("mnist", 2, 3)]:
+        folder = tmp_path / f"{dataset}_{dim}_{seed}"
+        folder.mkdir()
+        (folder / "config.yaml").write_text(
+            f"seed_everything: {seed}\ndata: {{dataset: {dataset}}}\ntrainer: {{max_epochs: 25}}\n"
+            f"model: {{latent_dim: {dim}, alpha: 1.0}}\n")
+        runs.append(Run.from_folder(folder))
+    parse = reproduce.make_parser().parse_args
+    assert reproduce.picked(runs, parse([])) == runs
+    assert reproduce.picked(runs, parse(["--datasets", "mnist", "--latent_dims", "2"])) == [runs[0], runs[3]]
+    assert reproduce.picked(runs, parse(["--latent_dims", "2", "--seeds", "1"])) == [runs[0], runs[2]]
 
 
 def test_latent_dims_pick_the_grid_points():

@@ -55,6 +55,14 @@ def sweep_arguments(args) -> tuple[list[str], dict[str, list]]:
     return extra, only
 
 
+def picked(runs: list[Run], args) -> list[Run]:
+    """The gathered runs (--from-runs) that --datasets, --latent_dims and --seeds pick, as they pick
+    grid points to train."""
+    return [r for r in runs if (not args.datasets or r.dataset in args.datasets)
+            and (not args.latent_dims or r.latent_dim in args.latent_dims)
+            and (not args.seeds or r.seed < args.seeds)]
+
+
 def train(args, skip: set[str] = frozenset()) -> tuple[list[Run], int]:
     """Run the reproduction's sweeps, but for the grid points of the ``skip`` sweep keys (recorded by
     an earlier reproduction, kept.py); return the finished runs of this setting and the failures."""
@@ -147,7 +155,8 @@ def make_parser():
     parser.add_argument("--sweeps", type=str, nargs="+", default=SWEEPS,
                         help="the reproduction's sweep files")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="the first N seeds only (files: 10 for alpha 0 and 1, else 5)")
+                        help="the first N seeds only (files: 10 for alpha 0 and 1, else 5); these three "
+                             "flags pick gathered runs too (--from-runs)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run (files: 25, the paper's); with --from-runs, the runs that "
                              "count (else the most common length)")
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.from_summary}")
         return
     if args.from_runs:
-        runs, failed, kept_records = from_folders(Path(args.from_runs), args.epochs, args.subset), 0, {}
+        runs = picked(from_folders(Path(args.from_runs), args.epochs, args.subset), args)
+        failed, kept_records = 0, {}
     else:  # the runs an earlier reproduction recorded in --output are kept, not trained again
         kept_records = kept.records(Path(args.output), args, sweep_arguments(args)[0])
         runs, failed = train(args, set(kept_records))
