@@ -193,8 +193,11 @@ def resume_and_compare(member: PackMember, solo, root: Path, data_dir: Path) -> 
     - Weights: a weight moves by at most about lr per Adam step, and a step whose gradient is
       decided by rounding (a sum that nearly cancels, a ReLU unit at its kink: tests/test_packed.py)
       may go either way, so each weight is within 2 * lr of the solo's (measured: 3.7e-5). All
-      but such weights agree to float32 rounding of w: rtol 1e-5, atol 1e-6 (|w| <= 0.72 here);
-      we allow 0.1% of a tensor outside it (measured: 5 of 313,600 in encoder.net.0.weight).
+      but such weights agree to float32 rounding of w: rtol 1e-5, atol 1e-6 (|w| <= 0.72 here).
+      How many are decided by rounding depends on the CPU's kernels (their order of summation):
+      measured 5 of 313,600 in encoder.net.0.weight on one machine, 625 (0.2%) on another of the
+      same kind (max |diff| 4.6e-4, within 2 * lr); we allow 1% of a tensor. A checkpoint that
+      lost state fails on the metrics first (the controls below).
     - The run folder's checkpoints have the solo's names (the restored ModelCheckpoint state
       removed the pack's best file when it was beaten, as in the solo run).
     """
@@ -210,7 +213,7 @@ def resume_and_compare(member: PackMember, solo, root: Path, data_dir: Path) -> 
         diff = (ours[name] - value).abs()
         assert not bool((diff > 2 * LR).any()), (member.name(), name, float(diff.max()))  # NaN fails too
         outside = diff > 1e-5 * value.abs() + 1e-6
-        assert int(outside.sum()) <= 1e-3 * value.numel(), (member.name(), name, int(outside.sum()))
+        assert int(outside.sum()) <= 1e-2 * value.numel(), (member.name(), name, int(outside.sum()))
 
 
 def test_fit_ckpt_path_resumes_a_member_where_its_solo_run_goes_on(runs, data_dir):
