@@ -247,6 +247,13 @@ def test_a_partial_reproduction_names_the_groups_with_fewer_seeds():
     planned = {"mnist/paper/alpha0": 3, "mnist/paper/alpha1": 2, "mnist/paper/eps1.5": 1}
     assert seeds_per_group(records, planned) == {"most": 2, "groups": 4, "short": {"mnist/paper/alpha0": 2},
                                                  "expected": {"mnist/paper/alpha0": 3}}
+    # a reproduction in pieces: groups the files ask that have no run yet are named, not averaged in
+    got = seeds_per_group(records, {**planned, "mnist/d20/alpha0": 10, "mnist/d20/alpha1": 10})
+    assert got["missing"] == ["mnist/d20/alpha0", "mnist/d20/alpha1"] and got["planned"] == 5
+    warnings = summary_md.partial_warning(got)
+    assert ("2 of the sweep files' 5 run groups have no run yet: mnist/d20/alpha0, mnist/d20/alpha1"
+            in warnings[0])
+    assert "1 of 4 run groups have fewer seeds than the sweep files ask" in warnings[2]
 
 
 def design_records(seeds: int | None = None) -> list[dict]:

@@ -166,8 +166,9 @@ def planned_groups(sweep_files: list) -> dict[str, int] | None:
 
 
 def seeds_per_group(records: list[dict], planned: dict[str, int] | None = None) -> dict:
-    """How many seeds each run group has, and the groups with fewer than expected: a partial
-    reproduction says so instead of averaging less. Expected: what the sweep files ask of the
+    """How many seeds each run group has, the groups with fewer than expected, and (``missing``)
+    the groups the files ask that have no run yet: a partial reproduction says so instead of
+    averaging less. Expected: what the sweep files ask of the
     group (``planned``, from ``planned_groups``; ``expected`` then lists it for each short group), else,
     as for the run folders or an earlier summary that came without them, the most any group has."""
     counts: dict[str, int] = {}
@@ -179,7 +180,10 @@ def seeds_per_group(records: list[dict], planned: dict[str, int] | None = None) 
         return {"most": most, "groups": len(counts), "short": {k: n for k, n in counts.items() if n < most}}
     expected = {k: planned.get(k, most) for k in counts}  # a group the files lack: the old rule
     short = {k: n for k, n in counts.items() if n < expected[k]}
-    return {"most": most, "groups": len(counts), "short": short, "expected": {k: expected[k] for k in short}}
+    out = {"most": most, "groups": len(counts), "short": short, "expected": {k: expected[k] for k in short}}
+    if missing := sorted(k for k in planned if k not in counts):  # a reproduction in pieces, so far
+        out.update(missing=missing, planned=len(planned))
+    return out
 
 
 def run_config(records: list[dict], args) -> dict:

@@ -58,17 +58,21 @@ def title(dataset: str, setting: str) -> str:
 
 def partial_warning(seeds: dict) -> list[str]:
     """The run groups with fewer seeds than the sweep files ask (``expected``; summaries made
-    without them: fewer than the most any group has)."""
+    without them: fewer than the most any group has), and those with no run yet (``missing``)."""
+    out = []
+    if seeds.get("missing"):
+        out += [f"**Partial reproduction:** {len(seeds['missing'])} of the sweep files' "
+                f"{seeds['planned']} run groups have no run yet: {', '.join(seeds['missing'])}. The verdicts leave them out.", ""]
     if not seeds["short"]:
-        return []
+        return out
     if "expected" in seeds:
         short = ", ".join(f"{k} ({n} of {seeds['expected'][k]})" for k, n in sorted(seeds["short"].items()))
         fewer = "fewer seeds than the sweep files ask"
     else:
         short = ", ".join(f"{k} ({n})" for k, n in sorted(seeds["short"].items()))
         fewer = f"fewer than {seeds['most']} seeds"
-    return [f"**Partial reproduction:** {len(seeds['short'])} of {seeds['groups']} run groups have "
-            f"{fewer}: {short}. Their means and verdicts rest on fewer runs.", ""]
+    return out + [f"**Partial reproduction:** {len(seeds['short'])} of {seeds['groups']} run groups have "
+                  f"{fewer}: {short}. Their means and verdicts rest on fewer runs.", ""]
 
 
 def p_value(p: float) -> str:
