@@ -62,7 +62,8 @@ def partial_warning(seeds: dict) -> list[str]:
     out = []
     if seeds.get("missing"):
         out += [f"**Partial reproduction:** {len(seeds['missing'])} of the sweep files' "
-                f"{seeds['planned']} run groups have no run yet: {', '.join(seeds['missing'])}. The verdicts leave them out.", ""]
+                f"{seeds['planned']} run groups have no run yet: {', '.join(seeds['missing'])}. "
+                "The verdicts leave them out.", ""]
     if not seeds["short"]:
         return out
     if "expected" in seeds:
