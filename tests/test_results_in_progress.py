@@ -57,3 +57,18 @@ def test_the_verdicts_are_what_the_current_statistics_make_of_the_runs(summary):
 def test_the_figures_are_there():
     for name in ("kl_during_training", "kl_after_training", "gaps", "representation"):
         assert Path(FOLDER / f"{name}.png").stat().st_size > 10_000, name
+
+
+README_CLAIMS = {"drift": "the drift claim", "elbo_to_loglik": "the ELBO-to-log-likelihood claim",
+                 "inference": "the amortisation claim", "representation": "the representations claim"}
+
+
+def test_the_readme_quotes_its_verdicts(summary):
+    readme = (ROOT / "README.md").read_text()
+    for name, label in README_CLAIMS.items():
+        assert f"{label}: **{summary['claims'][name]['verdict']}**" in readme, name
+    mnist = summary["results"]["mnist"]["paper"]
+    vae, ours = mnist["vae"]["kl_consistency"], mnist["consistency"]["kl_consistency"]
+    ratio = mnist["kl_ratio"]
+    assert (f"{vae['mean']:.2f} ± {vae['std']:.2f} -> {ours['mean']:.2f} ± {ours['std']:.2f} nats; ratio "
+            f"{ratio['mean']:.2f} ± {ratio['std']:.2f}") in readme
