@@ -50,7 +50,7 @@ def test_welch_of_two_groups_is_scipys_unequal_variance_t_test():
     assert got["p"] == pytest.approx(ref.pvalue, rel=1e-9)  # float64, same inputs
     assert got["df"] == pytest.approx(ref.df, rel=1e-9)  # float64, same inputs
     low, high = ref.confidence_interval(0.95)
-    assert got["ci"] == pytest.approx([low, high], rel=1e-9)
+    assert got["ci"] == pytest.approx([low, high], rel=1e-9)  # float64, same inputs
     assert significance.welch(1.0, [(0.1, 3), (0.2, 1)]) is None  # one seed: no spread to test with
 
 

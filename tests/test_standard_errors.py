@@ -22,7 +22,7 @@ def test_standard_error_is_numpys_std_over_sqrt_n(offset):
     g = torch.Generator().manual_seed(0)
     values = offset + 40.0 * torch.randn(3, 1000, generator=g, dtype=torch.float64)  # (3, N)
     expected = values.numpy().std(axis=1, ddof=1) / math.sqrt(1000)
-    np.testing.assert_allclose(standard_error(*sums(values), 1000).numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(standard_error(*sums(values), 1000).numpy(), expected, rtol=1e-9)  # float64
 
 
 def test_uneven_batches_give_the_one_pass_standard_error():
@@ -32,7 +32,7 @@ def test_uneven_batches_give_the_one_pass_standard_error():
     for part in values.split([1, 10, 499, 3, 487]):  # as a metric's updates, or ranks, add them
         total, total_sq = total + part.sum(), total_sq + part.pow(2).sum()
     assert standard_error(total, total_sq, 1000).item() == pytest.approx(
-        standard_error(*sums(values), 1000).item(), rel=1e-12)
+        standard_error(*sums(values), 1000).item(), rel=1e-12)  # float64 sums, regrouped
 
 
 def test_one_value_has_no_standard_error():
