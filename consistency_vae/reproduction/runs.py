@@ -29,6 +29,7 @@ class Run:
     epochs: int  # trainer.max_epochs
     subset: int | None = None  # data.subset: the first N images only (a quick try)
     key: str | None = field(default=None, compare=False)  # its sweep key (store.run_key), if a sweep ran it
+    lr_schedule: str = field(default="constant", compare=False)  # model.lr_schedule (older runs: constant)
 
     @property
     def name(self) -> str:
@@ -68,7 +69,7 @@ class Run:
                        alpha=float(model["alpha"]),
                        kl_target=float(model["kl_target"]) if constrained else None,
                        epochs=int(config["trainer"]["max_epochs"]), subset=config["data"].get("subset"),
-                       key=key)
+                       key=key, lr_schedule=model.get("lr_schedule", "constant"))
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a key missing or malformed
             raise DataError(f"{folder / 'config.yaml'} lacks a setting of the run ({type(err).__name__}: "
                             f"{err}): {fix}") from None

@@ -50,14 +50,11 @@ def evaluated_epoch(folder: Path, metrics: dict) -> int | None:
 def record(run: Run, metrics: dict) -> dict:
     """Every number of ``run`` that the summary uses, with its sweep key: what a later reproduction
     with the same --output keeps when the run's folder is gone (kept.py)."""
-    import yaml
-
     folder, epochs = run.folder, run.epochs
     times = [t for t in epoch_curve(folder, epochs, "time/train_epoch_s") if not math.isnan(t)]
-    schedule = yaml.safe_load((folder / "config.yaml").read_text())["model"].get("lr_schedule", "constant")
     return {"name": run.name, "folder": str(folder), "key": run.key, "dataset": run.dataset,
             "setting": run.setting, "model": run.model, "alpha_init": run.alpha, "kl_target": run.kl_target,
-            "seed": run.seed, "epochs": epochs, "subset": run.subset, "lr_schedule": schedule,
+            "seed": run.seed, "epochs": epochs, "subset": run.subset, "lr_schedule": run.lr_schedule,
             **{m: float(metrics[m]) for m in METRICS if m in metrics},
             # standard errors over images (evaluate's KEY_se), beside the spread over seeds
             **{f"{m}_se": float(metrics[f"{m}_se"]) for m in METRICS if f"{m}_se" in metrics},
