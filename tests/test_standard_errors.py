@@ -44,7 +44,7 @@ def test_one_value_has_no_standard_error():
 def test_binomial_standard_error_is_that_of_the_correct_or_not_vector(correct, n):
     hits = np.r_[np.ones(correct), np.zeros(n - correct)]  # 1 where the fixed classifier is right
     expected = hits.std(ddof=0) / math.sqrt(n)  # sqrt(p (1 - p) / n), the binomial SE
-    assert binomial_standard_error(correct / n, n) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert binomial_standard_error(correct / n, n) == pytest.approx(expected, rel=1e-12, abs=1e-15)  # float64
 
 
 def test_active_units_bootstrap_matches_numpy_on_the_same_draws():
@@ -57,7 +57,7 @@ def test_active_units_bootstrap_matches_numpy_on_the_same_draws():
     expected = [(rows[i].var(axis=0) > 0.01).sum() for i in indices]  # population variance, per draw
     assert counts.tolist() == expected
     assert set(expected) == {2, 3}  # the third dim is in some draws and out of others
-    assert counts.double().std().item() == pytest.approx(np.std(expected, ddof=1), rel=1e-12)
+    assert counts.double().std().item() == pytest.approx(np.std(expected, ddof=1), rel=1e-12)  # float64
 
 
 def test_active_units_bootstrap_of_clearly_separated_dims_does_not_vary():

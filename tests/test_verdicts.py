@@ -97,8 +97,8 @@ def test_constrained_runs_are_judged_against_epsilon_and_the_front_by_welch_and_
                                  and r["alpha_init"] == alpha], equal_var=False)
            for eps, alpha in ((1.0, 3.0), (3.5, 0.0))}
     assert above["test"]["p"] == pytest.approx(ref[1.0].pvalue, rel=1e-9)  # float64, same inputs
-    assert below["test"]["p"] == pytest.approx(ref[3.5].pvalue, rel=1e-9)
-    assert below["test"]["ci"] == pytest.approx(list(ref[3.5].confidence_interval(0.95)), rel=1e-9)
+    assert below["test"]["p"] == pytest.approx(ref[3.5].pvalue, rel=1e-9)  # float64
+    assert below["test"]["ci"] == pytest.approx(list(ref[3.5].confidence_interval(0.95)), rel=1e-9)  # float64
     # Holm over the 3 tested targets
     tested = [rows[e] for e in (1.0, 1.5, 3.5)]
     holm = significance.holm([r["test"]["p"] for r in tested])
