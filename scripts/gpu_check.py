@@ -186,9 +186,13 @@ def reproduction_run(a, out: Path, device: list[str], record) -> None:
         row |= {"evaluate_rc": rc, "evaluate_wall_s": round(wall, 1)}
         if rc == 0:
             metrics = json.loads((out / "eval" / "metrics.json").read_text())
-            row |= {k: metrics.get(k) for k in ("kl_consistency", "elbo", "iwae_ll", "alpha")}
+            row |= {k: metrics.get(k) for k in EVAL_KEYS}
     record(row)
 
+
+
+# what a row keeps of an evaluation's metrics.json: its numbers, and the seconds of each stage
+EVAL_KEYS = ("kl_consistency", "elbo", "iwae_ll", "alpha", "timings")
 
 
 def evaluate_cmd(ckpt: Path, output: Path, accelerator: str, quick: bool = False) -> list[str]:
@@ -264,7 +268,7 @@ def pack(a, out: Path, record) -> None:
         evaluated["wall_s"].append(round(wall, 1))
         if rc == 0 and i == 0:
             metrics = json.loads((out / "eval_packed0" / "metrics.json").read_text())
-            evaluated |= {k: metrics.get(k) for k in ("kl_consistency", "elbo", "iwae_ll", "alpha")}
+            evaluated |= {k: metrics.get(k) for k in EVAL_KEYS}
     if evaluated["wall_s"]:
         evaluated["s_per_checkpoint"] = round(statistics.mean(evaluated["wall_s"]), 1)
     record(evaluated)

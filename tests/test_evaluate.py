@@ -63,6 +63,10 @@ def test_writes_every_key_and_real_pngs(ckpt, tmp_path):
     assert saved["elbo"] == pytest.approx(-(saved["recon"] + saved["kl"]), rel=1e-6)
     for name in PNGS:
         assert_real_png(out / name)
+    # where the time went: every stage that ran, and nothing the wall clock did not see
+    assert saved["timings"].keys() == {"load", *saved["metrics"], "figures"}
+    assert all(t >= 0 for t in saved["timings"].values())
+    assert sum(saved["timings"].values()) <= saved["wall_seconds"] + 0.05 * len(saved["timings"])
 
 
 def test_never_overwrites_metrics_json_unless_asked(ckpt, tmp_path):

@@ -98,6 +98,7 @@ def test_the_pack_steps_dry_run_on_the_cpu_writes_its_rows(tmp_path, data_dir):
     assert evaluated["s_per_checkpoint"] == pytest.approx(evaluated["wall_s"][0], abs=0.06)
     assert evaluated["alpha"] == 0.0  # the first run of the grid: alpha 0, seed 0
     assert 0 <= evaluated["kl_consistency"] < 100 and evaluated["elbo"] < 0
+    assert {"load", "loss_terms", "iwae", "inference_gaps"} <= evaluated["timings"].keys()  # where it went
     at_once = rows["evaluate, 2 checkpoints at once"]
     assert at_once["rcs"] == [0, 0] and at_once["s_per_checkpoint"] > 0
     assert (out / "eval_at_once1" / "metrics.json").is_file()

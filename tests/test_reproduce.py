@@ -222,7 +222,7 @@ def test_an_evaluation_held_by_another_runner_is_passed_over_until_the_rest_is_d
     assert results[held]["elbo"] == -99.0 and results[free]["elbo"] == -98.0
 
 
-WHERE = ("ckpt_path", "figures", "wall_seconds")  # where the checkpoint was and how long it took
+WHERE = ("ckpt_path", "figures", "wall_seconds", "timings")  # where the checkpoint was and how long it took
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +40,17 @@ EVAL_BATCH = 1000  # images per forward: every metric sees the same batches
 METRIC_DOCS = {**{k: key.doc for name, info in eval_metrics.METRICS.items() if info.default
                   for k, key in info.keys.items()},
                "alpha": "final alpha (the buffer; moves in constrained mode)"}
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str, device: torch.device) -> Iterator[None]:
+    """Adds the block's wall seconds to ``timings[stage]``. On CUDA the clock is read after a
+    synchronize, so that a stage's kernels count to it, not to the next stage that waits on them."""
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def _read_checkpoint(path: Path, allow_pickle: bool) -> dict:
@@ -128,11 +141,15 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
         raise ConfigError(f"{', '.join(f'--{k} {v}' for k, v in bad.items())}: each must be >= 1 "
                           "(a count of images or samples)")
     check_quadrature_points(quadrature_points)
-    ckpt_epoch = _read_checkpoint(ckpt_path, allow_pickle).get("epoch")  # a clear error if not ours
     dev = _device(device)
-    model = _load_model(ckpt_path, dev, allow_pickle)
-    dm = _datamodule(ckpt_path, allow_pickle, dataset=dataset, data_dir=data_dir, subset=subset,
-                     path=path)
+    # seconds per stage, into metrics.json: "load", each metric's name, "figures". The model's
+    # forward on a test batch is shared, and counts to the first metric that reads it (loss_terms).
+    timings: dict[str, float] = {}
+    with timed(timings, "load", dev):
+        ckpt_epoch = _read_checkpoint(ckpt_path, allow_pickle).get("epoch")  # a clear error if not ours
+        model = _load_model(ckpt_path, dev, allow_pickle)
+        dm = _datamodule(ckpt_path, allow_pickle, dataset=dataset, data_dir=data_dir, subset=subset,
+                         path=path)
     images, labels = dm.test_set.images, dm.test_set.labels  # (N, C, H, W), (N,) on the CPU
     n, dim = len(images), model.hparams.latent_dim
     n_iwae = min(iwae_images or n, n)
@@ -148,18 +165,20 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
         # One pass over each split that a metric reads, in batches of EVAL_BATCH; a test batch's
         # forward (model's own, with noise.eval_noise: trainer.test's numbers) is shared by all.
         for split, data in (("test", dm.test_set), ("train", dm.train_set)):
-            users = [metric for info, metric in built if split in info.splits]
+            users = [(info.name, metric) for info, metric in built if split in info.splits]
             with tqdm(total=len(data), desc=f"metrics on {split}", unit="img",
                       disable=not progress or not users) as bar:
                 for i in range(0, len(data) if users else 0, EVAL_BATCH):
                     batch = eval_metrics.EvalBatch(model, data.images[i:i + EVAL_BATCH].to(dev),
                                                    data.labels[i:i + EVAL_BATCH], i, split, seed)
-                    for metric in users:
-                        metric.update(batch)
+                    for name, metric in users:
+                        with timed(timings, name, dev):
+                            metric.update(batch)
                     bar.update(len(batch.x))
         results, skipped = {}, {}  # skipped: metric name -> why the data does not allow it
         for info, metric in built:
-            values, reason = eval_metrics.compute_or_skip(info, metric)
+            with timed(timings, info.name, dev):
+                values, reason = eval_metrics.compute_or_skip(info, metric)
             results.update(values)
             if reason is not None:
                 skipped[info.name] = reason
@@ -180,9 +199,10 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
                 ("prior_samples", lambda: callbacks.prior_samples_figure(
                     model, seed=seed, title=f"Prior samples: {title}")),
             ):
-                fig = make()
-                fig.savefig(out / f"{fname}.png")
-                fig.clf()
+                with timed(timings, "figures", dev):
+                    fig = make()
+                    fig.savefig(out / f"{fname}.png")
+                    fig.clf()
                 pngs.append(str(out / f"{fname}.png"))
 
     results.update({
@@ -192,6 +212,7 @@ def evaluate_checkpoint(ckpt_path: str | Path, output_dir: str | Path, *, datase
         "iwae_images": n_iwae, "test_images": n, "seed": seed, "device": str(dev),
         "cpu_threads": torch.get_num_threads(),
         "figures": pngs, "wall_seconds": round(time.perf_counter() - started, 1),
+        "timings": {stage: round(seconds, 2) for stage, seconds in timings.items()},
     })
     tmp = out / "metrics.json.tmp"  # written whole, then renamed: never a half-written file
     tmp.write_text(json.dumps(results, indent=2) + "\n")
