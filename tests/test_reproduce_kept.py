@@ -175,3 +175,22 @@ def test_the_same_flags_pick_gathered_run_folders(tmp_path):
 def test_latent_dims_pick_the_grid_points():
     args = reproduce.make_parser().parse_args(["--datasets", "mnist", "--latent_dims", "2"])
     assert reproduce.sweep_arguments(args) == ([], {"data.dataset": ["mnist"], "model.latent_dim": [2]})
+
+
+@pytest.mark.parametrize("flags", [["--from-runs", "gathered"], ["--from-summary", "other/summary.json"]])
+def test_records_of_pieces_are_never_replaced_by_other_records(tmp_path, flags, monkeypatch):
+    """--from-runs, or --from-summary of another file, into an --output that holds a reproduction in
+    pieces: stopped before any work, its summary.json as it was."""
+    monkeypatch.chdir(tmp_path)
+    output = write_summary(tmp_path / "pieces", [{"name": "a", "key": '{"params": {}}'}])
+    before = (output / "summary.json").read_text()
+    write_summary(tmp_path / "other", [])
+    (tmp_path / "gathered").mkdir()
+    with pytest.raises(UserError, match=r"--output .*pieces holds the records of 1 runs of a reproduction in "
+                                        rf"pieces .*; {flags[0]} {flags[1]} would replace them with others: "
+                                        r"give another --output, or move its summary.json away first"):
+        reproduce.main([*flags, "--output", str(output)])
+    assert (output / "summary.json").read_text() == before
+    if flags[0] == "--from-runs":  # another --output is the way to go
+        with pytest.raises(UserError, match="--from-runs gathered: no run folder"):
+            reproduce.main([*flags, "--output", "elsewhere"])

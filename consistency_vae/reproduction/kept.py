@@ -64,6 +64,20 @@ def records(output: Path, args, extra_args: list[str]) -> dict[str, dict]:
     return keyed
 
 
+def refuse_replacing(output: Path, source: str) -> None:
+    """Stop a command that would write ``output``'s summary from other records (``source``:
+    --from-runs, or --from-summary of another file) where its summary.json holds the records of a
+    reproduction in pieces: they may be the only copy of its runs (the run folders gone)."""
+    try:
+        runs = json.loads((Path(output) / "summary.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not one of ours: nothing to lose
+        return
+    if keyed := [r for r in runs if isinstance(r, dict) and r.get("key")]:
+        raise UserError(f"--output {output} holds the records of {len(keyed)} runs of a reproduction in "
+                        f"pieces (`reproduce --output {output}` adds to them); {source} would replace them "
+                        "with others: give another --output, or move its summary.json away first")
+
+
 def merged(kept: dict[str, dict], fresh: list[dict]) -> list[dict]:
     """The kept records and this command's, one per run key: this command's where both have one."""
     ours = {r["key"] for r in fresh if r.get("key")}

@@ -203,11 +203,15 @@ def main(argv: list[str] | None = None) -> None:
         if not Path(args.from_summary).is_file():
             raise UserError(f"--from-summary {args.from_summary}: no such file; give an earlier "
                             "summary.json, e.g. results/summary.json")
-        runs = summary.rebuild(Path(args.from_summary), Path(args.output))["runs"]
+        if Path(args.from_summary).resolve() != (Path(args.output) / "summary.json").resolve():
+            kept.refuse_replacing(Path(args.output), f"--from-summary {args.from_summary}")
+        with kept.writing(Path(args.output)):  # not between a piece's reading and writing
+            runs = summary.rebuild(Path(args.from_summary), Path(args.output))["runs"]
         print(f"reproduce: wrote {args.output}/summary.md from the {len(runs)} run records of "
               f"{args.from_summary}")
         return
     if args.from_runs:
+        kept.refuse_replacing(Path(args.output), f"--from-runs {args.from_runs}")
         runs = picked(from_folders(Path(args.from_runs), args.epochs, args.subset), args)
         failed, kept_records = 0, {}
     else:  # the runs an earlier reproduction recorded in --output are kept, not trained again
