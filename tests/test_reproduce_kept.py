@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from consistency_vae.errors import UserError
+from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.reproduction import kept, reproduce
 from consistency_vae.reproduction.runs import Run
 from tests.reproduce_quick import summary_of
@@ -194,3 +194,21 @@ def test_records_of_pieces_are_never_replaced_by_other_records(tmp_path, flags, 
     if flags[0] == "--from-runs":  # another --output is the way to go
         with pytest.raises(UserError, match="--from-runs gathered: no run folder"):
             reproduce.main([*flags, "--output", "elsewhere"])
+
+
+SWEEPS = [str(Path(__file__).resolve().parents[1] / "sweeps" / "reproduce_claims.yaml")]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--latent_dims", "3"], r"--latent_dims 3: no grid point of .*claims.yaml has it; they have 2 20"),
+    (["--latent_dims", "2", "3"], r"--latent_dims 3: no grid point"),  # not the 2-D runs alone
+    (["--datasets", "images"], r"--datasets images: no grid point .* they have fashion_mnist mnist"),
+    (["--seeds", "0"], r"--seeds 0: give N >= 1, the first N seeds of each group"),  # not "all seeds"
+    (["--seeds", "-1", "--from-runs", "gathered"], r"--seeds -1: give N >= 1"),
+])
+def test_picks_of_no_grid_point_stop_the_command_before_any_work(tmp_path, flags, message):
+    argv = [*flags, "--sweeps", *SWEEPS, "--output", str(tmp_path / "out"), "--runs_dir",
+            str(tmp_path / "runs")]
+    with pytest.raises(ConfigError, match=message):
+        reproduce.main(argv)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

@@ -55,6 +55,24 @@ def sweep_arguments(args) -> tuple[list[str], dict[str, list]]:
     return extra, only
 
 
+def check_picks(args) -> None:
+    """--seeds, --datasets and --latent_dims before any work: a count below 1, or a value that picks
+    none of the sweep files' grid points (a typo: it would train nothing, or only the other values'
+    runs), stops the command, naming what the files have."""
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: give N >= 1, the first N seeds of each group "
+                          "(or leave it out for all)")
+    if args.from_runs or args.from_summary:  # gathered runs or records: no grid to pick from
+        return
+    points = [p for sweep_file in args.sweeps for p in grid_points(load_sweep(sweep_file))]
+    for flag, name, values in (("--datasets", "data.dataset", args.datasets),
+                               ("--latent_dims", "model.latent_dim", args.latent_dims)):
+        have = sorted({p[name] for p in points if name in p})
+        if missing := [v for v in values or () if v not in have]:
+            raise ConfigError(f"{flag} {' '.join(map(str, missing))}: no grid point of "
+                              f"{' '.join(args.sweeps)} has it; they have {' '.join(map(str, have))}")
+
+
 def picked(runs: list[Run], args) -> list[Run]:
     """The gathered runs (--from-runs) that --datasets, --latent_dims and --seeds pick, as they pick
     grid points to train."""
@@ -190,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"--eval_parallel {args.eval_parallel}: give a number of evaluation processes "
                           ">= 1 (1: one checkpoint at a time, in this process)")
     evaluate_args.check_quadrature_points(args.quadrature_points)  # and a bad grid
+    check_picks(args)  # and --seeds, --datasets or --latent_dims that pick no grid point
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
