@@ -200,6 +200,15 @@ def test_only_restricts_the_grid(grid):
         run_sweep(str(grid["file"]), runs_dir=str(grid["runs"]), only={"b": [1]})
 
 
+@pytest.mark.parametrize("listing", [[], ["--list"]])
+def test_only_values_that_no_grid_point_has_stop_the_command(grid, listing):
+    """--only a=2,9 (9 is not in the grid: a typo) trains nothing, nor lists 0 points, but names the
+    values the grid has."""
+    with pytest.raises(ConfigError, match=r"--only a=9: no grid point of .* has it; its a values are 1,2,3,"):
+        sweep_main([str(grid["file"]), "--only", "a=2,9", "--runs_dir", str(grid["runs"]), *listing])
+    assert grid["trained"]() == []
+
+
 def test_a_run_cut_off_with_a_last_checkpoint_resumes_it(grid):
     folder = grid["runs"] / "x_a1" / "version_0"
     (folder / "checkpoints").mkdir(parents=True)

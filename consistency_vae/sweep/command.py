@@ -12,7 +12,13 @@ from consistency_vae.errors import ConfigError
 from consistency_vae.sweep import packs
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
-from consistency_vae.sweep.sweep_file import check_against_cli, grid_points, load_sweep, select
+from consistency_vae.sweep.sweep_file import (
+    check_against_cli,
+    check_only_values,
+    grid_points,
+    load_sweep,
+    select,
+)
 from consistency_vae.user_files import check_output_folder
 
 
@@ -70,6 +76,8 @@ def main(argv: list[str]) -> None:
     only = parse_only(args.only)  # a UserError reaches cli.py, which prints it on one line
     packs.resolve(args.pack)  # a bad --pack, before the sweep file is checked or a run starts
     check_output_folder(args.runs_dir, "--runs_dir")
+    if only and (config := load_sweep(args.sweep_file))["method"] == "grid":
+        check_only_values(grid_points(config), only, args.sweep_file)  # before a run or a listing
     if args.list:
         return list_points(args.sweep_file, args.runs_dir, args.extra_args, only)
     check_against_cli(args.sweep_file, load_sweep(args.sweep_file),

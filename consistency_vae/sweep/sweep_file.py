@@ -165,3 +165,14 @@ def select(points: list[dict], only: dict[str, list] | None) -> list[tuple[int, 
                               f"{sorted(points[0])}")
     return [(i, p) for i, p in enumerate(points)
             if all(p[name] in values for name, values in (only or {}).items())]
+
+
+def check_only_values(points: list[dict], only: dict[str, list], sweep_file: str) -> None:
+    """``--only`` values that no grid point has (a typo, or another sweep's value) stop the command,
+    naming the values the grid has: they would train nothing, or only the other values' runs."""
+    select(points, only)  # a name that is not a parameter: its own error
+    for name, values in only.items():
+        have = list(dict.fromkeys(p[name] for p in points))
+        if missing := [v for v in values if v not in have]:
+            raise ConfigError(f"--only {name}={','.join(map(str, missing))}: no grid point of {sweep_file} "
+                              f"has it; its {name} values are {','.join(map(str, have))}")
