@@ -33,7 +33,7 @@ from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folde
 from consistency_vae.sweep import claims, packs
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
-from consistency_vae.sweep.sweep_file import grid_points, load_sweep, select
+from consistency_vae.sweep.sweep_file import absent_values, grid_points, load_sweep, select
 from consistency_vae.user_files import check_output_folder
 
 SWEEPS = ["sweeps/reproduce_claims.yaml", "sweeps/reproduce_front.yaml",
@@ -67,10 +67,10 @@ def check_picks(args) -> None:
     points = [p for sweep_file in args.sweeps for p in grid_points(load_sweep(sweep_file))]
     for flag, name, values in (("--datasets", "data.dataset", args.datasets),
                                ("--latent_dims", "model.latent_dim", args.latent_dims)):
-        have = sorted({p[name] for p in points if name in p})
-        if missing := [v for v in values or () if v not in have]:
+        missing, have = absent_values(points, name, values or [])
+        if missing:
             raise ConfigError(f"{flag} {' '.join(map(str, missing))}: no grid point of "
-                              f"{' '.join(args.sweeps)} has it; they have {' '.join(map(str, have))}")
+                              f"{' '.join(args.sweeps)} has it; they have {' '.join(map(str, sorted(have)))}")
 
 
 def picked(runs: list[Run], args) -> list[Run]:

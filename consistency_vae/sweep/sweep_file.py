@@ -167,12 +167,18 @@ def select(points: list[dict], only: dict[str, list] | None) -> list[tuple[int, 
             if all(p[name] in values for name, values in (only or {}).items())]
 
 
+def absent_values(points: list[dict], name: str, values: list) -> tuple[list, list]:
+    """(the ``values`` that no grid point has for ``name``, the values they have, in grid order)."""
+    have = list(dict.fromkeys(p[name] for p in points if name in p))
+    return [v for v in values if v not in have], have
+
+
 def check_only_values(points: list[dict], only: dict[str, list], sweep_file: str) -> None:
     """``--only`` values that no grid point has (a typo, or another sweep's value) stop the command,
     naming the values the grid has: they would train nothing, or only the other values' runs."""
     select(points, only)  # a name that is not a parameter: its own error
     for name, values in only.items():
-        have = list(dict.fromkeys(p[name] for p in points))
-        if missing := [v for v in values if v not in have]:
+        missing, have = absent_values(points, name, values)
+        if missing:
             raise ConfigError(f"--only {name}={','.join(map(str, missing))}: no grid point of {sweep_file} "
                               f"has it; its {name} values are {','.join(map(str, have))}")
