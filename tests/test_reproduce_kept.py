@@ -13,6 +13,7 @@ import pytest
 
 from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.reproduction import kept, reproduce
+from consistency_vae.sweep import command as sweep_command
 from consistency_vae.reproduction.runs import Run
 from tests.reproduce_quick import summary_of
 
@@ -212,3 +213,18 @@ def test_picks_of_no_grid_point_stop_the_command_before_any_work(tmp_path, flags
     with pytest.raises(ConfigError, match=message):
         reproduce.main(argv)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["reproduce", "sweep"])
+def test_a_run_from_outside_the_project_stops_before_any_run(tmp_path, monkeypatch, command):
+    """The sweep files' commands name configs/mnist.yaml relative to where the runs start: from
+    another folder every run would fail on it, one log each. Both commands stop first, saying so."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=r"File does not exist: .*configs/mnist.yaml.*relative to where the "
+                                          rf"runs start, here {tmp_path}: run it from the project's root"):
+        if command == "reproduce":
+            reproduce.main(["--sweeps", *SWEEPS, "--output", str(tmp_path / "out"), "--runs_dir", str(runs)])
+        else:
+            sweep_command.main([SWEEPS[0], "--runs_dir", str(runs)])
+    assert not runs.exists() and not (tmp_path / "out").exists()

@@ -33,7 +33,7 @@ from consistency_vae.reproduction.runs import Run, check_last_epochs, from_folde
 from consistency_vae.sweep import claims, packs
 from consistency_vae.sweep.runner import run_sweep
 from consistency_vae.sweep.store import SweepStore, run_key
-from consistency_vae.sweep.sweep_file import absent_values, grid_points, load_sweep, select
+from consistency_vae.sweep.sweep_file import absent_values, check_against_cli, grid_points, load_sweep, select
 from consistency_vae.user_files import check_output_folder
 
 SWEEPS = ["sweeps/reproduce_claims.yaml", "sweeps/reproduce_front.yaml",
@@ -86,9 +86,12 @@ def train(args, skip: set[str] = frozenset()) -> tuple[list[Run], int]:
     an earlier reproduction, kept.py); return the finished runs of this setting and the failures."""
 
     os.environ.setdefault("WANDB_MODE", "disabled")  # WANDB_MODE=offline or online keeps W&B
+    extra, only = sweep_arguments(args)
+    for sweep_file in args.sweeps:  # a command the CLI refuses (a path relative to another folder):
+        check_against_cli(sweep_file, load_sweep(sweep_file),  # one line now, not each run's log
+                          [f"--trainer.default_root_dir={args.runs_dir}", *extra])
     for name in args.datasets or data_files.DATASETS:
         data_files.prepare(args.data_dir, name)
-    extra, only = sweep_arguments(args)
     stores, todo = [], 0
     for sweep_file in args.sweeps:
         config = load_sweep(sweep_file)

@@ -106,9 +106,12 @@ def check_against_cli(sweep_file: str | Path, sweep_config: dict, extra: list[st
     if code in (0, None):
         return
     said = [line for line in err.getvalue().splitlines() if line.startswith(("did you mean", "error:"))]
+    fix = ("Each parameter must be a key of `consistency-vae fit --help` (e.g. model.alpha)"
+           if "File does not exist" not in err.getvalue() else
+           f"Its paths are relative to where the runs start, here {Path.cwd()}: run it from the "
+           "project's root, where configs/ is")
     raise ConfigError(f"sweep file {sweep_file}: the CLI refuses its runs' command, nothing was run: "
-                      f"{' '.join(said) or code}. Each parameter must be a key of "
-                      "`consistency-vae fit --help` (e.g. model.alpha)")
+                      f"{' '.join(said) or code}. {fix}")
 
 
 def _plain(value):
