@@ -114,11 +114,18 @@ def test_from_summary_judges_the_seeds_by_the_sweep_files_it_names(tmp_path, mon
 
 
 def test_from_summary_refuses_a_missing_file_and_from_runs_beside_it(tmp_path):
-    """One line naming the value and the fix, no traceback (and nothing trained)."""
+    """One line naming the value and the fix, no traceback (and nothing trained), for a missing file
+    and for files that are not a summary reproduce wrote (empty, other JSON, records of something else)."""
     from consistency_vae.cli import cli_main
 
+    (tmp_path / "empty.json").write_text("")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "other.json").write_text('{"config": {}, "runs": [1, 2]}')
+    not_ours = r"is not a summary.json that reproduce wrote \(\w+Error: .*\): give one, e.g. results/summary.json"
     cases = (([str(tmp_path / "nope.json")], r"--from-summary \S*nope.json: no such file; give an"),
-             (["x.json", "--from-runs", str(tmp_path)], "--from-summary and --from-runs: give one"))
+             (["x.json", "--from-runs", str(tmp_path)], "--from-summary and --from-runs: give one"),
+             *(([str(tmp_path / name)], rf"--from-summary \S*{name} {not_ours}")
+               for name in ("empty.json", "list.json", "other.json")))
     for argv, said in cases:
         with pytest.raises(SystemExit) as exit_:
             cli_main(["reproduce", "--from-summary", *argv, "--output", str(tmp_path)])

@@ -104,6 +104,14 @@ def test_sweep_runs_dir_that_is_a_file(tmp_path):
     assert "--runs_dir runs is a file, not a folder" in line
 
 
+@pytest.mark.parametrize("file", [True, False], ids=["a-file", "missing"])
+def test_sweep_report_runs_folder_that_is_a_file_or_missing(tmp_path, file):
+    if file:
+        (tmp_path / "runs").write_text("")
+    line = one_error_line(*run(tmp_path, "sweep-report", "runs"))
+    assert f"runs folder runs {'is a file, not a folder' if file else 'does not exist'}: give the --runs_dir" in line
+
+
 def test_sweep_report_with_a_malformed_config_yaml(tmp_path):
     run_folder_with_bad_config(tmp_path / "runs")
     line = one_error_line(*run(tmp_path, "sweep-report", "runs", "--output", "report"))

@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from consistency_vae import alpha_choice, atomic, run_record
+from consistency_vae.errors import UserError
 from consistency_vae.reproduction import claims_figures, kept, results_figures, summary_md, verdicts
 from consistency_vae.reproduction.common import METRICS, PAPER, TOLERANCE, checkpoint_epoch, group
 from consistency_vae.reproduction.runs import Run
@@ -223,12 +224,18 @@ def rebuild(summary_json: Path, output: Path) -> dict:
     ``rebuilt_from``; figures that need the run folders (latent_drift_*.png) are left as they are.
     A summary made before ``planned_groups`` gets them from its sweep files where they are all
     still here (a summary of files since renamed, like the 3-seed reproduce_fixed.yaml's, has none)."""
-    old = json.loads(Path(summary_json).read_text())
-    config = {**old["config"], "rebuilt_from": str(summary_json)}
+    try:
+        old = json.loads(Path(summary_json).read_text())
+        config, runs = {**old["config"], "rebuilt_from": str(summary_json)}, old["runs"]
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and "setting" in r for r in runs):
+            raise TypeError("its runs are not run records")
+    except (ValueError, KeyError, TypeError) as err:  # not JSON, or JSON of something else
+        raise UserError(f"--from-summary {summary_json} is not a summary.json that reproduce wrote "
+                        f"({type(err).__name__}: {err}): give one, e.g. results/summary.json") from None
     sweeps = config.get("sweeps") or []
     if "planned_groups" not in config and sweeps and all(Path(f).is_file() for f in sweeps):
         config["planned_groups"] = planned_groups(sweeps)
-    return write_summary(old["runs"], config, output)
+    return write_summary(runs, config, output)
 
 
 def write_summary(records: list[dict], config: dict, output: Path) -> dict:

@@ -186,7 +186,9 @@ def epochs_trained(runs: list[dict]) -> list[int]:
 def report(runs_dir: str | Path, output: str | Path) -> list[dict]:
     runs_dir, output = Path(runs_dir), Path(output)
     if not runs_dir.is_dir():
-        raise ConfigError(f"runs folder {runs_dir} does not exist: give the --runs_dir of a sweep")
+        raise ConfigError(f"runs folder {runs_dir} " + ("is a file, not a folder" if runs_dir.exists()
+                                                        else "does not exist")
+                          + ": give the --runs_dir of a sweep")
     check_output_folder(output, "--output")
     runs = find_runs(runs_dir)
     rows = summarise(runs)
