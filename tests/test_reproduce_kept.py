@@ -13,8 +13,8 @@ import pytest
 
 from consistency_vae.errors import ConfigError, UserError
 from consistency_vae.reproduction import kept, reproduce
-from consistency_vae.sweep import command as sweep_command
 from consistency_vae.reproduction.runs import Run
+from consistency_vae.sweep import command as sweep_command
 from tests.reproduce_quick import summary_of
 
 COMPARED = ("results", "claims", "front", "constrained", "sweep", "recommendation")

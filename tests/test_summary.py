@@ -121,7 +121,8 @@ def test_from_summary_refuses_a_missing_file_and_from_runs_beside_it(tmp_path):
     (tmp_path / "empty.json").write_text("")
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "other.json").write_text('{"config": {}, "runs": [1, 2]}')
-    not_ours = r"is not a summary.json that reproduce wrote \(\w+Error: .*\): give one, e.g. results/summary.json"
+    not_ours = (r"is not a summary.json that reproduce wrote \(\w+Error: .*\): "
+                r"give one, e.g. results/summary.json")
     cases = (([str(tmp_path / "nope.json")], r"--from-summary \S*nope.json: no such file; give an"),
              (["x.json", "--from-runs", str(tmp_path)], "--from-summary and --from-runs: give one"),
              *(([str(tmp_path / name)], rf"--from-summary \S*{name} {not_ours}")

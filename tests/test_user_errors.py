@@ -109,7 +109,8 @@ def test_sweep_report_runs_folder_that_is_a_file_or_missing(tmp_path, file):
     if file:
         (tmp_path / "runs").write_text("")
     line = one_error_line(*run(tmp_path, "sweep-report", "runs"))
-    assert f"runs folder runs {'is a file, not a folder' if file else 'does not exist'}: give the --runs_dir" in line
+    said = "is a file, not a folder" if file else "does not exist"
+    assert f"runs folder runs {said}: give the --runs_dir" in line
 
 
 def test_sweep_report_with_a_malformed_config_yaml(tmp_path):
