@@ -206,8 +206,15 @@ SWEEPS = [str(Path(__file__).resolve().parents[1] / "sweeps" / "reproduce_claims
     (["--datasets", "images"], r"--datasets images: no grid point .* they have fashion_mnist mnist"),
     (["--seeds", "0"], r"--seeds 0: give N >= 1, the first N seeds of each group"),  # not "all seeds"
     (["--seeds", "-1", "--from-runs", "gathered"], r"--seeds -1: give N >= 1"),
+    # each was refused only after the training, or trained otherwise than asked, or crashed:
+    (["--iwae_k", "0"], r"--iwae_k 0: give a whole number >= 1 \(--iwae_images 0: all"),
+    (["--gap_images", "-1", "--iwae_images", "-5"], r"--gap_images -1, --iwae_images -5: give"),
+    (["--epochs", "0"], r"--epochs 0: give a whole number >= 1 .* leave --epochs and --subset out"),
+    (["--subset", "0"], r"--subset 0: give"),  # it trained on all the data
+    (["--subset", "-4"], r"--subset -4: give"),  # every run failed on it
+    (["--parallel", "0"], r"--parallel 0: give"),  # ZeroDivisionError
 ])
-def test_picks_of_no_grid_point_stop_the_command_before_any_work(tmp_path, flags, message):
+def test_bad_picks_and_counts_stop_the_command_before_any_work(tmp_path, flags, message):
     argv = [*flags, "--sweeps", *SWEEPS, "--output", str(tmp_path / "out"), "--runs_dir",
             str(tmp_path / "runs")]
     with pytest.raises(ConfigError, match=message):

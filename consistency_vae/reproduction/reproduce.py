@@ -73,6 +73,19 @@ def check_picks(args) -> None:
                               f"{' '.join(args.sweeps)} has it; they have {' '.join(map(str, sorted(have)))}")
 
 
+def check_counts(args) -> None:
+    """Counts that must be >= 1 (0 for --iwae_images: all), checked before any work: the evaluation
+    flags would otherwise be refused only after hours of training, and --epochs 0 or --subset 0
+    (falsy) would silently mean the sweep files' 25 epochs on all the data."""
+    counts = {"--parallel": args.parallel, "--epochs": args.epochs, "--subset": args.subset,
+              "--iwae_k": args.iwae_k, "--gap_images": args.gap_images,
+              "--iwae_images": None if args.iwae_images == 0 else args.iwae_images}
+    if bad := [f"{flag} {value}" for flag, value in counts.items() if value is not None and value < 1]:
+        raise ConfigError(f"{', '.join(bad)}: give a whole number >= 1 (--iwae_images 0: all the test "
+                          "images; leave --epochs and --subset out for the sweep files' 25 epochs on all "
+                          "the data)")
+
+
 def picked(runs: list[Run], args) -> list[Run]:
     """The gathered runs (--from-runs) that --datasets, --latent_dims and --seeds pick, as they pick
     grid points to train."""
@@ -212,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
                           ">= 1 (1: one checkpoint at a time, in this process)")
     evaluate_args.check_quadrature_points(args.quadrature_points)  # and a bad grid
     check_picks(args)  # and --seeds, --datasets or --latent_dims that pick no grid point
+    check_counts(args)  # and a count < 1: --parallel 0, --epochs 0, --iwae_k 0 ...
 
     from consistency_vae.reproduction import summary  # matplotlib: only to summarise
 
