@@ -165,6 +165,9 @@ class MNISTDataModule(LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {value}")
+        if subset is not None and subset < 1:  # [:0] and [:-4] would mean all the images, or all but 4
+            raise ConfigError(f"data.subset must be >= 1 (the first N images of each split), got {subset}: "
+                              "leave it out (null) for all the images")
         train = (self.info.split_sizes or {}).get("train")
         if val_size is not None and not (0 < val_size < (train or float("inf"))):
             raise ConfigError(f"data.val_size must be in (0, {train or 'the training images'}), "

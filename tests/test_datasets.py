@@ -110,3 +110,10 @@ def test_pt_file_and_refusals(tmp_path):
         _ = MNISTDataModule(dataset="images").image_shape
     with pytest.raises(ConfigError, match="val_size=20 leaves no training images"):
         MNISTDataModule(dataset="images", path=str(tmp_path / "a.pt"), val_size=20).setup()
+
+
+@pytest.mark.parametrize("subset", [0, -4])
+def test_a_subset_below_1_is_refused_not_read_as_all_the_images(subset):
+    """images[:0 or None] was all of them, and images[:-4] all but the last 4: silently."""
+    with pytest.raises(ConfigError, match=rf"data.subset must be >= 1 .*got {subset}: leave it out"):
+        MNISTDataModule(subset=subset)
