@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from consistency_vae.reproduction import summary_md, verdicts
+from consistency_vae.reproduction import kept, reproduce, summary_md, verdicts
 from consistency_vae.reproduction.reproduce import SWEEPS
 from consistency_vae.reproduction.runs import Run
 from consistency_vae.sweep.sweep_file import grid_points, load_sweep
@@ -23,10 +23,14 @@ def summary() -> dict:
 
 def test_results_are_one_whole_reproduction_of_the_sweep_files(summary):
     """Every grid point of the sweep files with one of the runs' seeds: all of the files' seeds, or
-    the first N of them (`make reproduce SEEDS=N`). The committed results/ are the 3-seed
-    reproduction of 108 runs, from before the files asked 10 seeds of alpha 0 and 1 and 5 of the rest."""
+    the first N of them (`make reproduce SEEDS=N`), trained with the files' own settings (no
+    --epochs, --subset or --data_dir of a quick try) and evaluated with reproduce's default flags."""
     assert summary["config"]["from_runs"] is None  # trained by `make reproduce` itself
     assert summary["config"]["lr_schedule"] == "cosine"  # as the sweep files train
+    assert summary["config"]["epochs"] == 25 and summary["config"]["subset"] is None
+    defaults = reproduce.make_parser().parse_args([])
+    assert {name: summary["config"][name] for name in kept.EVALUATION} == kept.evaluation(defaults)
+    assert not [r["name"] for r in summary["runs"] if json.loads(r["key"])["extra_args"]]
     seeds = {r["seed"] for r in summary["runs"]}
     assert seeds == set(range(len(seeds))) == set(range(summary["config"]["seeds"]))
     # none short by the rule it was made with (this one: the most any group has; its files asked 3)
@@ -40,6 +44,19 @@ def test_results_are_one_whole_reproduction_of_the_sweep_files(summary):
     targets = {t for t in points if t.kl_target is not None}
     assert {(r["dataset"], r["setting"], r["kl_target"]) for r in summary["constrained_vs_front"]} == {
         (t.dataset, t.setting, t.kl_target) for t in targets}
+
+
+def test_seeds_are_10_for_alpha_0_and_1_and_5_for_the_rest(summary):
+    """The claims compare alpha = 1 with alpha = 0, paired by seed, on 10 seeds; the rest of the
+    fixed-alpha front and the constrained runs have 5 (sweeps/reproduce_*.yaml)."""
+    groups: dict[tuple, list[int]] = {}
+    for r in summary["runs"]:
+        groups.setdefault((r["dataset"], r["setting"], r["alpha_init"], r["kl_target"]), []).append(r["seed"])
+    claims = [g for g in groups if g[3] is None and g[2] in (0.0, 1.0)]
+    assert len(claims) == 8 and len(groups) == 36 and len(summary["runs"]) == 220
+    for group, seeds in groups.items():
+        assert sorted(seeds) == list(range(10 if group in claims else 5)), group
+    assert not summary["seeds_per_group"]["short"] and not summary["seeds_per_group"].get("missing")
 
 
 def test_every_run_is_evaluated_at_its_last_epoch(summary):
@@ -66,6 +83,12 @@ def test_the_verdicts_are_what_the_current_statistics_make_of_the_runs(summary):
     assert summary_md.render(summary) == (ROOT / "results" / "summary.md").read_text()
 
 
+def test_the_figures_are_there():
+    for name in ("kl_during_training", "kl_after_training", "gaps", "representation", "front",
+                 "alpha_tradeoff", "latent_drift_mnist", "latent_drift_fashion_mnist"):
+        assert (ROOT / "results" / f"{name}.png").stat().st_size > 10_000, name
+
+
 README_CLAIMS = {"drift": "the drift exists and the loss removes it",
                  "elbo_to_loglik": "the ELBO approaches the log-likelihood",
                  "inference": "the encoder becomes a better posterior (amortisation gap)",
@@ -83,3 +106,23 @@ def test_readme_verdicts_quote_the_summary(summary):
     positions = [r["position"] for r in summary["constrained_vs_front"]]
     front = f"{positions.count('above')} above it ("
     assert front in readme and f"{positions.count('on')} on it, {positions.count('below')} below" in readme
+
+
+def section(markdown: str, title: str) -> list[str]:
+    """The lines of ``markdown``'s section ``## title``, up to the next section."""
+    lines = markdown.splitlines()
+    start = lines.index(f"## {title}")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start + 1:end]
+
+
+def test_readme_gives_every_comparison_as_summary_md_does():
+    """Every comparison's difference, 95% interval, detectable difference and verdict (the claims'
+    lines of summary.md), and every constrained target against the front (its table's rows), are
+    in the README word for word."""
+    readme, md = (ROOT / "README.md").read_text(), (ROOT / "results" / "summary.md").read_text()
+    claims = [line for line in section(md, "Verdict per claim") if line.lstrip().startswith("- ")]
+    targets = [line for line in section(md, "Choosing alpha automatically: the constrained mode against the "
+                                            "fixed-alpha front") if line.startswith("| ")]
+    assert len(claims) == 4 + 4 + 4 + 4 + 16 and len(targets) == 2 + 8
+    assert not [line for line in claims + targets if line not in readme.splitlines()]

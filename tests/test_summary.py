@@ -3,6 +3,7 @@ and beat the best fixed alpha that does; which alpha to use: test_alpha_choice.p
 records whose answers are worked out in the comments; and `reproduce --from-summary`, which
 rebuilds results/ from the run records of its summary.json."""
 
+import json
 import re
 
 import pytest
@@ -85,16 +86,23 @@ def test_from_summary_rebuilds_the_results_from_their_run_records_without_traini
     monkeypatch.setattr(reproduce, "evaluate_all", refuse)
     monkeypatch.chdir(ROOT)  # the path as the committed summary records it
     reproduce.main(["--from-summary", "results/summary.json", "--output", str(tmp_path)])
-    assert (tmp_path / "summary.md").read_text() == (ROOT / "results/summary.md").read_text()
-    assert (tmp_path / "summary.json").read_text() == (ROOT / "results/summary.json").read_text()
+    rebuilt, committed = (json.loads((folder / "summary.json").read_text())
+                          for folder in (tmp_path, ROOT / "results"))
+    assert rebuilt["config"].pop("rebuilt_from") == "results/summary.json"
+    committed["config"].pop("rebuilt_from", None)  # the committed results may be a rebuild themselves
+    assert json.dumps(rebuilt, sort_keys=True) == json.dumps(committed, sort_keys=True)
+    note = " Tables and verdicts rebuilt from its run records by `consistency-vae reproduce --from-summary "
+    md = (tmp_path / "summary.md").read_text()
+    assert note + "results/summary.json`." in md  # the only line a rebuild adds
+    assert md.replace(note + "results/summary.json`.", "") == \
+        re.sub(re.escape(note) + r"\S+`\.", "", (ROOT / "results/summary.md").read_text())
     assert (tmp_path / "front.png").is_file()
 
 
 def test_from_summary_judges_the_seeds_by_the_sweep_files_it_names(tmp_path, monkeypatch):
     """An earlier summary without planned_groups (the reproduction of the files at 3 seeds, or one
     made before the rule) gets them from its sweep files where they are all still here: 3 seeds of
-    groups the files ask 10 or 5 of are short. The committed one names reproduce_fixed.yaml, gone
-    since: the most any group has, as it was made (the test above: nothing changes)."""
+    groups the files ask 10 or 5 of are short."""
     import json
 
     from consistency_vae.reproduction import summary
