@@ -116,7 +116,8 @@ def train(args, skip: set[str] = frozenset()) -> tuple[list[Run], int]:
     epochs = args.epochs or 25
     fraction = min(1.0, (args.subset or 50_000) / 50_000)
     minutes = todo * epochs * SECONDS_PER_EPOCH * fraction / args.parallel / 60
-    print(f"reproduce: {todo} runs to train ({epochs} epochs each), expected about {minutes:.0f} min on "
+    expected = f"about {minutes:.0f} min" if minutes >= 1 else "under a minute"  # not "about 0 min"
+    print(f"reproduce: {todo} runs to train ({epochs} epochs each), expected {expected} on "
           f"a 2-core CPU, then evaluation."
           + (f" {len(skip)} runs are kept from {args.output}/summary.json." if skip else ""), flush=True)
     failed = 0
