@@ -7,7 +7,7 @@ constrained runs as another (a pack never spans two sweep files). Every run is t
 the same code as a solo run's, from its packed checkpoint, and summarised.
 
 The tolerance, from the arithmetic: after one epoch a member's weights and logged means agree with
-its solo run's to float32 rounding (tests/test_packed.py, at most 5e-7 relative); after the 16
+its solo run's to float32 rounding (tests/test_packed.py, at most 5e-7 relative); after the 14
 steps here the evaluation's means of float32 per-image terms agree to ``F32_REL`` (1e-5) of the
 terms summed. Most metrics are such means, so 1e-5 of their own value. A gap (iwae_gap,
 log_likelihood_gap, the amortisation and approximation gaps) is the difference of two such means of
