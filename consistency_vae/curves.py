@@ -119,6 +119,11 @@ class TrainingCurves(Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draw(trainer, pl_module, epochs_done(trainer))
+
+    def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        """The figure of the run folder's epoch rows so far; epoch: the epochs trained, counted
+        from 1 (the training hook calls it; so does a pack for each member at its end)."""
         folder = run_start.run_folder(trainer)
         if folder is None:
             if not trainer.fast_dev_run:  # fast_dev_run replaces the loggers: nothing to read
@@ -131,7 +136,6 @@ class TrainingCurves(Callback):
         curves = epoch_curves(run_record.merged_rows(folder))
         if not curves:
             return
-        epoch = epochs_done(trainer)  # 1-based, as in the title and the file name
         dataset = getattr(trainer.datamodule, "hparams", {}).get("dataset", "")
         hparams = pl_module.hparams
         title = curves_title(dataset, hparams, float(pl_module.alpha), epoch, trainer.max_epochs)

@@ -148,6 +148,26 @@ def test_a_packed_sweep_writes_ordinary_run_folders_as_its_solo_runs(tmp_path, d
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == approx_f32(value, latent_dim=2), key
+    # the same files as the solo run: figures (training curves among them) and the rest
+    for sub in (".", "figures", "checkpoints"):
+        assert names(member["run_dir"], sub) == names(solo_run["run_dir"], sub), sub
+
+
+def names(folder: str, sub: str) -> set[str]:
+    return {p.name for p in (Path(folder) / sub).iterdir()}
+
+
+@pytest.mark.slow
+def test_a_setting_a_pack_would_drop_fails_its_members_before_any_training(tmp_path, data_dir, env, capsys):
+    """packable.py's refusal, reached as a user reaches it: a flag of the sweep's command."""
+    file = sweep_file(tmp_path, data_dir, alphas=[0.0, 3.0], seeds=[0], epochs=1)
+    result = run_sweep(file, pack=2, runs_dir=str(tmp_path / "runs"),
+                       extra_args=["--trainer.gradient_clip_val=1"])
+    assert result["failed"] == 2 and result["finished"] == 0
+    out = capsys.readouterr().out
+    assert ("consistency-vae pack: error: trainer.gradient_clip_val=1.0: a pack would drop it and train as "
+            "with Lightning's default (None): train this run alone (sweep --pack 1)") in out
+    assert not list((tmp_path / "runs").glob("*/version_*/checkpoints/*.ckpt"))  # nothing trained
 
 
 @pytest.mark.slow

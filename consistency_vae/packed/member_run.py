@@ -12,9 +12,9 @@ pack's state, what the solo run writes into its folder:
 - after each epoch: the epoch's ``train/*_epoch``, ``val/*`` and ``test/*`` rows into each of its
   loggers (CSV: ``metrics.csv``; W&B: its own run), and ``checkpoints/last.ckpt`` plus
   ``best-epochNN.ckpt`` when ``val/selection`` improved (packed/checkpoint.py);
-- at the end: the figures of the last weights (its figure callbacks), the final test of the best
-  checkpoint through ``trainer.test`` (the solo run's last row of metrics.csv), ``status.json``,
-  ``metrics.merged.csv`` and the ``Done.`` lines.
+- at the end: the figures of the last weights (its figure callbacks) and its training curves, the
+  final test of the best checkpoint through ``trainer.test`` (the solo run's last row of
+  metrics.csv), ``status.json``, ``metrics.merged.csv`` and the ``Done.`` lines.
 
 What a packed run folder does not have: the per-step ``train/*`` rows (every 50 steps in a solo
 run): a pack logs the epoch means only. Where the member has an EpochTimer, its
@@ -30,6 +30,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from consistency_vae import callbacks, run_record, run_start
+from consistency_vae.curves import TrainingCurves
 from consistency_vae.packed import checkpoint
 from consistency_vae.packed.members import PackMember
 from consistency_vae.timing import EpochTimer
@@ -149,8 +150,8 @@ class MemberRun:
             self.model.load_state_dict(last_weights, strict=False)
             self.datamodule.setup("test")
             self.trainer.datamodule = self.datamodule
-            for cb in self.trainer.callbacks:
-                if isinstance(cb, callbacks._FigureCallback):
+            for cb in self.trainer.callbacks:  # the solo run's on_train_end figures, in its order
+                if isinstance(cb, callbacks._FigureCallback | TrainingCurves):
                     cb.draw(self.trainer, self.model, epochs_done)
             results = self.trainer.test(self.model, datamodule=self.datamodule,
                                         ckpt_path=self.best_path or self.last_path, verbose=False)

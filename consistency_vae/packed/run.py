@@ -10,10 +10,11 @@ the runner reads the member's run folder (``$CONSISTENCY_VAE_RUN_INFO`` of a sol
 
 Each member is built by its own command line as ``fit`` builds it (member_run.py), so every value
 a user can set is read, checked and saved as in a solo run; the pack refuses members whose configs
-differ in anything but the seed, alpha, alpha_mode and kl_target (and their run folders), naming
-the value. A pack cut off after epoch K (a SIGKILL) resumes from the members' last.ckpt files,
-which all hold epoch K: the batches and noise of each epoch and step are keyed by seed, epoch and
-step (data.py), so it ends where an unbroken pack would.
+differ in anything but the seed, alpha, alpha_mode and kl_target (and their run folders), and any
+trainer setting or callback that it would not honour (packable.py), naming the value. A pack cut
+off after epoch K (a SIGKILL) resumes from the members' last.ckpt files, which all hold epoch K:
+the batches and noise of each epoch and step are keyed by seed, epoch and step (data.py), so it
+ends where an unbroken pack would.
 """
 
 import json
@@ -23,8 +24,8 @@ import sys
 from pathlib import Path
 
 from consistency_vae import atomic, checkpointing
-from consistency_vae.errors import ConfigError
-from consistency_vae.packed import checkpoint
+from consistency_vae.errors import ConfigError, UserError
+from consistency_vae.packed import checkpoint, packable
 from consistency_vae.packed import restore as pack_restore
 from consistency_vae.packed.fit import MemberResult, fit_pack
 from consistency_vae.packed.member_run import PER_MEMBER_KEYS, MemberRun, member_cli, test_set_means
@@ -61,6 +62,7 @@ def train(spec: dict) -> int:
     for i, member in enumerate(spec["members"]):
         os.environ[RUN_INFO_ENV] = member["run_info"]  # read by the member's SaveConfigEverywhere
         runs.append(MemberRun(member_cli(member["argv"]), i))
+        packable.check(runs[-1].trainer, runs[-1].config)
     check_shared(runs)
     states = [resumed_state(r) for r in runs]
     for run, member, state in zip(runs, spec["members"], states, strict=True):
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(Path(argv[0]).read_text())
     try:
         failed = train(spec)
+    except UserError as err:  # refused before any work (packable.py): one line, as cli.py prints it
+        raise SystemExit(f"consistency-vae pack: error: {err}") from None
     finally:
         finish_wandb_run()
     if failed:
