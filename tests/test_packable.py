@@ -75,3 +75,14 @@ def test_a_callback_a_pack_would_not_keep_as_set_is_refused(callback, says):
 def test_the_checkpoint_of_the_configs_passes():
     keep = ModelCheckpoint(monitor="val/selection", mode="min", save_last=True)
     packable.check(Trainer(callbacks=[keep, callbacks.LatentScatter()], logger=False), {"trainer": {}})
+
+
+def test_uploading_checkpoints_to_wandb_is_refused(tmp_path, monkeypatch):
+    """configs/mnist.yaml's WandbLogger takes log_model from WANDB_LOG_MODEL: a solo run uploads its
+    checkpoints as artifacts; a pack writes them itself, and would upload none."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_LOG_MODEL", "true")
+    cli = member_cli(["--config", str(ROOT / "configs/mnist.yaml"), f"--trainer.default_root_dir={tmp_path}",
+                      "--trainer.enable_progress_bar=false"])
+    with pytest.raises(ConfigError, match="WandbLogger\\(log_model=True\\).*uploads none as W&B artifacts"):
+        packable.check(cli.trainer, cli.config["fit"])

@@ -1,10 +1,11 @@
 """What a pack trains as its members' solo runs would, and the refusal of everything else.
 
 A pack runs its own loop (fit.py), not Lightning's. It honours the model, the data, ``max_epochs``,
-the loggers and the callbacks below, and writes each run folder's files itself (member_run.py). A
-trainer setting or callback that it would not honour is refused before any work, naming it and the
-fix, never dropped: a grid over ``trainer.gradient_clip_val`` would otherwise train the same run
-once per value, and each record would claim a command that did not run.
+the loggers (not W&B's upload of checkpoints) and the callbacks below, and writes each run folder's
+files itself (member_run.py). A trainer setting, callback or logger option that it would not honour
+is refused before any work, naming it and the fix, never dropped: a grid over
+``trainer.gradient_clip_val`` would otherwise train the same run once per value, and each record
+would claim a command that did not run.
 """
 
 import inspect
@@ -12,6 +13,7 @@ import inspect
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
 from consistency_vae import callbacks, run_start
 from consistency_vae.curves import TrainingCurves
@@ -62,6 +64,12 @@ def check(trainer: Trainer, config) -> None:
                           f"one device: {ALONE}")
     for callback in trainer.callbacks:
         _check_callback(callback)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._log_model:
+            raise ConfigError(f"WandbLogger(log_model={logger._log_model!r}) (WANDB_LOG_MODEL in "
+                              "configs/mnist.yaml): a pack writes its checkpoints itself and uploads none "
+                              "as W&B artifacts: "
+                              f"{ALONE}, or leave log_model unset")
 
 
 def _check_callback(callback: Callback) -> None:
