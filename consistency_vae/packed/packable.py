@@ -23,7 +23,8 @@ from consistency_vae.timing import EpochTimer
 
 ALONE = "train this run alone (sweep --pack 1)"
 # Trainer settings that a pack honours, or that change nothing it trains or writes; any other one
-# must keep Lightning's default.
+# must keep Lightning's default (a profiler's report and model_registry's uploads, for two, are
+# files and uploads that a pack does not make).
 TRAINER_KEYS = frozenset({
     "max_epochs",  # the pack's epochs
     "default_root_dir", "logger",  # each member's run folder and W&B run
@@ -31,9 +32,11 @@ TRAINER_KEYS = frozenset({
     "accelerator", "devices", "strategy", "num_nodes",  # checked as resolved: one device
     "enable_checkpointing",  # False: no ModelCheckpoint, so no checkpoints, as a solo run
     "log_every_n_steps",  # the per-step rows, which a pack does not write (member_run.py)
-    "enable_progress_bar", "enable_model_summary", "num_sanity_val_steps", "profiler",  # shown, not trained
-    "deterministic", "benchmark", "inference_mode", "sync_batchnorm", "use_distributed_sampler",
-    "reload_dataloaders_every_n_epochs", "enable_autolog_hparams", "model_registry",
+    "enable_progress_bar", "enable_model_summary", "num_sanity_val_steps",  # shown, not trained
+    "enable_autolog_hparams",  # hparams.yaml: the pack's final trainer.test writes it, as a solo fit
+    "deterministic", "benchmark", "inference_mode",  # the kernels' choice: rounding or speed only
+    "sync_batchnorm", "use_distributed_sampler",  # one device: nothing to synchronise or shard
+    "reload_dataloaders_every_n_epochs",  # the pack's batches are fixed tensors of the images
 })
 # Values that mean the default, written out
 SAME_AS_DEFAULT = {"precision": ("32", "32-true", 32), "gradient_clip_val": (0, 0.0),
@@ -51,8 +54,9 @@ CHECKPOINT = {"monitor": "val/selection", "mode": "min", "save_top_k": 1, "save_
 
 
 def check(trainer: Trainer, config) -> None:
-    """Refuse, naming it, a trainer setting in ``config`` (the member's ``fit`` config) or a
-    callback of ``trainer`` that a pack would not honour."""
+    """Refuse, naming it, what a pack would not honour of a member's ``trainer`` (built by its
+    ``fit`` command line) and ``config`` (that command's config): a trainer setting, more than one
+    device, a callback, W&B's upload of checkpoints."""
     settings = config["trainer"]
     for key, parameter in inspect.signature(Trainer.__init__).parameters.items():
         value, default = settings.get(key, parameter.default), parameter.default
@@ -68,8 +72,7 @@ def check(trainer: Trainer, config) -> None:
         if isinstance(logger, WandbLogger) and logger._log_model:
             raise ConfigError(f"WandbLogger(log_model={logger._log_model!r}) (WANDB_LOG_MODEL in "
                               "configs/mnist.yaml): a pack writes its checkpoints itself and uploads none "
-                              "as W&B artifacts: "
-                              f"{ALONE}, or leave log_model unset")
+                              f"as W&B artifacts: {ALONE}, or leave log_model unset")
 
 
 def _check_callback(callback: Callback) -> None:
