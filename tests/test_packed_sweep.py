@@ -166,7 +166,7 @@ def test_a_setting_a_pack_would_drop_fails_its_members_before_any_training(tmp_p
     assert result["failed"] == 2 and result["finished"] == 0
     out = capsys.readouterr().out
     assert ("consistency-vae pack: error: trainer.gradient_clip_val=1.0: a pack would drop it and train as "
-            "with Lightning's default (None): train this run alone (sweep --pack 1)") in out
+            "with Lightning's default (None): train this run alone (--pack 1)") in out
     assert not list((tmp_path / "runs").glob("*/version_*/checkpoints/*.ckpt"))  # nothing trained
 
 

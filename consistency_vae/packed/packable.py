@@ -21,7 +21,7 @@ from consistency_vae.epoch_lines import EpochLines, ResumedEpochBar
 from consistency_vae.errors import ConfigError
 from consistency_vae.timing import EpochTimer
 
-ALONE = "train this run alone (sweep --pack 1)"
+ALONE = "train this run alone (--pack 1)"
 # Trainer settings that a pack honours, or that change nothing it trains or writes; any other one
 # must keep Lightning's default (a profiler's report and model_registry's uploads, for two, are
 # files and uploads that a pack does not make).
