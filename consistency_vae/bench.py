@@ -76,7 +76,9 @@ def plain_epochs(images: torch.Tensor, alpha: float, epochs: int, batch_size: in
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = cli_help.command_parser("consistency-vae bench", __doc__.split("\n")[0])
+    parser = cli_help.command_parser("consistency-vae bench", __doc__.split("\n")[0] + " With --pack N: "
+                                     "packed training against solo instead (consistency-vae bench "
+                                     "--pack N --help lists its options).")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per side (after 1 warm-up)")
     parser.add_argument("--data_dir", type=str, default="data", help="the datasets folder")
     parser.add_argument("--subset", type=int | None, default=None, metavar="N",

@@ -31,6 +31,15 @@ def test_bench_with_pack_reaches_the_packed_bench():
         bench.main(["--pack", "0"])
 
 
+def test_bench_help_names_the_packed_bench_and_its_usage_its_own_flags(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    assert "With --pack N: packed training against solo instead" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        bench.main(["--pack", "2", "--help"])
+    assert capsys.readouterr().out.startswith("usage: consistency-vae bench --pack PACK [--steps STEPS]")
+
+
 def test_the_packed_bench_refuses_no_timed_steps():
     with pytest.raises(ConfigError, match="--steps 0: give at least 1 timed step"):
         packed_bench.main(["--pack", "2", "--steps", "0"])

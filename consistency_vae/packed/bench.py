@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | str]:
     from consistency_vae import atomic, cli_help
     from consistency_vae.errors import ConfigError
 
-    parser = cli_help.command_parser("consistency-vae bench --pack", __doc__.split("\n")[0])
+    parser = cli_help.command_parser("consistency-vae bench", __doc__.split("\n")[0])
     parser.add_argument("--pack", type=int, required=True, help="members per packed process")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per process; default: 300 solo, max(10, 300 // N) packed on a "
