@@ -171,6 +171,20 @@ def test_a_setting_a_pack_would_drop_fails_its_members_before_any_training(tmp_p
 
 
 @pytest.mark.slow
+def test_a_point_alone_under_pack_trains_as_a_pack_of_one(tmp_path, data_dir, env):
+    """--index I (a SLURM array task) with --pack: the point has no other to pack with, and still
+    goes through the packed engine (on a GPU: its step captured as a CUDA graph), not Lightning's fit."""
+    file = sweep_file(tmp_path, data_dir, alphas=[0.0, 3.0], seeds=[0], epochs=1)
+    result = run_sweep(file, pack=4, index=1, runs_dir=str(tmp_path / "runs"))
+    assert result["finished"] == 1
+    [run] = records(tmp_path / "runs")
+    assert run["params"]["model.alpha"] == 3.0 and run["status"] == "finished"
+    assert run["pack"] == run["id"] and run["log"].endswith(f"logs/pack-{run['id']}.log")
+    assert (Path(run["run_dir"]) / "checkpoints/last.ckpt").is_file()
+    assert "test/elbo" in final_test(run["run_dir"])
+
+
+@pytest.mark.slow
 def test_a_member_that_goes_non_finite_fails_alone(tmp_path, data_dir, env):
     """alpha = 1e39 is inf in float32: that member's loss is inf at its first step."""
     file = sweep_file(tmp_path, data_dir, alphas=[3.0, 1e39], seeds=[0], epochs=1)

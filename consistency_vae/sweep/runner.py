@@ -242,13 +242,13 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                     to_start.append((run, claim))
                     print(f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
                           f"{' (resuming run ' + latest['id'] + ')' if resume else ''}"
-                          f"{' in pack ' + to_start[0][0]['id'] if len(picks) > 1 else ''}: "
+                          f"{' in pack ' + to_start[0][0]['id'] if pack > 1 else ''}: "
                           + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
-                if len(to_start) == 1:
+                if len(to_start) == 1 and pack == 1:
                     run = to_start[0][0]
                     env = _child_env(name, threads, Path(run["log"]).with_suffix(".json"))
                     _launch(run["command"], run["log"], env, to_start, store, running)
-                elif to_start:
+                elif to_start:  # a pack; of one where no other point shares its shape (--index I)
                     # the pack's process points each member's fit at its own run-info (packed/run.py)
                     _start_pack(to_start, _child_env(name, threads, store.folder / "logs" / "pack.json"),
                                 store, running)
