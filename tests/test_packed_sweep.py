@@ -247,3 +247,32 @@ def _child_alive(record: dict) -> bool:
     except OSError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG: Linux")
+def test_a_point_that_resumes_alone_under_pack_resumes_in_a_solo_fit(tmp_path, data_dir, env, capsys):
+    """A solo run cut off by SIGTERM saves a checkpoint mid-epoch, which a pack cannot resume
+    (restore.resume_epoch): rerun under --pack, the point resumes alone as a solo fit, not as a
+    pack of one, and finishes."""
+    file = sweep_file(tmp_path, data_dir, alphas=[0.0, 3.0], seeds=[1], epochs=3, subset=5000)
+    runs_dir = tmp_path / "runs"
+    runner = subprocess.Popen([sys.executable, "-m", "consistency_vae", "sweep", file, "--index", "1",
+                               "--runs_dir", str(runs_dir)], cwd=ROOT, env=dict(os.environ),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(runs_dir.glob("*/version_*/checkpoints/last.ckpt")):
+            time.sleep(0.05)
+    finally:
+        runner.send_signal(signal.SIGKILL)  # its fit gets SIGTERM (PR_SET_PDEATHSIG): a mid-epoch save
+        runner.wait(timeout=30)
+    [cut] = records(runs_dir)
+    deadline = time.time() + 60
+    while time.time() < deadline and _child_alive(cut):
+        time.sleep(0.2)
+    resumed = run_sweep(file, pack=4, index=1, runs_dir=str(runs_dir))
+    assert resumed["finished"] == 1, capsys.readouterr().out
+    last = records(runs_dir)[-1]
+    assert last["resumes"] == cut["id"] and "pack" not in last and last["status"] == "finished"
+    assert "in pack" not in capsys.readouterr().out

@@ -225,6 +225,9 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                         exhausted = True
                         break
                     picks = [(None, params, run_key(params, user_extra), None, None)]
+                # A pack, even of one (a grid's last point, --index I); but a point that resumes
+                # alone resumes in a solo fit, which also takes a solo run's mid-epoch checkpoint.
+                alone = pack == 1 or (len(picks) == 1 and bool(resume_args(picks[0][4])))
                 to_start = []
                 for _, params, key, claim, latest in picks:
                     run = store.new_record(params, key, user_extra)
@@ -242,13 +245,13 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                     to_start.append((run, claim))
                     print(f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
                           f"{' (resuming run ' + latest['id'] + ')' if resume else ''}"
-                          f"{' in pack ' + to_start[0][0]['id'] if pack > 1 else ''}: "
+                          f"{' in pack ' + to_start[0][0]['id'] if not alone else ''}: "
                           + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
-                if len(to_start) == 1 and pack == 1:
+                if alone and to_start:
                     run = to_start[0][0]
                     env = _child_env(name, threads, Path(run["log"]).with_suffix(".json"))
                     _launch(run["command"], run["log"], env, to_start, store, running)
-                elif to_start:  # a pack; of one where no other point shares its shape (--index I)
+                elif to_start:
                     # the pack's process points each member's fit at its own run-info (packed/run.py)
                     _start_pack(to_start, _child_env(name, threads, store.folder / "logs" / "pack.json"),
                                 store, running)
