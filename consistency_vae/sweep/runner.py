@@ -225,10 +225,7 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                         exhausted = True
                         break
                     picks = [(None, params, run_key(params, user_extra), None, None)]
-                # A pack, even of one (a grid's last point, --index I); but a point that resumes
-                # alone resumes in a solo fit, which also takes a solo run's mid-epoch checkpoint.
-                alone = pack == 1 or (len(picks) == 1 and bool(resume_args(picks[0][4])))
-                to_start = []
+                to_start, lines = [], []
                 for _, params, key, claim, latest in picks:
                     run = store.new_record(params, key, user_extra)
                     command = build_command(config, params) + extra
@@ -243,10 +240,15 @@ def run_sweep(sweep_file: str, parallel: int = 1, count: int | None = None, runs
                         run["resumes"] = latest["id"]
                     store.save(run)
                     to_start.append((run, claim))
-                    print(f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
-                          f"{' (resuming run ' + latest['id'] + ')' if resume else ''}"
-                          f"{' in pack ' + to_start[0][0]['id'] if not alone else ''}: "
-                          + " ".join(f"{k}={v}" for k, v in params.items()), flush=True)
+                    lines.append((f"[{launched}{'/' + str(count) if count else ''}] started run {run['id']}"
+                                  f"{' (resuming run ' + latest['id'] + ')' if resume else ''}",
+                                  " ".join(f"{k}={v}" for k, v in params.items())))
+                # A pack, even of one (a grid's last point, --index I); but a run that resumes alone
+                # resumes in a solo fit, which also takes a solo run's checkpoint written mid-epoch.
+                alone = pack == 1 or (len(to_start) == 1 and "resumes" in to_start[0][0])
+                for started, values in lines:
+                    print(f"{started}{' in pack ' + to_start[0][0]['id'] if not alone else ''}: {values}",
+                          flush=True)
                 if alone and to_start:
                     run = to_start[0][0]
                     env = _child_env(name, threads, Path(run["log"]).with_suffix(".json"))
