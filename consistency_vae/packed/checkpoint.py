@@ -10,7 +10,7 @@ from the pack where they hold its state (weights, alpha, the multiplier, Adam's 
 schedule). Its inverse, for a pack resumed after a kill, is ``restore.py``.
 
 What a packed member cannot write, it refuses: the state of a stateful callback other than
-ModelCheckpoint, a ModelCheckpoint that keeps more than the best (save_top_k != 1), a member that
+ModelCheckpoint, a ModelCheckpoint that keeps other than a pack keeps (packable.py), a member that
 failed (its solo run stopped at the failing step and wrote nothing after).
 """
 
@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from consistency_vae import checkpointing
 from consistency_vae.errors import ConfigError
 from consistency_vae.model import ConsistencyVAE
+from consistency_vae.packed import packable
 from consistency_vae.packed.step import Pack
 
 RULE = "multiplier"  # ConsistencyVAE.multiplier: its rule's buffers are saved under "multiplier.NAME"
@@ -198,9 +199,7 @@ def _callback_states(trainer: pl.Trainer, best: dict) -> dict:
 def _model_checkpoint_state(callback: ModelCheckpoint, best: dict) -> dict:
     """ModelCheckpoint's state after it kept ``best["path"]`` as its one best (save_top_k=1: the
     best is also the k-th, and its score the current one, which it sets only when it saves)."""
-    if callback.save_top_k != 1:
-        raise ConfigError(f"packed training keeps one best checkpoint; the ModelCheckpoint has save_top_k="
-                          f"{callback.save_top_k}: set save_top_k: 1, or train this run alone")
+    packable.check_checkpoint(callback)  # checked when the pack starts; here for any other caller
     if callback.dirpath is None:
         raise ValueError("the member's ModelCheckpoint has no dirpath: set it to its run folder's "
                          "checkpoints/ (as fit's setup does) before writing its checkpoints")

@@ -84,8 +84,14 @@ def _check_callback(callback: Callback) -> None:
         raise ConfigError(f"{name}(every_n_epochs={callback.every_n_epochs}): a pack draws figures at the "
                           f"end only: set every_n_epochs: 0, or {ALONE}")
     if isinstance(callback, ModelCheckpoint):
-        for attr, kept in CHECKPOINT.items():
-            if getattr(callback, attr) != kept:
-                raise ConfigError(f"{name}({attr.lstrip('_')}={getattr(callback, attr)!r}): a pack keeps "
-                                  f"{attr.lstrip('_')}={kept!r} (one best by val/selection, and last.ckpt, "
-                                  f"every epoch): {ALONE}")
+        check_checkpoint(callback)
+
+
+def check_checkpoint(callback: ModelCheckpoint) -> None:
+    """Refuse a ModelCheckpoint that keeps other than a pack keeps (CHECKPOINT); checkpoint.py's
+    writer relies on it too (save_top_k 1: the best is also the k-th)."""
+    for attr, kept in CHECKPOINT.items():
+        if (value := getattr(callback, attr)) != kept:
+            raise ConfigError(f"{type(callback).__qualname__}({attr.lstrip('_')}={value!r}): a pack keeps "
+                              f"{attr.lstrip('_')}={kept!r} (one best by val/selection, and last.ckpt, "
+                              f"every epoch): {ALONE}")
