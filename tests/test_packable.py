@@ -13,9 +13,17 @@ from consistency_vae.packed.member_run import member_cli
 from tests.conftest import ROOT
 
 
-def checked(tmp_path, *flags: str) -> None:
+@pytest.fixture(autouse=True)
+def no_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+def checked(tmp_path, *flags: str, loggers: bool = False) -> None:
+    """packable.check of the member built by ``fit --config configs/mnist.yaml FLAGS``; without its
+    loggers unless ``loggers``."""
     cli = member_cli(["--config", str(ROOT / "configs/mnist.yaml"), f"--trainer.default_root_dir={tmp_path}",
-                      "--trainer.enable_progress_bar=false", "--trainer.logger=false", *flags])
+                      "--trainer.enable_progress_bar=false", *([] if loggers else ["--trainer.logger=false"]),
+                      *flags])
     packable.check(cli.trainer, cli.config["fit"])
 
 
@@ -25,8 +33,7 @@ def checked(tmp_path, *flags: str) -> None:
     ("--trainer.max_epochs=3", "--trainer.enable_progress_bar=true", "--trainer.log_every_n_steps=10"),
     ("--trainer.precision=32-true", "--trainer.limit_train_batches=1.0", "--trainer.gradient_clip_val=0"),
 ])
-def test_what_a_pack_honours_passes(tmp_path, flags, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+def test_what_a_pack_honours_passes(tmp_path, flags):
     checked(tmp_path, *flags)
 
 
@@ -43,15 +50,13 @@ def test_what_a_pack_honours_passes(tmp_path, flags, monkeypatch):
     ("--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor", "does not run "
      "lightning.pytorch.callbacks.lr_monitor.LearningRateMonitor"),
 ])
-def test_a_setting_a_pack_would_drop_is_refused_naming_it(tmp_path, flag, says, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+def test_a_setting_a_pack_would_drop_is_refused_naming_it(tmp_path, flag, says):
     with pytest.raises(ConfigError, match="train this run alone \\(--pack 1\\)") as err:
         checked(tmp_path, flag)
     assert says in str(err.value)
 
 
-def test_more_than_one_device_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+def test_more_than_one_device_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="= 2: a pack trains on one device"):
         checked(tmp_path, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu")
 
@@ -81,9 +86,6 @@ def test_the_checkpoint_of_the_configs_passes():
 def test_uploading_checkpoints_to_wandb_is_refused(tmp_path, monkeypatch):
     """configs/mnist.yaml's WandbLogger takes log_model from WANDB_LOG_MODEL: a solo run uploads its
     checkpoints as artifacts; a pack writes them itself, and would upload none."""
-    monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_LOG_MODEL", "true")
-    cli = member_cli(["--config", str(ROOT / "configs/mnist.yaml"), f"--trainer.default_root_dir={tmp_path}",
-                      "--trainer.enable_progress_bar=false"])
     with pytest.raises(ConfigError, match="WandbLogger\\(log_model=True\\).*uploads none as W&B artifacts"):
-        packable.check(cli.trainer, cli.config["fit"])
+        checked(tmp_path, loggers=True)
