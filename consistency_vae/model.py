@@ -13,6 +13,8 @@ Design choices the paper leaves open, made explicit here:
 - ``alpha_mode: fixed``: the hyper-parameter is the weight, never a checkpoint's (``resume_state.py``).
 - Checkpoints are chosen by ``val/selection``, which does not move with alpha (``constraint.py``).
 - Evaluation noise is ``noise.eval_noise``: one eps row per image, whatever the batching.
+- On CUDA the training step's forward and backward are one replayed CUDA graph (``step_graph.py``);
+  hence the ``backward`` and ``optimizer_zero_grad`` hooks, and alpha updated in place there.
 """
 
 import os
@@ -25,14 +27,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 
-from consistency_vae import guards, losses, resume_state, schedules
+from consistency_vae import guards, losses, resume_state, schedules, step_graph
 from consistency_vae.constraint import selection_criterion
 from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
 from consistency_vae.errors import ConfigError
 from consistency_vae.guards import NonFiniteLossError
 from consistency_vae.multipliers import MultiplierRule, model_rule
 from consistency_vae.networks import MNIST_SHAPE, ImageShape, MLPDecoder, MLPEncoder
-from consistency_vae.noise import TRAIN_NOISE, eval_noise, seeded_generator
+from consistency_vae.noise import eval_noise, train_noise
 
 TERMS = ("loss", "recon", "kl", "kl_consistency", "elbo")
 KL_C = TERMS.index("kl_consistency")
@@ -105,6 +107,7 @@ class ConsistencyVAE(LightningModule):
         # Plain tensors, not buffers (DDP would overwrite them with rank 0's): the epoch's sums of
         # TERMS and its batch count (len(TERMS) + 1,), and non-finite steps not yet reported ().
         self._train_sums, self._bad_steps = None, None
+        self._graph_step: step_graph.GraphStep | None = None  # on CUDA, during fit: step_graph.py
         self._weights_epoch: int | None = None  # the epoch these weights finished (labels a test row)
         self.eval_metrics = nn.ModuleDict({stage: MetricCollection({t: MeanMetric() for t in TERMS},
                                                                   prefix=f"{stage}/") for stage in STAGES})
@@ -162,15 +165,24 @@ class ConsistencyVAE(LightningModule):
         self._bad_steps = torch.zeros((), device=self.device)
         # also here: a run resumed mid-epoch (SIGTERM checkpoint) gets no on_train_epoch_start
         self._train_sums = torch.zeros(len(TERMS) + 1, device=self.device)
+        self._graph_step = step_graph.for_fit(self, self._step_terms, self.trainer)
+
+    def on_train_end(self) -> None:
+        self._graph_step = None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, _ = batch
         # eps depends on (seed, step, rank) only, not on what drew from the global RNG before,
         # which Lightning does not restore on resume: a resumed run draws what an unbroken one would.
         seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
-        out = self(x, seeded_generator(x.device, TRAIN_NOISE, seed, self.global_step, self.global_rank))
-        terms = {t: out[t].mean() for t in TERMS}
-        values = torch.stack([terms[t].detach() for t in TERMS])  # (len(TERMS),)
+        step, rank = self.global_step, self.global_rank
+        noise = train_noise(len(x), self.hparams.latent_dim, seed, step, rank, x.device)
+        if self._graph_step is None:
+            loss, values = self._step_terms(x, noise)  # Lightning runs the backward of loss
+        else:  # forward and backward done, the gradients in .grad (step_graph.py)
+            values = self._graph_step(x, noise).clone()  # a replay's output: overwritten by the next
+            loss = values[0]
+        terms = dict(zip(TERMS, values, strict=True))
         self._bad_steps = self._bad_steps + (~values.isfinite().all()).float()  # on the device: no sync
         every = self._finite_check_every()
         check = every > 0 and (self.global_step + 1) % every == 0
@@ -196,7 +208,21 @@ class ConsistencyVAE(LightningModule):
             if constrained:
                 step_values |= {"train/alpha": self.alpha, "train/constraint": self.constraint_avg}
             self.log_dict(step_values, on_step=True, on_epoch=False)
-        return {"loss": terms["loss"], "terms": values}  # terms: this rank's, for callbacks
+        return {"loss": loss, "terms": values}  # terms: this rank's, for callbacks
+
+    def _step_terms(self, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """A training step's forward: the batch's mean loss, and every term's mean (len(TERMS),)."""
+        out = self(x, noise)
+        means = {t: out[t].mean() for t in TERMS}
+        return means["loss"], torch.stack([m.detach() for m in means.values()])
+
+    def backward(self, loss: Tensor, *args, **kwargs) -> None:
+        if self._graph_step is None:  # else the step has written this step's gradients already
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._graph_step is None:  # else the gradients stay in the storage that the graph writes
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(len(TERMS) + 1, device=self.device)
@@ -231,9 +257,12 @@ class ConsistencyVAE(LightningModule):
         resume_state.apply_alpha(self.hparams, checkpoint)
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
-        # New tensors, not in-place updates: this step's loss still needs the old alpha for backward.
-        self.alpha, self.constraint_avg = self.multiplier(self.alpha, self.constraint_avg, kl_consistency,
-                                                          self.hparams.kl_target)
+        alpha, avg = self.multiplier(self.alpha, self.constraint_avg, kl_consistency, self.hparams.kl_target)
+        if self._graph_step is None:  # new tensors: this step's loss still needs the old alpha for backward
+            self.alpha, self.constraint_avg = alpha, avg
+        else:  # the backward has run, and the graph reads alpha where it was recorded
+            self.alpha.copy_(alpha)
+            self.constraint_avg.copy_(avg)
 
     def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
         return guards.sum_over_ranks(tensor, self.trainer.world_size)

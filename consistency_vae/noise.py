@@ -1,7 +1,8 @@
 """Where every random draw comes from: seeded streams that do not depend on batching or devices.
 
 - Training: one generator per (seed, global step, rank), on the training device
-  (``ConsistencyVAE.training_step``), so a resumed run draws what an unbroken one would.
+  (``train_noise``, drawn before the step: ``ConsistencyVAE.training_step``, a pack's step), so a
+  resumed run draws what an unbroken one would.
 - Evaluation: one eps row per image of a split, ``eval_noise(start, n, ...)``. Row i depends on
   (seed, i) alone: rows come in blocks of ``BLOCK`` images, each block drawn on the CPU from its
   own generator. So an image gets the same z in ``trainer.test`` (any batch size, 1 or N
@@ -24,6 +25,13 @@ def seeded_generator(device: torch.device | str, *keys: int) -> torch.Generator:
     (nearby keys give unrelated streams)."""
     seed = int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def train_noise(n: int, latent_dim: int, seed: int, step: int, rank: int,
+                device: torch.device | str) -> Tensor:
+    """(n, latent_dim) eps of a training step's z = mu + sigma * eps, from (seed, step, rank) alone."""
+    return torch.randn((n, latent_dim), device=device,
+                       generator=seeded_generator(device, TRAIN_NOISE, seed, step, rank))
 
 
 def eval_noise(start: int, n: int, latent_dim: int, seed: int = 0) -> Tensor:

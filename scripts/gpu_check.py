@@ -4,10 +4,12 @@
 
 Steps, each timed and printed as one row of the final table (results in OUT/gpu_check.json):
 1. the GPU-marked tests (``pytest -m gpu``: evaluate gives the CPU numbers on a GPU; a pack's step
-   replayed as a CUDA graph trains as the uncaptured step, tests/test_packed_graph.py);
-2. ``consistency-vae bench`` on the GPU: Lightning fit against a plain PyTorch loop;
-3. fit, 3 epochs of the default config, in four numeric set-ups: float32; float32 with TF32
-   matrix products; bf16-mixed; and float32 with the dataset left on the host
+   and a solo fit's, replayed as CUDA graphs, train as the uncaptured steps,
+   tests/test_packed_graph.py and tests/test_step_graph.py);
+2. ``consistency-vae bench`` on the GPU: Lightning fit against a plain PyTorch loop, with fit's
+   step as a CUDA graph (step_graph.py, the default on a GPU) and without (before and after);
+3. fit, 3 epochs of the default config, in five set-ups: float32, its step captured and not;
+   float32 with TF32 matrix products; bf16-mixed; and float32 with the dataset left on the host
    (``--data.on_device=false``), with the seconds per training epoch and the validation ELBO and
    KL(z'||z) after 3 epochs (bf16 and TF32 must not move them beyond the seed noise);
 4. one run of the reproduction (25 epochs, constrained, MNIST 2-D, epsilon 1.5, seed 1) and
@@ -51,6 +53,7 @@ FIT_TF32 = [sys.executable, "-c", "import sys, torch; torch.set_float32_matmul_p
             "from consistency_vae.cli import cli_main; cli_main(sys.argv[1:])", *FIT_ARGS]
 
 
+UNCAPTURED = {"CONSISTENCY_VAE_CUDA_GRAPH": "0"}  # the step run eagerly: before step_graph.py
 STOP_GRACE_S = 15  # a stopped command's time to stop its own commands (stop below) before SIGKILL
 
 
@@ -98,9 +101,9 @@ def last_row(root: Path) -> tuple[dict, list[float]]:
     return (val[-1] if val else {}), times
 
 
-def fit_setup(out: Path, name: str, args: list[str], fit: list[str] = FIT) -> dict:
+def fit_setup(out: Path, name: str, args: list[str], fit: list[str] = FIT, env: dict | None = None) -> dict:
     root = out / "runs" / name
-    rc, wall = run([*fit, f"--trainer.default_root_dir={root}", *args], out / f"fit_{name}.log")
+    rc, wall = run([*fit, f"--trainer.default_root_dir={root}", *args], out / f"fit_{name}.log", env)
     row = {"step": f"fit {name}", "rc": rc, "wall_s": round(wall, 1)}
     if rc == 0:
         val, times = last_row(root)
@@ -137,8 +140,9 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
 
     if a.accelerator == "gpu" and "tests" in steps:  # 1. the GPU-marked tests
-        rc, wall = run([sys.executable, "-m", "pytest", "tests/test_evaluate.py", "tests/test_alpha_state.py",
-                        "tests/test_packed_graph.py", "-m", "gpu", "-q", "-p", "no:cacheprovider"],
+        files = ["tests/test_evaluate.py", "tests/test_alpha_state.py", "tests/test_packed_graph.py",
+                 "tests/test_step_graph.py", "tests/test_packed_bench.py"]
+        rc, wall = run([sys.executable, "-m", "pytest", *files, "-m", "gpu", "-q", "-p", "no:cacheprovider"],
                        out / "pytest_gpu.log")
         record({"step": "pytest -m gpu", "rc": rc, "wall_s": round(wall, 1),
                 "tail": (out / "pytest_gpu.log").read_text().strip().splitlines()[-(1 if rc == 0 else 20):]})
@@ -162,14 +166,17 @@ def main() -> None:
 
 
 def bench(a, out: Path, epochs: int, record) -> None:
-    rc, wall = run([sys.executable, "-m", "consistency_vae", "bench", "--accelerator", a.accelerator,
-                    "--epochs", str(epochs)], out / "bench.log")
-    record({"step": "bench", "rc": rc, "wall_s": round(wall, 1),
-            "lines": (out / "bench.log").read_text().strip().splitlines()[-7:]})
+    """bench with fit's step as a CUDA graph (the default on a GPU, step_graph.py), then without."""
+    for name, env in (("bench", None), ("bench_uncaptured", UNCAPTURED)):
+        rc, wall = run([sys.executable, "-m", "consistency_vae", "bench", "--accelerator", a.accelerator,
+                        "--epochs", str(epochs)], out / f"{name}.log", env)
+        record({"step": name, "rc": rc, "wall_s": round(wall, 1),
+                "lines": (out / f"{name}.log").read_text().strip().splitlines()[-7:]})
 
 
 def precision(out: Path, short: list[str], record) -> None:
-    record(fit_setup(out, "float32", short))
+    record(fit_setup(out, "float32", short))  # on CUDA its step is a CUDA graph (step_graph.py)
+    record(fit_setup(out, "float32_uncaptured", short, env=UNCAPTURED))
     record(fit_setup(out, "tf32", short, FIT_TF32))
     record(fit_setup(out, "bf16_mixed", [*short, "--trainer.precision=bf16-mixed"]))
     record(fit_setup(out, "data_on_host", [*short, "--data.on_device=false"]))

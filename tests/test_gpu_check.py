@@ -4,6 +4,7 @@ runs on a GPU: docs/scaling.md, "On a GPU")."""
 
 import importlib.util
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,13 @@ def test_a_stopped_run_stops_the_command_it_waits_on(tmp_path):
 def test_pack_is_a_default_step():
     # main()'s --steps default, read from the source: running main() here would start every step
     assert '"tests,bench,precision,run,pack,parallel,placement"' in SCRIPT.read_text()
+
+
+def test_every_file_of_gpu_tests_is_in_the_scripts_test_step():
+    # step 1 names its files (the rest of the suite has no GPU test): a new file of them must be there
+    marked = re.compile(r"^(@pytest\.mark\.gpu\b|pytestmark = .*pytest\.mark\.gpu\b)", re.M)
+    files = [f.name for f in (ROOT / "tests").glob("test_*.py") if marked.search(f.read_text())]
+    assert files and all(f"tests/{name}" in SCRIPT.read_text() for name in files), files
 
 
 @pytest.mark.slow  # the path, not the numbers: 4 packed runs of 1 epoch, 1 small evaluation

@@ -2,7 +2,7 @@
 
 The solo run's training loader (``datamodule.train_dataloader``) draws its order from a
 ``DistributedSampler`` seeded with the run's seed and shuffled per epoch (``set_epoch``), and keeps
-whole batches only; its noise comes from ``noise.seeded_generator(TRAIN_NOISE, seed, step, rank)``.
+whole batches only; its noise comes from ``noise.train_noise(seed, step, rank)``.
 Both are rebuilt here from the same code, one member at a time: N small host-side calls per step.
 """
 
@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from consistency_vae.noise import BINARIZE, TRAIN_NOISE, seeded_generator
+from consistency_vae import noise
+from consistency_vae.noise import BINARIZE, seeded_generator
 
 
 def epoch_order(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> Tensor:
@@ -30,10 +31,8 @@ def pack_order(dataset: Dataset, batch_size: int, seeds: list[int], epoch: int) 
 
 def train_noise(seeds: list[int], step: int, batch: int, latent_dim: int, device: torch.device) -> Tensor:
     """(N, batch, latent_dim) eps of z = mu + sigma * eps: member n's draws are those of
-    ``losses.reparameterize`` in its solo run at this global step (same generator, same shape)."""
-    return torch.stack([torch.randn((batch, latent_dim), device=device,
-                                    generator=seeded_generator(device, TRAIN_NOISE, s, step, 0))
-                        for s in seeds])
+    ``noise.train_noise`` in its solo run at this global step."""
+    return torch.stack([noise.train_noise(batch, latent_dim, s, step, 0, device) for s in seeds])
 
 
 def binarize_dynamic(x: Tensor, seeds: list[int], step: int) -> Tensor:

@@ -6,7 +6,6 @@ What a solo ``fit`` logs per epoch, per member: ``train/{term}_epoch`` (the epoc
 noise ``noise.eval_noise``) and ``val/selection`` (``constraint.selection_criterion``).
 """
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from consistency_vae import step_graph
 from consistency_vae.constraint import selection_criterion
 from consistency_vae.datamodule import MNISTDataModule
 from consistency_vae.errors import ConfigError
@@ -56,8 +56,6 @@ def validate(pack: Pack, images: Tensor, batch_size: int, seed: int = 0) -> dict
     means["val/selection"] = torch.where(pack.constrained, constrained, means["val/loss"])
     return means
 
-
-CUDA_GRAPH_ENV = "CONSISTENCY_VAE_CUDA_GRAPH"  # "0": packs on CUDA run their step uncaptured
 
 EpochHook = Callable[[Pack, int, list[MemberResult]], None]
 
@@ -130,7 +128,7 @@ def _step_function(pack: Pack, capture: bool | None) -> Callable[[Tensor, Tensor
     """The pack's training step, or its CUDA graph (``capture``; default: on CUDA, unless the
     environment sets CONSISTENCY_VAE_CUDA_GRAPH=0, the way out should a device refuse the capture)."""
     if capture is None:
-        capture = pack.device.type == "cuda" and os.environ.get(CUDA_GRAPH_ENV, "1") != "0"
+        capture = pack.device.type == "cuda" and step_graph.wanted()
     if not capture:
         return pack.train_step
     from consistency_vae.packed.graph import CapturedStep
