@@ -67,9 +67,12 @@ def iwae_bound(log_px_z: Tensor, log_pz: Tensor, log_qz_x: Tensor) -> Tensor:
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
-def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """z = mu + sigma * eps with eps ~ N(0, I); ``generator`` fixes eps for evaluation."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+def reparameterize(mu: Tensor, logvar: Tensor, noise: Tensor | torch.Generator | None = None) -> Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I): ``noise`` is eps itself (shaped as mu), or the
+    generator that draws it (None: the global RNG)."""
+    if isinstance(noise, Tensor):
+        return mu + (0.5 * logvar).exp() * noise.to(mu)
+    eps = torch.randn(mu.shape, generator=noise, device=mu.device, dtype=mu.dtype)
     return mu + (0.5 * logvar).exp() * eps
 
 

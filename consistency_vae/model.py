@@ -13,8 +13,7 @@ Design choices the paper leaves open, made explicit here:
 - ``alpha_mode: fixed``: the hyper-parameter is the weight, never a checkpoint's (``resume_state.py``).
 - Checkpoints are chosen by ``val/selection``, which does not move with alpha (``constraint.py``).
 - Evaluation noise is ``noise.eval_noise``: one eps row per image, whatever the batching.
-- On CUDA the training step's forward and backward are one replayed CUDA graph (``step_graph.py``);
-  hence the ``backward`` and ``optimizer_zero_grad`` hooks, and alpha updated in place there.
+- On CUDA a training step's forward and backward are one replayed CUDA graph (``step_graph.py``).
 """
 
 import os
@@ -30,11 +29,10 @@ from torchmetrics import MeanMetric, MetricCollection
 from consistency_vae import guards, losses, resume_state, schedules, step_graph
 from consistency_vae.constraint import selection_criterion
 from consistency_vae.divergences import ConsistencyDivergence, ForwardKL
-from consistency_vae.errors import ConfigError
 from consistency_vae.guards import NonFiniteLossError
 from consistency_vae.multipliers import MultiplierRule, model_rule
 from consistency_vae.networks import MNIST_SHAPE, ImageShape, MLPDecoder, MLPEncoder
-from consistency_vae.noise import eval_noise, train_noise
+from consistency_vae.noise import eval_noise, first_eval_row, train_noise
 
 TERMS = ("loss", "recon", "kl", "kl_consistency", "elbo")
 KL_C = TERMS.index("kl_consistency")
@@ -129,10 +127,7 @@ class ConsistencyVAE(LightningModule):
         the global RNG (None). Training, evaluation, callbacks and ``evaluate`` all use this forward.
         """
         mu, logvar = self.encoder(x)  # (B, D)
-        if isinstance(noise, Tensor):
-            z = mu + (0.5 * logvar).exp() * noise.to(mu)  # (B, D)
-        else:
-            z = losses.reparameterize(mu, logvar, noise)  # (B, D)
+        z = losses.reparameterize(mu, logvar, noise)  # (B, D)
         logits = self.decoder(z)  # (B, C, H, W)
         recon = losses.bernoulli_nll(logits, x)
         kl = losses.kl_to_standard_normal(mu, logvar)
@@ -147,7 +142,7 @@ class ConsistencyVAE(LightningModule):
             trained = (kl_consistency if type(self.divergence) is ForwardKL
                        else self.divergence(mu_prime, logvar_prime, mu, logvar))
         return {"recon": recon, "kl": kl, "kl_consistency": kl_consistency, "divergence": trained,
-                "elbo": -(recon + kl), "loss": recon + kl + self.alpha * trained,
+                "elbo": -(recon + kl), "loss": recon + kl + self.alpha.clone() * trained,  # see _update_alpha
                 "mu": mu, "logvar": logvar, "mu_prime": mu_prime, "logvar_prime": logvar_prime,
                 "x_prime": x_prime}
 
@@ -177,31 +172,27 @@ class ConsistencyVAE(LightningModule):
         seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         step, rank = self.global_step, self.global_rank
         noise = train_noise(len(x), self.hparams.latent_dim, seed, step, rank, x.device)
-        if self._graph_step is None:
-            loss, values = self._step_terms(x, noise)  # Lightning runs the backward of loss
-        else:  # forward and backward done, the gradients in .grad (step_graph.py)
-            values = self._graph_step(x, noise).clone()  # a replay's output: overwritten by the next
-            loss = values[0]
+        # the graph step runs the backward too (step_graph.py); else Lightning runs it, on loss
+        loss, values = (self._graph_step or self._step_terms)(x, noise)
         terms = dict(zip(TERMS, values, strict=True))
         self._bad_steps = self._bad_steps + (~values.isfinite().all()).float()  # on the device: no sync
         every = self._finite_check_every()
         check = every > 0 and (self.global_step + 1) % every == 0
-        constrained = self.hparams.alpha_mode == "constrained"
-        if constrained or (check and self.trainer.world_size > 1):
+        constrained, world_size = self.hparams.alpha_mode == "constrained", self.trainer.world_size
+        if constrained or (check and world_size > 1):
             # One small collective: [KL(z'||z), non-finite steps] summed over ranks. Every rank then
             # updates alpha from the same mean constraint, and stops at the same step (a rank that
             # raised alone would leave the others waiting in the gradient all-reduce forever).
-            packet = self._sum_over_ranks(torch.stack([values[KL_C], self._bad_steps]))
-            bad_total, constraint = packet[1], packet[0] / self.trainer.world_size
+            packet = guards.sum_over_ranks(torch.stack([values[KL_C], self._bad_steps]), world_size)
+            bad_total, constraint = packet[1], packet[0] / world_size
         else:
             bad_total, constraint = self._bad_steps, values[KL_C]
         if check:
             self._raise_if_nonfinite(bad_total, every, terms)
         if constrained:
             self._update_alpha(constraint)
-        # self.log costs ~0.5 ms a call on CPU, a tenth of a step of the 2-D MLP: sum the terms in
-        # one tensor every step, and call self.log only at the steps Lightning writes to the
-        # loggers (its own condition; with global_step % N it wrote values up to N - 1 steps old).
+        # self.log costs ~0.5 ms a call on CPU (a tenth of a step): sum the terms every step, log only
+        # where Lightning writes to the loggers (global_step % N wrote values up to N - 1 steps old).
         self._train_sums = self._train_sums + torch.cat([values, values.new_ones(1)])
         if self.trainer._logger_connector.should_update_logs:
             step_values = {f"train/{t}": v for t, v in zip(TERMS, values, strict=True)}
@@ -229,7 +220,8 @@ class ConsistencyVAE(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Means over every batch of every rank: sums and counts reduced, then divided.
-        packet = self._sum_over_ranks(torch.cat([self._train_sums, self._bad_steps.view(1)]))
+        packet = guards.sum_over_ranks(torch.cat([self._train_sums, self._bad_steps.view(1)]),
+                                       self.trainer.world_size)
         self._raise_if_nonfinite(packet[-1], self._finite_check_every())
         means = packet[:len(TERMS)] / packet[len(TERMS)].clamp(min=1)  # (len(TERMS),)
         # Identical on every rank already; sync_dist (a mean of equal values, exact) only keeps
@@ -243,35 +235,22 @@ class ConsistencyVAE(LightningModule):
         checkpoint[resume_state.INITIAL_ALPHA] = float(self.hparams.alpha)  # see resume_state
         # Between two checks (on a GPU) a non-finite step may be pending: never save its state.
         if self._bad_steps is not None and self._fitting:
-            self._raise_if_nonfinite(self._sum_over_ranks(self._bad_steps.clone()),
+            self._raise_if_nonfinite(guards.sum_over_ranks(self._bad_steps.clone(), self.trainer.world_size),
                                      self._finite_check_every())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """What the checkpoint's state gives way to, and what it keeps: resume_state.py. A rule's
-        own state that an older checkpoint lacks (NuPI's xi) starts fresh."""
         self._weights_epoch = checkpoint.get("epoch")
-        rule_state = self.multiplier.state_dict(prefix="multiplier.") if self.multiplier is not None else {}
-        for key, value in rule_state.items():
-            checkpoint.get("state_dict", {}).setdefault(key, value)
-        resume_state.apply_lr(self.hparams, checkpoint, fitting=self._fitting)
-        resume_state.apply_alpha(self.hparams, checkpoint)
+        resume_state.apply(self, checkpoint, fitting=self._fitting)  # what the checkpoint keeps, what not
 
     def _update_alpha(self, kl_consistency: Tensor) -> None:
+        # In place, as a step's CUDA graph reads alpha where it was recorded (step_graph.py); the
+        # loss, whose backward Lightning runs after this, holds a copy of the step's alpha.
         alpha, avg = self.multiplier(self.alpha, self.constraint_avg, kl_consistency, self.hparams.kl_target)
-        if self._graph_step is None:  # new tensors: this step's loss still needs the old alpha for backward
-            self.alpha, self.constraint_avg = alpha, avg
-        else:  # the backward has run, and the graph reads alpha where it was recorded
-            self.alpha.copy_(alpha)
-            self.constraint_avg.copy_(avg)
+        self.alpha.copy_(alpha)
+        self.constraint_avg.copy_(avg)
 
-    def _sum_over_ranks(self, tensor: Tensor) -> Tensor:
-        return guards.sum_over_ranks(tensor, self.trainer.world_size)
-
-    def _finite_check_every(self) -> int:
-        """Steps between non-finite checks. Reading a device flag on the host is free on a CPU, so
-        every step there; on a GPU it stalls the queue, so only at the steps where Lightning syncs
-        anyway to log (log_every_n_steps; 0: never), at epoch ends and before each checkpoint."""
-        return 1 if self.device.type == "cpu" else self.trainer.log_every_n_steps
+    def _finite_check_every(self) -> int:  # a method: tests/test_model_steps.py forces a GPU's rule
+        return guards.check_every(self.device, self.trainer.log_every_n_steps)
 
     def _raise_if_nonfinite(self, bad_total: Tensor, every: int,
                             terms: dict[str, Tensor] | None = None) -> None:
@@ -288,16 +267,9 @@ class ConsistencyVAE(LightningModule):
 
     def _eval_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, stage: str) -> None:
         x, _ = batch
-        # One eps row per image, the same as evaluate's and the callbacks' (noise.eval_noise). The
-        # evaluation sampler deals whole batches round-robin (datamodule.UnpaddedDistributedSampler),
-        # so this rank's batch batch_idx is global batch batch_idx * world + rank, whose first
-        # image is that times the loader's batch size, on 1 or N processes.
+        # One eps row per image, the same as evaluate's and the callbacks' (noise.eval_noise).
         loader = self.trainer.test_dataloaders if stage == "test" else self.trainer.val_dataloaders
-        batch_size = getattr(loader, "batch_size", None)
-        if batch_size is None:
-            raise ConfigError(f"{stage} needs one DataLoader with a batch_size (images are matched to "
-                              f"their noise by index), got {type(loader).__name__}")
-        start = (batch_idx * self.trainer.world_size + self.global_rank) * batch_size
+        start = first_eval_row(loader, stage, batch_idx, self.trainer.world_size, self.global_rank)
         out = self(x, eval_noise(start, len(x), self.hparams.latent_dim))
         metrics = self.eval_metrics[stage]
         for t in TERMS:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from consistency_vae.errors import ConfigError
+
 TRAIN_NOISE, EVAL_NOISE, PRIOR_NOISE, BINARIZE = 0, 1, 2, 3  # first key of seeded_generator: one per stream
 BLOCK = 1024  # eval rows per generator: a few kB of draws per block, at most two blocks per batch
 
@@ -49,6 +51,18 @@ def eval_noise(start: int, n: int, latent_dim: int, seed: int = 0) -> Tensor:
               for b in range(first, last + 1)]
     offset = start - first * BLOCK
     return torch.cat(blocks)[offset:offset + n]
+
+
+def first_eval_row(loader, stage: str, batch_idx: int, world_size: int, rank: int) -> int:
+    """The eval_noise row of the first image of this rank's evaluation batch ``batch_idx``. The
+    evaluation sampler deals whole batches round-robin (datamodule.UnpaddedDistributedSampler), so
+    it is global batch batch_idx * world_size + rank, whose first image is that times the loader's
+    batch size, on 1 or N processes."""
+    batch_size = getattr(loader, "batch_size", None)
+    if batch_size is None:
+        raise ConfigError(f"{stage} needs one DataLoader with a batch_size (images are matched to "
+                          f"their noise by index), got {type(loader).__name__}")
+    return (batch_idx * world_size + rank) * batch_size
 
 
 def eval_noise_at(indices: list[int], latent_dim: int, seed: int = 0) -> Tensor:

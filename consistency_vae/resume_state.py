@@ -9,6 +9,7 @@
 - A resumed fit trains at ``model.lr``: the saved optimizer's rate is replaced (Lightning restores
   the optimizer from the same dict after the hook). A schedule's rates are fixed at its start, so
   under ``cosine`` a new rate is refused.
+- A multiplier rule's own state that an older checkpoint lacks (NuPI's xi) starts fresh.
 The command line refuses what cannot be honoured before this runs (``resume_flags``).
 """
 
@@ -18,6 +19,15 @@ from consistency_vae import guards
 from consistency_vae.errors import ConfigError
 
 INITIAL_ALPHA = "consistency_vae_initial_alpha"
+
+
+def apply(module, checkpoint: dict, fitting: bool) -> None:
+    """All of the above, on ``checkpoint`` (in place) and the module's hyper-parameters."""
+    rule_state = module.multiplier.state_dict(prefix="multiplier.") if module.multiplier is not None else {}
+    for key, value in rule_state.items():
+        checkpoint.get("state_dict", {}).setdefault(key, value)
+    apply_lr(module.hparams, checkpoint, fitting=fitting)
+    apply_alpha(module.hparams, checkpoint)
 
 
 def apply_alpha(hparams, checkpoint: dict) -> None:

@@ -12,11 +12,11 @@ keeps Lightning's own loop and hooks and changes only what happens inside ``trai
   safe there, outside the graph), ``self.log``, callbacks, checkpoints;
 - what the graph reads keeps its storage: the batch and the noise are copied into static buffers
   (the noise is drawn before the step, ``noise.train_noise``), the parameters are updated in place
-  by Adam, and a constrained run's alpha in place after the step (``ConsistencyVAE._update_alpha``);
+  by Adam, and a constrained run's alpha in place (``ConsistencyVAE._update_alpha``);
 - the first ``WARMUP`` steps run eagerly (CUDA's lazy set-up happens outside the graph), the next
   is recorded and replayed, and its result is checked once against the eager step on the same
-  batch: should they differ beyond float32 rounding, the run warns and goes on uncaptured. A batch
-  of another shape (a loader that keeps its last, short batch) runs eagerly.
+  batch: should they differ beyond float32 rounding, or the recording fail, the run warns and goes
+  on uncaptured. A batch of another shape (a loader that keeps its last, short batch) runs eagerly.
 
 The step is captured only where that is the same training: one CUDA device, no gradient
 accumulation (a graph's backward writes the gradients, it does not add to them), 32-bit precision
@@ -70,11 +70,11 @@ def for_fit(module: nn.Module, step: StepFunction, trainer: Trainer) -> "GraphSt
 
 
 class GraphStep:
-    """``step(x, noise)`` -> the step's terms (T,), its gradients left in ``.grad``.
+    """``graph_step(x, noise)`` -> (loss, terms) as ``step`` returns them, the step's gradients
+    left in ``.grad``, for the model's ``training_step``: its ``backward`` hook then does nothing.
 
-    ``capture``: after ``warmup`` eager steps, record the step as a CUDA graph and replay it (the
-    returned terms are then a static tensor that the next replay overwrites). Without it, every step
-    runs eagerly, the same code: the CPU tests run it so."""
+    ``capture``: after ``warmup`` eager steps, record the step as a CUDA graph and replay it.
+    Without it, every step runs eagerly, the same code: the CPU tests run it so."""
 
     def __init__(self, module: nn.Module, step: StepFunction, capture: bool, warmup: int = WARMUP):
         self.step, self.capture, self.warmup, self.calls = step, capture, warmup, 0
@@ -83,7 +83,12 @@ class GraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.x = self.noise = self.values = None  # the static buffers, set at the capture
 
-    def __call__(self, x: Tensor, noise: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """(the loss, the terms (T,)): copies, since a replay overwrites its output."""
+        values = self._run(x, noise).clone()
+        return values[0], values
+
+    def _run(self, x: Tensor, noise: Tensor) -> Tensor:
         self.calls += 1
         if self.graph is not None and x.shape == self.x.shape:
             self.x.copy_(x)
@@ -124,10 +129,15 @@ class GraphStep:
         self.x, self.noise = x.clone(), noise.clone()
         for p in self.params:
             p.grad = None  # the captured backward allocates them in the graph's pool, and writes them
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            loss, self.values = self.step(self.x, self.noise)
-            loss.backward()
+        try:
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: a user's DataLoader threads (pin_memory) may call CUDA while this one records
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                loss, self.values = self.step(self.x, self.noise)
+                loss.backward()
+        except RuntimeError as err:  # a driver, a device or an operation that refuses the capture
+            self._stop_capturing(f"could not be recorded as a CUDA graph ({str(err).splitlines()[0]})")
+            return self._eager(x, noise)  # its gradients go back where the warm-up left them
         self.grads = [p.grad for p in self.params]
         self.graph.replay()  # recording ran nothing: this batch's step is the first replay
         return self._checked()
@@ -142,10 +152,12 @@ class GraphStep:
         # the same kernels on the same inputs: equal but for float32 rounding of the larger values
         if all(torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max())) for a, b in pairs):
             return self.values
-        warnings.warn(f"the training step replayed as a CUDA graph differs from the step run "
-                      f"eagerly on the same batch; training goes on uncaptured (set "
-                      f"{CUDA_GRAPH_ENV}=0 to skip the capture)", RuntimeWarning, stacklevel=2)
-        self.graph, self.capture = None, False
+        self._stop_capturing("replayed as a CUDA graph differs from the step run eagerly on the same batch")
         for p, g in zip(self.params, grads, strict=True):
             p.grad.copy_(g)
         return values
+
+    def _stop_capturing(self, why: str) -> None:
+        warnings.warn(f"the training step {why}; training goes on uncaptured (set {CUDA_GRAPH_ENV}=0 "
+                      "to skip the capture)", RuntimeWarning, stacklevel=4)
+        self.graph, self.capture = None, False

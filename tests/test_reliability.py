@@ -22,8 +22,9 @@ from consistency_vae.datamodule import (
     MNISTDataModule,
     UnpaddedDistributedSampler,
 )
-from consistency_vae.model import ConsistencyVAE, seeded_generator
+from consistency_vae.model import ConsistencyVAE
 from consistency_vae.networks import LOGVAR_BOUND
+from consistency_vae.noise import seeded_generator
 from tests.cli_runs import BASE, csv_only, read_test_metrics
 
 RUN = "runs/mnist_alpha1.0_seed0"

@@ -9,7 +9,7 @@ the stacked tensors is N Adams, as Adam is elementwise. Each member is its solo 
 - the same initial weights: ``ConsistencyVAE(...)`` built after seeding torch with its seed, as
   LightningCLI's ``seed_everything`` does before it instantiates the model (``members.py``);
 - the same batches: the solo run's training sampler for that seed and epoch (``data.py``);
-- the same training noise: ``noise.seeded_generator(TRAIN_NOISE, seed, global_step, rank 0)``;
+- the same training noise: ``noise.train_noise(seed, global_step, rank 0)``;
 - its own alpha, constraint average and kl_target, (N,) tensors that the rules of
   ``multipliers.py`` update elementwise (``step.py``);
 - its own checkpoint selection by ``val/selection`` (``fit.py``);
