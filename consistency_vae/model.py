@@ -177,7 +177,7 @@ class ConsistencyVAE(LightningModule):
         terms = dict(zip(TERMS, values, strict=True))
         self._bad_steps = self._bad_steps + (~values.isfinite().all()).float()  # on the device: no sync
         every = self._finite_check_every()
-        check = every > 0 and (self.global_step + 1) % every == 0
+        check = every > 0 and (step + 1) % every == 0
         constrained, world_size = self.hparams.alpha_mode == "constrained", self.trainer.world_size
         if constrained or (check and world_size > 1):
             # One small collective: [KL(z'||z), non-finite steps] summed over ranks. Every rank then
