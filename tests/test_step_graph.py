@@ -3,9 +3,10 @@
 On any device: the step that a graph can record (forward and backward inside ``training_step``,
 its gradients left in ``.grad``, Lightning's zero_grad and backward skipped, alpha updated in place)
 trains exactly as Lightning's own backward does: the same kernels on the same machine, so equal
-bits. The capture is refused, with the setting named, where it would change the training; and the
-one check of the first replay against the eager step warns and falls back when they differ. On a
-GPU (marked ``gpu``): a captured fit trains as an uncaptured one, to float32 tolerance.
+bits. The capture is refused, with the setting named, where it would change the training; the one
+check of the first replay against the eager step warns and falls back when they differ, and so does
+a recording that fails. On a GPU (marked ``gpu``): a captured fit trains as an uncaptured one, to
+float32 tolerance, each replay on its own batch.
 """
 
 import warnings
