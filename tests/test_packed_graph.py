@@ -10,6 +10,7 @@ member that fails mid-run.
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -110,6 +111,34 @@ def test_a_failed_member_is_frozen_by_either_step_and_the_others_are_its_pack_wi
         theirs = poisoned.member_weights(i)
         for name, value in clean.member_weights(i).items():
             torch.testing.assert_close(theirs[name], value, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the recording fails here for want of a GPU")
+def test_a_pack_whose_recording_fails_warns_and_trains_on_uncaptured(data_dir, monkeypatch):
+    """Here CUDA itself refuses (no GPU); on a GPU, a driver or an operation may. The pack says so
+    once and trains on as an uncaptured static pack does: the same steps, exactly."""
+    from consistency_vae.packed.graph import CapturedStep
+
+    plain, failing = (Pack(MEMBERS, build_models(MEMBERS, SHARED), steps=8, static=True) for _ in range(2))
+    with monkeypatch.context() as m:  # past the device check: the recording is what must fail here
+        m.setattr(failing, "device", torch.device("cuda"))
+        step = CapturedStep(failing, warmup=0)
+    messages = []
+    for i, (x, noise) in enumerate(_batches(plain, data_dir, 8)):
+        expected = plain.train_step(x, noise)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            values = step(x, noise)
+        said = [str(w.message) for w in caught if "uncaptured" in str(w.message)]
+        assert len(said) == (1 if i == 0 else 0), caught  # once, at the recording
+        messages += said
+        torch.testing.assert_close(values, expected, rtol=0, atol=0, equal_nan=True)
+    assert step.uncaptured and step.graph is None
+    assert "the pack's training step could not be recorded as a CUDA graph" in messages[0]
+    for name, p in plain.params.items():
+        torch.testing.assert_close(failing.params[name], p, rtol=0, atol=0, msg=name)
+    for mine, theirs in ((failing.alpha, plain.alpha), (failing.rule.xi, plain.rule.xi)):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

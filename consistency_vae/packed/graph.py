@@ -14,15 +14,22 @@ the multiplier rule) in one launch. What makes ``Pack.step`` replayable:
 
 The first ``warmup`` calls run the step eagerly on a side stream, as real training steps (CUDA's
 lazy initialisation, cuBLAS workspaces and Adam's state are allocated then, outside the graph);
-the next call records the graph and replays it for that same batch. PyTorch's recipe:
+the next call records the graph and replays it for that same batch. Should the recording raise (a
+driver, a device or an operation that refuses it), the pack warns and trains on uncaptured, as a
+solo fit does (step_graph.py): a recording runs no kernel, so the pack's tensors are as they were,
+and the one thing the step sets on the host, a multiplier rule's state (NuPI's xi), is put back.
+PyTorch's recipe:
 https://pytorch.org/docs/stable/notes/cuda.html#whole-network-capture. On a CPU there is nothing
 to capture: ``fit_pack`` calls the step directly, the same code.
 """
+
+import warnings
 
 import torch
 from torch import Tensor
 
 from consistency_vae.packed.step import Pack
+from consistency_vae.step_graph import CUDA_GRAPH_ENV
 
 WARMUP = 3  # eager steps before the capture (PyTorch's recipe uses 3)
 
@@ -35,11 +42,14 @@ class CapturedStep:
             raise ValueError(f"a CUDA graph needs a static pack on a CUDA device, not "
                              f"{'a' if pack.static else 'a non-static'} pack on {pack.device}")
         self.pack, self.warmup, self.calls = pack, warmup, 0
+        self.uncaptured = False  # set once a recording has failed
         self.graph: torch.cuda.CUDAGraph | None = None
         self.x = self.noise = self.values = None  # the static buffers, set at the capture
 
     def __call__(self, x: Tensor, noise: Tensor) -> Tensor:
         self.calls += 1
+        if self.uncaptured:
+            return self.pack.train_step(x, noise)
         if self.graph is not None:
             self.x.copy_(x)
             self.noise.copy_(noise)
@@ -52,14 +62,27 @@ class CapturedStep:
             torch.cuda.current_stream().wait_stream(side)
             self.pack.schedule_step()
             return values.clone()  # as the replays' callers read it: before the next step
+        elif not self._capture(x, noise):
+            return self.pack.train_step(x, noise)
         else:
-            self._capture(x, noise)
             self.graph.replay()  # recording ran nothing: this batch's step is the first replay
         self.pack.schedule_step()
         return self.values
 
-    def _capture(self, x: Tensor, noise: Tensor) -> None:
+    def _capture(self, x: Tensor, noise: Tensor) -> bool:
+        """Record the step; False (said, and the step uncaptured from then on) if that raised."""
         self.x, self.noise = x.clone(), noise.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.values = self.pack.step(self.x, self.noise)
+        rule_state = dict(self.pack.rule.named_buffers()) if self.pack.rule is not None else {}
+        try:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.values = self.pack.step(self.x, self.noise)
+            return True
+        except RuntimeError as err:
+            for name, value in rule_state.items():
+                self.pack.set_rule_state(name, value)
+            warnings.warn(f"the pack's training step could not be recorded as a CUDA graph "
+                          f"({str(err).splitlines()[0]}); training goes on uncaptured (set "
+                          f"{CUDA_GRAPH_ENV}=0 to skip the capture)", RuntimeWarning, stacklevel=3)
+            self.graph, self.uncaptured = None, True
+            return False
