@@ -61,6 +61,27 @@ def refusal(trainer: Trainer) -> str | None:
     return None
 
 
+def on_side_stream(fn: Callable, *args):
+    """``fn(*args)`` on a fresh side stream, after the current stream's work and before its next:
+    the recipe's warm-up, whose lazy CUDA set-up then stays off the stream that records."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
+def warn_uncaptured(what: str, why: str, stacklevel: int) -> None:
+    """Say once that ``what`` (a step) trains on uncaptured, and why."""
+    warnings.warn(f"{what} {why}; training goes on uncaptured (set {CUDA_GRAPH_ENV}=0 to skip the "
+                  "capture)", RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def recording_failed(err: RuntimeError) -> str:
+    return f"could not be recorded as a CUDA graph ({str(err).splitlines()[0]})"
+
+
 def for_fit(module: nn.Module, step: StepFunction, trainer: Trainer) -> "GraphStep | None":
     """The captured step of this fit, or None (Lightning's own backward), saying which on CUDA."""
     why = refusal(trainer)
@@ -99,12 +120,7 @@ class GraphStep:
         if self.capture and self.graph is None and self.calls > self.warmup:
             return self._record(x, noise)
         if self.capture and self.graph is None:  # warm-up, on a side stream as the recipe asks
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                values = self._eager(x, noise)
-            torch.cuda.current_stream().wait_stream(side)
-            return values
+            return on_side_stream(self._eager, x, noise)
         return self._eager(x, noise)
 
     def _eager(self, x: Tensor, noise: Tensor) -> Tensor:
@@ -136,7 +152,7 @@ class GraphStep:
                 loss, self.values = self.step(self.x, self.noise)
                 loss.backward()
         except RuntimeError as err:  # a driver, a device or an operation that refuses the capture
-            self._stop_capturing(f"could not be recorded as a CUDA graph ({str(err).splitlines()[0]})")
+            self._stop_capturing(recording_failed(err))
             return self._eager(x, noise)  # its gradients go back where the warm-up left them
         self.grads = [p.grad for p in self.params]
         self.graph.replay()  # recording ran nothing: this batch's step is the first replay
@@ -158,6 +174,5 @@ class GraphStep:
         return values
 
     def _stop_capturing(self, why: str) -> None:
-        warnings.warn(f"the training step {why}; training goes on uncaptured (set {CUDA_GRAPH_ENV}=0 "
-                      "to skip the capture)", RuntimeWarning, stacklevel=4)
+        warn_uncaptured("the training step", why, stacklevel=4)
         self.graph, self.capture = None, False

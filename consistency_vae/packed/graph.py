@@ -23,15 +23,11 @@ https://pytorch.org/docs/stable/notes/cuda.html#whole-network-capture. On a CPU 
 to capture: ``fit_pack`` calls the step directly, the same code.
 """
 
-import warnings
-
 import torch
 from torch import Tensor
 
 from consistency_vae.packed.step import Pack
-from consistency_vae.step_graph import CUDA_GRAPH_ENV
-
-WARMUP = 3  # eager steps before the capture (PyTorch's recipe uses 3)
+from consistency_vae.step_graph import WARMUP, on_side_stream, recording_failed, warn_uncaptured
 
 
 class CapturedStep:
@@ -55,11 +51,7 @@ class CapturedStep:
             self.noise.copy_(noise)
             self.graph.replay()
         elif self.calls <= self.warmup:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                values = self.pack.step(x, noise)
-            torch.cuda.current_stream().wait_stream(side)
+            values = on_side_stream(self.pack.step, x, noise)
             self.pack.schedule_step()
             return values.clone()  # as the replays' callers read it: before the next step
         elif not self._capture(x, noise):
@@ -81,8 +73,6 @@ class CapturedStep:
         except RuntimeError as err:
             for name, value in rule_state.items():
                 self.pack.set_rule_state(name, value)
-            warnings.warn(f"the pack's training step could not be recorded as a CUDA graph "
-                          f"({str(err).splitlines()[0]}); training goes on uncaptured (set "
-                          f"{CUDA_GRAPH_ENV}=0 to skip the capture)", RuntimeWarning, stacklevel=3)
+            warn_uncaptured("the pack's training step", recording_failed(err), stacklevel=3)
             self.graph, self.uncaptured = None, True
             return False
